@@ -1,0 +1,146 @@
+// CPU building blocks. A (1,kh,kw) convolution of one (n, t) frame of an NCDHW tensor is
+// a GEMM between the weight (M, C*kh*kw) and the frame's im2col matrix (C*kh*kw, Ho*Wo);
+// a (kt,1,1) convolution is, per output frame, a sum over taps of (O, M) x (M, H*W)
+// products. The GEMM core is ATen's matrix product on views of our buffers (allowed by
+// DESIGN.md section 2); everything around it (im2col/col2im, BN, ReLU, statistics) is ours.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include "../checks.h"
+
+namespace r2p1d::cpu {
+
+// The kernels call ATen matrix products on views of tensors that may require grad; those
+// calls are implementation detail, below autograd (whose formulas live in ops.py).
+struct KernelScope {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+};
+
+// A (rows, cols) matrix view with row stride ld over memory we own (no copy).
+template <typename T>
+inline at::Tensor mat(T* ptr, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(ptr, {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
+// col[(c,i,j), (oh,ow)] = x[c, oh*sh-ph+i, ow*sw-pw+j] (zero outside), for one frame whose
+// channel c starts at x + c*chan_stride.
+template <typename T>
+void im2col_frame(const T* x, int64_t chan_stride, const SpatialGeom& g, T* col) {
+  const int64_t plane = g.out_plane();
+  for (int64_t c = 0; c < g.C; ++c) {
+    const T* xc = x + c * chan_stride;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      for (int64_t j = 0; j < g.kw; ++j) {
+        T* row = col + ((c * g.kh + i) * g.kw + j) * plane;
+        for (int64_t oh = 0; oh < g.Ho; ++oh) {
+          const int64_t ih = oh * g.sh - g.ph + i;
+          T* out = row + oh * g.Wo;
+          if (ih < 0 || ih >= g.H) {
+            std::fill(out, out + g.Wo, T(0));
+            continue;
+          }
+          const T* xrow = xc + ih * g.W;
+          for (int64_t ow = 0; ow < g.Wo; ++ow) {
+            const int64_t iw = ow * g.sw - g.pw + j;
+            out[ow] = (iw >= 0 && iw < g.W) ? xrow[iw] : T(0);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The adjoint of im2col_frame: adds col's entries back onto the frame gx (which the
+// caller zeroes first).
+template <typename T>
+void col2im_frame(const T* col, int64_t chan_stride, const SpatialGeom& g, T* gx) {
+  const int64_t plane = g.out_plane();
+  for (int64_t c = 0; c < g.C; ++c) {
+    T* gc = gx + c * chan_stride;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const T* row = col + ((c * g.kh + i) * g.kw + j) * plane;
+        for (int64_t oh = 0; oh < g.Ho; ++oh) {
+          const int64_t ih = oh * g.sh - g.ph + i;
+          if (ih < 0 || ih >= g.H) continue;
+          T* grow = gc + ih * g.W;
+          const T* in = row + oh * g.Wo;
+          for (int64_t ow = 0; ow < g.Wo; ++ow) {
+            const int64_t iw = ow * g.sw - g.pw + j;
+            if (iw >= 0 && iw < g.W) grow[iw] += in[ow];
+          }
+        }
+      }
+    }
+  }
+}
+
+// The input time step that tap k of output step `to` reads, or -1 in the zero padding.
+inline int64_t tap_input(int64_t to, int64_t k, int64_t st, int64_t pt, int64_t T) {
+  const int64_t ti = to * st - pt + k;
+  return (ti >= 0 && ti < T) ? ti : -1;
+}
+
+// The output time step that tap k feeds from input step ti, or -1 if none.
+inline int64_t tap_output(int64_t ti, int64_t k, int64_t st, int64_t pt, int64_t To) {
+  const int64_t num = ti + pt - k;
+  if (num < 0 || num % st != 0) return -1;
+  const int64_t to = num / st;
+  return to < To ? to : -1;
+}
+
+// out_f (O, HW) = sum over taps k of W_k (O, M) @ z(ti_k) (M, HW) + bias, where z(ti)
+// yields the activated input frame for an in-range time step ti. Taps in the padding add
+// nothing (zero padding in z space).
+template <typename T, typename ZOf>
+void temporal_output_frame(at::Tensor& out_f, const at::Tensor& w_taps, const T* bias,
+                           int64_t to, int64_t st, int64_t pt, int64_t T_in, ZOf&& z_of) {
+  bool written = false;
+  for (int64_t k = 0; k < w_taps.size(0); ++k) {
+    const int64_t ti = tap_input(to, k, st, pt, T_in);
+    if (ti < 0) continue;
+    const at::Tensor z = z_of(ti);
+    if (written) {
+      out_f.addmm_(w_taps[k], z);
+    } else {
+      at::mm_out(out_f, w_taps[k], z);
+      written = true;
+    }
+  }
+  if (!written) out_f.zero_();
+  if (bias != nullptr) {
+    T* p = out_f.data_ptr<T>();
+    const int64_t ld = out_f.stride(0), cols = out_f.size(1);
+    for (int64_t o = 0; o < out_f.size(0); ++o)
+      for (int64_t q = 0; q < cols; ++q) p[o * ld + q] += bias[o];
+  }
+}
+
+// Temporal weight (O, M, kt, 1, 1) as kt contiguous (O, M) matrices.
+inline at::Tensor taps_major(const at::Tensor& weight) {
+  return weight.reshape({weight.size(0), weight.size(1), weight.size(2)})
+      .permute({2, 0, 1})
+      .contiguous();
+}
+
+inline bool is_reduced(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+}
+
+// float16/bfloat16 on the CPU: computed in float32 and rounded once at the end.
+inline at::Tensor to_float(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
+inline std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
+  if (!t.has_value() || !t->defined()) return t;
+  return t->to(at::kFloat);
+}
+inline at::Tensor to_dtype(const at::Tensor& t, at::ScalarType dt) {
+  return t.defined() ? t.to(dt) : t;
+}
+
+// Fixed-size chunks of frames for reductions (weight gradients): the partition, and so
+// the summation order, does not depend on the thread count, so results are reproducible.
+inline int64_t reduction_chunks(int64_t frames) { return std::min<int64_t>(frames, 32); }
+
+}  // namespace r2p1d::cpu

@@ -1,0 +1,186 @@
+// CPU kernels of the temporal (kt,1,1) convolution whose input is relu((y-mean)*scale+shift):
+// the activation is made one frame at a time in a thread-local buffer, never as a tensor
+// of the intermediate's size; backward recomputes it from y the same way.
+#include <torch/library.h>
+
+#include "frame_gemm.h"
+
+namespace r2p1d::cpu {
+namespace {
+
+using at::Tensor;
+
+// The per-channel BatchNorm vectors in the kernel's dtype.
+template <typename T>
+struct BnVectors {
+  at::Tensor mean, scale, shift;
+  BnVectors(const at::Tensor& m, const at::Tensor& sc, const at::Tensor& sh, at::ScalarType dt)
+      : mean(m.to(dt).contiguous()), scale(sc.to(dt).contiguous()), shift(sh.to(dt).contiguous()) {}
+  const T* mu() const { return mean.data_ptr<T>(); }
+  const T* sc() const { return scale.data_ptr<T>(); }
+  const T* sh() const { return shift.data_ptr<T>(); }
+};
+
+// z = relu((y - mean)*scale + shift) for one frame (M channels of `plane` values, channel
+// stride ld).
+template <typename T>
+void activate_frame(const T* y, int64_t ld, const BnVectors<T>& bn, int64_t M, int64_t plane,
+                    T* z) {
+  const T *mu = bn.mu(), *sc = bn.sc(), *sh = bn.sh();
+  for (int64_t m = 0; m < M; ++m) {
+    const T* yr = y + m * ld;
+    T* zr = z + m * plane;
+    for (int64_t q = 0; q < plane; ++q)
+      zr[q] = std::max((yr[q] - mu[m]) * sc[m] + sh[m], T(0));
+  }
+}
+
+Tensor temporal_conv_bnrelu_cpu(const Tensor& y, const Tensor& mean, const Tensor& scale,
+                                const Tensor& shift, const Tensor& weight,
+                                const std::optional<Tensor>& bias, int64_t stride,
+                                int64_t padding) {
+  KernelScope scope;
+  const TemporalGeom g = check_temporal(y, mean, scale, shift, weight, bias, stride, padding);
+  if (is_reduced(y)) {
+    return temporal_conv_bnrelu_cpu(to_float(y), mean, scale, shift, to_float(weight),
+                                    to_float(bias), stride, padding)
+        .to(y.scalar_type());
+  }
+  const Tensor yc = y.contiguous();
+  const Tensor wk = taps_major(weight);
+  const Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : Tensor();
+  Tensor out = at::empty({g.N, g.O, g.To, y.size(3), y.size(4)}, y.options());
+
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "temporal_conv_bnrelu_cpu", [&] {
+    const scalar_t* yp = yc.data_ptr<scalar_t>();
+    const BnVectors<scalar_t> bn(mean, scale, shift, y.scalar_type());
+    const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, g.N * g.To, 1, [&](int64_t begin, int64_t end) {
+      Tensor z = at::empty({g.M, g.HW}, yc.options());
+      scalar_t* zp = z.data_ptr<scalar_t>();
+      for (int64_t f = begin; f < end; ++f) {
+        const int64_t n = f / g.To, to = f % g.To;
+        Tensor out_f = mat(op + (n * g.O * g.To + to) * g.HW, g.O, g.HW, g.To * g.HW);
+        temporal_output_frame<scalar_t>(out_f, wk, bp, to, g.st, g.pt, g.T, [&](int64_t ti) {
+          activate_frame(yp + (n * g.M * g.T + ti) * g.HW, g.T * g.HW, bn, g.M, g.HW, zp);
+          return z;
+        });
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> temporal_conv_bnrelu_backward_cpu(
+    const Tensor& grad_out, const Tensor& y, const Tensor& mean, const Tensor& scale,
+    const Tensor& shift, const Tensor& weight, int64_t stride, int64_t padding,
+    std::array<bool, 6> mask) {
+  KernelScope scope;
+  const TemporalGeom g = check_temporal(y, mean, scale, shift, weight, std::nullopt, stride,
+                                        padding);
+  TORCH_CHECK_VALUE(grad_out.dim() == 5 && grad_out.size(0) == g.N && grad_out.size(1) == g.O &&
+                        grad_out.size(2) == g.To && grad_out.size(3) * grad_out.size(4) == g.HW,
+                    "r2p1d: expected grad_out of shape [", g.N, ", ", g.O, ", ", g.To, ", ",
+                    y.size(3), ", ", y.size(4), "], but got ", grad_out.sizes());
+  if (is_reduced(y)) {
+    auto [gy, gmu, gsc, gsh, gw, gb] = temporal_conv_bnrelu_backward_cpu(
+        to_float(grad_out), to_float(y), mean, scale, shift, to_float(weight), stride, padding,
+        mask);
+    const auto dt = y.scalar_type();
+    return {to_dtype(gy, dt), gmu, gsc, gsh, to_dtype(gw, dt), to_dtype(gb, dt)};
+  }
+  const Tensor go = grad_out.contiguous(), yc = y.contiguous();
+  const Tensor wk = taps_major(weight);  // (kt, O, M)
+  const int64_t frames = g.N * g.T;
+  const bool need_gz = mask[0] || mask[1] || mask[2] || mask[3];
+
+  Tensor grad_y = mask[0] ? at::empty_like(yc) : Tensor();
+  // Per input frame and channel: sum(gpre*(y-mean)) and sum(gpre), gpre = gz*[pre>0], for
+  // the scale, shift and mean gradients.
+  Tensor bn_part = at::zeros({frames, g.M, 2}, y.options().dtype(at::kDouble));
+  const int64_t chunks = reduction_chunks(frames);
+  Tensor gw_part = mask[4] ? at::zeros({chunks, g.kt, g.O, g.M}, y.options()) : Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "temporal_conv_bnrelu_backward_cpu", [&] {
+    const scalar_t* yp = yc.data_ptr<scalar_t>();
+    const scalar_t* gop = go.data_ptr<scalar_t>();
+    const BnVectors<scalar_t> bn(mean, scale, shift, y.scalar_type());
+    const scalar_t *mup = bn.mu(), *scp = bn.sc();
+    double* bnp = bn_part.data_ptr<double>();
+    at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
+      Tensor z = at::empty({g.M, g.HW}, yc.options());
+      Tensor gz = at::empty({g.M, g.HW}, yc.options());
+      scalar_t *zp = z.data_ptr<scalar_t>(), *gzp = gz.data_ptr<scalar_t>();
+      for (int64_t c = cbegin; c < cend; ++c) {
+        const int64_t fbegin = c * frames / chunks, fend = (c + 1) * frames / chunks;
+        for (int64_t f = fbegin; f < fend; ++f) {
+          const int64_t n = f / g.T, ti = f % g.T;
+          const int64_t y_off = (n * g.M * g.T + ti) * g.HW;
+          activate_frame(yp + y_off, g.T * g.HW, bn, g.M, g.HW, zp);
+          auto go_frame = [&](int64_t to) {
+            return mat(const_cast<scalar_t*>(gop) + (n * g.O * g.To + to) * g.HW, g.O, g.HW,
+                       g.To * g.HW);
+          };
+          if (need_gz) {
+            // gz = sum over taps of W_k^T @ grad_out(to_k): the gradient reaching z.
+            bool written = false;
+            for (int64_t k = 0; k < g.kt; ++k) {
+              const int64_t to = tap_output(ti, k, g.st, g.pt, g.To);
+              if (to < 0) continue;
+              if (written) {
+                gz.addmm_(wk[k].t(), go_frame(to));
+              } else {
+                at::mm_out(gz, wk[k].t(), go_frame(to));
+                written = true;
+              }
+            }
+            if (!written) gz.zero_();
+            for (int64_t m = 0; m < g.M; ++m) {
+              const scalar_t* yr = yp + y_off + m * g.T * g.HW;
+              const scalar_t* zr = zp + m * g.HW;
+              const scalar_t* gr = gzp + m * g.HW;
+              scalar_t* gyr = mask[0] ? grad_y.data_ptr<scalar_t>() + y_off + m * g.T * g.HW
+                                      : nullptr;
+              double s_scale = 0, s_shift = 0;
+              for (int64_t q = 0; q < g.HW; ++q) {
+                // relu'(pre) with pre = (y-mean)*scale+shift; z > 0 exactly when pre > 0.
+                const scalar_t gpre = zr[q] > scalar_t(0) ? gr[q] : scalar_t(0);
+                if (gyr) gyr[q] = gpre * scp[m];
+                s_scale += static_cast<double>(gpre) * (yr[q] - mup[m]);
+                s_shift += gpre;
+              }
+              bnp[(f * g.M + m) * 2] = s_scale;
+              bnp[(f * g.M + m) * 2 + 1] = s_shift;
+            }
+          }
+          if (mask[4]) {
+            for (int64_t k = 0; k < g.kt; ++k) {
+              const int64_t to = tap_output(ti, k, g.st, g.pt, g.To);
+              if (to >= 0) gw_part[c][k].addmm_(go_frame(to), z.t());
+            }
+          }
+        }
+      }
+    });
+  });
+  const Tensor bn = bn_part.sum(0);
+  Tensor grad_mean = mask[1] ? (-bn.select(1, 1) * scale.to(at::kDouble)).to(mean.scalar_type())
+                             : Tensor();
+  // Copies (copy=true), never views of `bn`: outputs must not alias each other.
+  Tensor grad_scale = mask[2] ? bn.select(1, 0).to(scale.scalar_type(), false, true) : Tensor();
+  Tensor grad_shift = mask[3] ? bn.select(1, 1).to(shift.scalar_type(), false, true) : Tensor();
+  Tensor grad_w = mask[4] ? gw_part.sum(0).permute({1, 2, 0}).reshape(weight.sizes()).contiguous()
+                          : Tensor();
+  Tensor grad_b = mask[5] ? go.sum(at::IntArrayRef{0, 2, 3, 4}) : Tensor();
+  return {grad_y, grad_mean, grad_scale, grad_shift, grad_w, grad_b};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(r2p1d, CPU, m) {
+  m.impl("temporal_conv_bnrelu", &temporal_conv_bnrelu_cpu);
+  m.impl("temporal_conv_bnrelu_backward", &temporal_conv_bnrelu_backward_cpu);
+}
+
+}  // namespace r2p1d::cpu

@@ -1,0 +1,39 @@
+// CUDA inference path: BatchNorm is already folded into the spatial weights, so the block
+// is relu(spatial conv) followed by a plain temporal conv. This straightforward version
+// writes the activation once to a temporary (no BatchNorm pass, no separate ReLU pass);
+// the back-to-back kernel that keeps it on chip belongs to the GPU speed issue.
+#include <torch/library.h>
+
+#include "common.cuh"
+#include "launchers.h"
+
+namespace r2p1d::cuda {
+namespace {
+
+using at::Tensor;
+
+Tensor fused_eval_cuda(const Tensor& x, const Tensor& spatial_weight,
+                       const std::optional<Tensor>& spatial_bias, const Tensor& temporal_weight,
+                       const std::optional<Tensor>& temporal_bias, at::IntArrayRef stride,
+                       at::IntArrayRef padding) {
+  TORCH_CHECK_VALUE(stride.size() == 3 && padding.size() == 3,
+                    "r2p1d: expected 3 strides and 3 paddings (t, h, w), but got ", stride.size(),
+                    " and ", padding.size());
+  const SpatialGeom g = check_spatial(x, spatial_weight, spatial_bias, stride.slice(1),
+                                      padding.slice(1));
+  const TemporalGeom tg = check_temporal_weight(x, g.N, g.M, g.T, g.out_plane(), temporal_weight,
+                                                temporal_bias, stride[0], padding[0]);
+  c10::cuda::CUDAGuard guard(x.device());
+  Tensor z = at::empty({g.N, g.M, g.T, g.Ho, g.Wo}, x.options());
+  spatial_forward(x, spatial_weight, defined_or(spatial_bias), g, /*relu=*/true, z, nullptr,
+                  nullptr);
+  Tensor out = at::empty({g.N, tg.O, tg.To, g.Ho, g.Wo}, x.options());
+  temporal_forward(z, Tensor(), Tensor(), Tensor(), temporal_weight, defined_or(temporal_bias), tg, out);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(r2p1d, CUDA, m) { m.impl("fused_eval", &fused_eval_cuda); }
+
+}  // namespace r2p1d::cuda

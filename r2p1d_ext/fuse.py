@@ -1,0 +1,86 @@
+"""fuse(model): replace every unfused (2+1)D block of a model by the fused module.
+
+Recognised blocks:
+  * r2p1d_ext.reference.SpatioTemporalConv (and the original R2Plus1D-PyTorch layout);
+  * any nn.Sequential run Conv3d(1,kh,kw) -> BatchNorm3d -> ReLU -> Conv3d(kt,1,1): this is
+    torchvision's Conv2Plus1D and the first four modules of its R2Plus1dStem (45 mid channels).
+Weights and BatchNorm state move over as they are (the same Parameter and buffer objects),
+so outputs are unchanged.
+"""
+from __future__ import annotations
+
+import copy
+from typing import List, Optional
+
+from torch import nn
+
+from . import reference
+from .module import SpatioTemporalConv
+
+
+def _plain_conv(conv: nn.Module) -> bool:
+    return (type(conv) is nn.Conv3d and conv.groups == 1 and conv.dilation == (1, 1, 1)
+            and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple))
+
+
+def _block_from(conv_s: nn.Module, bn: nn.Module, relu: nn.Module,
+                conv_t: nn.Module) -> Optional[SpatioTemporalConv]:
+    """The fused block computing conv_t(relu(bn(conv_s(x)))), or None if these modules are
+    not a (2+1)D block the kernels compute."""
+    if not (_plain_conv(conv_s) and _plain_conv(conv_t) and type(relu) is nn.ReLU
+            and type(bn) in (nn.BatchNorm3d, nn.SyncBatchNorm)):
+        return None
+    if (conv_s.kernel_size[0], conv_s.stride[0], conv_s.padding[0]) != (1, 1, 0):
+        return None
+    if conv_t.kernel_size[1:] != (1, 1) or conv_t.stride[1:] != (1, 1) or conv_t.padding[1:] != (0, 0):
+        return None
+    mid = conv_s.out_channels
+    if bn.num_features != mid or conv_t.in_channels != mid:
+        return None
+    fused = SpatioTemporalConv(
+        conv_s.in_channels, conv_t.out_channels,
+        (conv_t.kernel_size[0], conv_s.kernel_size[1], conv_s.kernel_size[2]),
+        stride=(conv_t.stride[0], conv_s.stride[1], conv_s.stride[2]),
+        padding=(conv_t.padding[0], conv_s.padding[1], conv_s.padding[2]),
+        bias=False, mid_channels=mid)
+    # Take the original modules themselves: parameters, buffers, device and dtype carry over.
+    fused.spatial_conv, fused.bn, fused.temporal_conv = conv_s, bn, conv_t
+    return fused.train(bn.training)
+
+
+def _fuse_sequential(seq: nn.Sequential) -> nn.Module:
+    mods: List[nn.Module] = list(seq)
+    out: List[nn.Module] = []
+    i = 0
+    while i < len(mods):
+        fused = _block_from(*mods[i:i + 4]) if i + 4 <= len(mods) else None
+        if fused is None:
+            out.append(mods[i])
+            i += 1
+        else:
+            out.append(fused)
+            i += 4
+    if len(out) == len(mods):
+        return seq
+    return out[0] if len(out) == 1 else nn.Sequential(*out).train(seq.training)
+
+
+def _fuse_module(module: nn.Module) -> nn.Module:
+    if isinstance(module, reference.SpatioTemporalConv):
+        return _block_from(module.spatial_conv, module.bn, module.relu, module.temporal_conv)
+    for name, child in list(module.named_children()):
+        new = _fuse_module(child)
+        if new is not child:
+            setattr(module, name, new)
+    if isinstance(module, nn.Sequential):
+        return _fuse_sequential(module)
+    return module
+
+
+def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Return ``model`` with every unfused (2+1)D block replaced by
+    :class:`r2p1d_ext.SpatioTemporalConv`. With ``inplace=False`` (the default) the model is
+    deep-copied first and left untouched."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    return _fuse_module(model)

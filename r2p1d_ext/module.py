@@ -1,0 +1,144 @@
+"""SpatioTemporalConv: the fused (2+1)D block as a drop-in replacement for nn.Conv3d."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import ops
+from ._args import block_config
+
+
+class SpatioTemporalConv(nn.Module):
+    r"""R(2+1)D convolution: spatial conv (1,kh,kw) -> BatchNorm3d -> ReLU -> temporal conv
+    (kt,1,1), computed by the fused r2p1d kernels.
+
+    A drop-in for ``nn.Conv3d(in_channels, out_channels, kernel_size, stride, padding)``:
+    the same output shape, int or (t, h, w) sizes, padding ``'same'``/``'valid'``,
+    batched (N, C, T, H, W) or unbatched (C, T, H, W) input, contiguous or
+    ``torch.channels_last_3d`` in and the same format out, ``torch.autocast``.
+
+    ``mid_channels`` defaults to the paper's parameter-matching count
+    ``floor(kt*kh*kw*C_in*C_out / (kh*kw*C_in + kt*C_out))``.
+
+    Parameters and buffers (``spatial_conv.weight/bias``, ``bn.*``, ``temporal_conv.weight/bias``)
+    are held by an ``nn.Conv3d``, an ``nn.BatchNorm3d`` and an ``nn.Conv3d`` child, with the
+    names of the unfused block (:class:`r2p1d_ext.reference.SpatioTemporalConv`), so
+    state_dicts load both ways; the children only hold them, forward never calls them.
+
+    Training: the spatial kernel also produces the BatchNorm batch statistics, the temporal
+    kernel applies BatchNorm+ReLU while loading, and only x and the spatial output are saved
+    for backward. Evaluation without autograd: BatchNorm is folded into the spatial weights
+    and one fused kernel computes the block.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 bias: bool = True, mid_channels: Optional[int] = None):
+        super().__init__()
+        kernel, stride, padding, mid = block_config(in_channels, out_channels, kernel_size,
+                                                    stride, padding, mid_channels)
+        self.in_channels, self.out_channels, self.mid_channels = in_channels, out_channels, mid
+        self.kernel_size, self.stride, self.padding = kernel, stride, padding
+        self.spatial_conv = nn.Conv3d(in_channels, mid, (1, kernel[1], kernel[2]),
+                                      stride=(1, stride[1], stride[2]),
+                                      padding=(0, padding[1], padding[2]), bias=bias)
+        self.bn = nn.BatchNorm3d(mid)
+        self.temporal_conv = nn.Conv3d(mid, out_channels, (kernel[0], 1, 1),
+                                       stride=(stride[0], 1, 1), padding=(padding[0], 0, 0),
+                                       bias=bias)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, mid_channels={self.mid_channels}")
+
+    # -------------------------------------------------------------------- checks
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 5:
+            raise ValueError(f"{type(self).__name__}: expected a 5-D (N, C, T, H, W) or 4-D "
+                             f"(C, T, H, W) input, got {x.dim()}-D with shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"{type(self).__name__}: expected input with {self.in_channels} "
+                             f"channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
+        for dim, size, k, p in zip("THW", x.shape[2:], self.kernel_size, self.padding):
+            if size + 2 * p < k:
+                raise ValueError(f"{type(self).__name__}: input size {dim}={size} (padded "
+                                 f"{size + 2 * p}) is smaller than the kernel size {k}")
+        if x.numel() == 0:
+            raise ValueError(f"{type(self).__name__}: expected a non-empty input, got shape "
+                             f"{tuple(x.shape)}")
+        weight = self.spatial_conv.weight
+        if x.device != weight.device:
+            raise ValueError(f"{type(self).__name__}: expected input on {weight.device} (the "
+                             f"module's device), got {x.device}")
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"{type(self).__name__}: expected input of dtype {weight.dtype} "
+                             f"(the module's parameters), got {x.dtype}")
+
+    # -------------------------------------------------------------------- forward
+    def forward(self, x: Tensor) -> Tensor:
+        unbatched = x.dim() == 4
+        if unbatched:
+            x = x.unsqueeze(0)
+        self._check_input(x)
+        channels_last = (x.is_contiguous(memory_format=torch.channels_last_3d)
+                         and not x.is_contiguous())
+        ws, bs = self.spatial_conv.weight, self.spatial_conv.bias
+        wt, bt = self.temporal_conv.weight, self.temporal_conv.bias
+        if torch.is_autocast_enabled(x.device.type):
+            # As nn.Conv3d under autocast: convolutions run in the autocast dtype; the
+            # BatchNorm statistics and affine map stay float32.
+            dt = torch.get_autocast_dtype(x.device.type)
+            x, ws, wt = x.to(dt), ws.to(dt), wt.to(dt)
+            bs = bs.to(dt) if bs is not None else None
+            bt = bt.to(dt) if bt is not None else None
+        out = self._block(x, ws, bs, wt, bt)
+        if channels_last:
+            out = out.contiguous(memory_format=torch.channels_last_3d)
+        return out.squeeze(0) if unbatched else out
+
+    def _block(self, x: Tensor, ws: Tensor, bs: Optional[Tensor], wt: Tensor,
+               bt: Optional[Tensor]) -> Tensor:
+        bn = self.bn
+        stride_hw, pad_hw = list(self.stride[1:]), list(self.padding[1:])
+        use_batch_stats = self.training or bn.running_mean is None
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, ws, bs, wt, bt, bn.weight, bn.bias))
+        if not use_batch_stats and not needs_grad:
+            scale, shift = self._affine(bn.running_var)
+            ws_f, bs_f = self._fold(ws, bs, bn.running_mean, scale, shift)
+            return ops.fused_eval(x, ws_f, bs_f, wt, bt, list(self.stride), list(self.padding))
+
+        y, mean, var = ops.spatial_conv_stats(x, ws, bs, stride_hw, pad_hw)
+        if use_batch_stats:
+            count = y.numel() // y.shape[1]
+            if self.training and count <= 1:
+                raise ValueError(f"{type(self).__name__}: expected more than 1 value per "
+                                 f"channel when training, got input of shape {tuple(x.shape)}")
+            if self.training and bn.track_running_stats:
+                ops.update_running_stats(bn.running_mean, bn.running_var, bn.num_batches_tracked,
+                                         mean.detach(), var.detach(), count, bn.momentum)
+        else:
+            mean, var = bn.running_mean, bn.running_var
+        scale, shift = self._affine(var)
+        return ops.temporal_conv_bnrelu(y, mean, scale, shift, wt, bt, self.stride[0],
+                                        self.padding[0])
+
+    def _affine(self, var: Tensor):
+        """BatchNorm as z = (y - mean)*scale + shift: scale = gamma/sqrt(var+eps) and
+        shift = beta (differentiable in var, gamma and beta)."""
+        bn = self.bn
+        scale = torch.rsqrt(var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = bn.bias if bn.bias is not None else torch.zeros_like(scale)
+        return scale, shift
+
+    @staticmethod
+    def _fold(ws: Tensor, bs: Optional[Tensor], mean: Tensor, scale: Tensor, shift: Tensor):
+        """Spatial weight and bias with BatchNorm folded in: relu((conv(x)+b-mean)*scale+shift)
+        = relu(conv(x; w*scale) + (b-mean)*scale + shift); computed in the statistics'
+        precision, then cast to the convolution dtype."""
+        ws_f = (ws.to(scale.dtype) * scale.view(-1, 1, 1, 1, 1)).to(ws.dtype)
+        centred = -mean if bs is None else bs.to(scale.dtype) - mean
+        return ws_f, (centred * scale + shift).to(ws.dtype)

@@ -1,0 +1,153 @@
+"""The r2p1d operators: Python wrappers, fake (meta) kernels for torch.compile and
+autograd formulas. The kernels themselves are in csrc/ (one schema file, CPU and CUDA
+implementations registered per dispatch key); autograd lives here, apart from them.
+
+Ops (all tensors NCDHW):
+  spatial_conv_stats(x, w_s, b_s, stride_hw, padding_hw) -> (y, mean, var)
+  temporal_conv_bnrelu(y, mean, scale, shift, w_t, b_t, stride_t, padding_t) -> out
+  fused_eval(x, w_s_folded, b_s_folded, w_t, b_t, stride, padding) -> out
+  update_running_stats(running_mean!, running_var!, num_batches_tracked!, mean, var, count, momentum)
+and the backward ops spatial_conv_backward / temporal_conv_bnrelu_backward.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _C  # noqa: F401  (importing runs the TORCH_LIBRARY registrations)
+from ._args import output_size
+
+_ops = torch.ops.r2p1d
+
+
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------------------- wrappers
+def spatial_conv_stats(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int],
+                       padding: List[int]) -> Tuple[Tensor, Tensor, Tensor]:
+    """y = conv3d(x, weight, bias, stride (1,*stride), padding (0,*padding)) and the
+    per-channel batch mean and biased variance of y."""
+    return _ops.spatial_conv_stats(x, weight, bias, stride, padding)
+
+
+def temporal_conv_bnrelu(y: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, weight: Tensor,
+                         bias: Optional[Tensor], stride: int, padding: int) -> Tensor:
+    """conv3d(relu((y - mean)*scale + shift), weight, bias, stride (stride,1,1),
+    padding (padding,0,0)), zero padding applied after the activation. BatchNorm is
+    mean, scale = gamma/sqrt(var+eps), shift = beta."""
+    return _ops.temporal_conv_bnrelu(y, mean, scale, shift, weight, bias, stride, padding)
+
+
+def fused_eval(x: Tensor, spatial_weight: Tensor, spatial_bias: Optional[Tensor],
+               temporal_weight: Tensor, temporal_bias: Optional[Tensor], stride: List[int],
+               padding: List[int]) -> Tensor:
+    """Inference block with BatchNorm folded into the spatial weight and bias (no autograd)."""
+    return _ops.fused_eval(x, spatial_weight, spatial_bias, temporal_weight, temporal_bias,
+                           stride, padding)
+
+
+def update_running_stats(running_mean: Tensor, running_var: Tensor, num_batches_tracked: Tensor,
+                         mean: Tensor, var: Tensor, count: int, momentum: Optional[float]) -> None:
+    """nn.BatchNorm's running-statistics update, in place."""
+    _ops.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, count,
+                              momentum)
+
+
+# ---------------------------------------------------------------------------- fake kernels
+@torch.library.register_fake("r2p1d::spatial_conv_stats")
+def _spatial_conv_stats_fake(x, weight, bias, stride, padding):
+    n, _, t, h, w = x.shape
+    m, _, _, kh, kw = weight.shape
+    y = x.new_empty((n, m, t, output_size(h, kh, stride[0], padding[0]),
+                     output_size(w, kw, stride[1], padding[1])))
+    stats = x.new_empty((m,), dtype=_stats_dtype(x.dtype))
+    return y, stats, torch.empty_like(stats)
+
+
+@torch.library.register_fake("r2p1d::spatial_conv_backward")
+def _spatial_conv_backward_fake(grad_y, x, weight, y, mean, grad_mean, grad_var, stride, padding,
+                                output_mask):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else None,
+            torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else None,
+            x.new_empty((weight.shape[0],)) if output_mask[2] else None)
+
+
+@torch.library.register_fake("r2p1d::temporal_conv_bnrelu")
+def _temporal_conv_bnrelu_fake(y, mean, scale, shift, weight, bias, stride, padding):
+    n, _, t, h, w = y.shape
+    return y.new_empty((n, weight.shape[0], output_size(t, weight.shape[2], stride, padding), h, w))
+
+
+@torch.library.register_fake("r2p1d::temporal_conv_bnrelu_backward")
+def _temporal_conv_bnrelu_backward_fake(grad_out, y, mean, scale, shift, weight, stride, padding,
+                                        output_mask):
+    return (torch.empty_like(y, memory_format=torch.contiguous_format) if output_mask[0] else None,
+            torch.empty_like(mean) if output_mask[1] else None,
+            torch.empty_like(scale) if output_mask[2] else None,
+            torch.empty_like(shift) if output_mask[3] else None,
+            torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[4] else None,
+            y.new_empty((weight.shape[0],)) if output_mask[5] else None)
+
+
+@torch.library.register_fake("r2p1d::fused_eval")
+def _fused_eval_fake(x, spatial_weight, spatial_bias, temporal_weight, temporal_bias, stride,
+                     padding):
+    n, _, t, h, w = x.shape
+    _, _, _, kh, kw = spatial_weight.shape
+    o, _, kt, _, _ = temporal_weight.shape
+    return x.new_empty((n, o, output_size(t, kt, stride[0], padding[0]),
+                        output_size(h, kh, stride[1], padding[1]),
+                        output_size(w, kw, stride[2], padding[2])))
+
+
+@torch.library.register_fake("r2p1d::update_running_stats")
+def _update_running_stats_fake(running_mean, running_var, num_batches_tracked, mean, var, count,
+                               momentum):
+    return None
+
+
+# ---------------------------------------------------------------------------- autograd
+def _spatial_setup_context(ctx, inputs, output):
+    x, weight, bias, stride, padding = inputs
+    y, mean, _ = output
+    ctx.save_for_backward(x, weight, y, mean)
+    ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+
+
+def _spatial_backward(ctx, grad_y, grad_mean, grad_var):
+    x, weight, y, mean = ctx.saved_tensors
+    grad_y = torch.zeros_like(y) if grad_y is None else grad_y
+    grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
+    grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+            ctx.has_bias and ctx.needs_input_grad[2]]
+    grad_x, grad_w, grad_b = _ops.spatial_conv_backward(
+        grad_y, x, weight, y, mean, grad_mean, grad_var, ctx.stride, ctx.padding, mask)
+    return grad_x, grad_w, grad_b, None, None
+
+
+torch.library.register_autograd("r2p1d::spatial_conv_stats", _spatial_backward,
+                                setup_context=_spatial_setup_context)
+
+
+def _temporal_setup_context(ctx, inputs, output):
+    y, mean, scale, shift, weight, bias, stride, padding = inputs
+    ctx.save_for_backward(y, mean, scale, shift, weight)
+    ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+
+
+def _temporal_backward(ctx, grad_out):
+    y, mean, scale, shift, weight = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [need[0], need[1], need[2], need[3], need[4], ctx.has_bias and need[5]]
+    grads = _ops.temporal_conv_bnrelu_backward(grad_out, y, mean, scale, shift, weight, ctx.stride,
+                                               ctx.padding, mask)
+    return (*grads, None, None)
+
+
+torch.library.register_autograd("r2p1d::temporal_conv_bnrelu", _temporal_backward,
+                                setup_context=_temporal_setup_context)

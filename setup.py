@@ -1,0 +1,87 @@
+"""Builds r2p1d_ext._C: a CUDAExtension when torch has CUDA and nvcc is found (or
+FORCE_CUDA=1), otherwise a CppExtension with the CPU kernels only.
+
+Environment:
+  FORCE_CUDA=1 / FORCE_CPU=1   force the CUDA build / the CPU-only build
+  CUDA_HOME                    the CUDA toolkit folder (found from nvcc on PATH otherwise,
+                               following a wrapper script that execs the real nvcc)
+  TORCH_CUDA_ARCH_LIST         GPU archs to build for (default "9.0": H100/H200)
+  MAX_JOBS                     parallel compile jobs (ninja)
+"""
+import glob
+import os
+import re
+import shutil
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "9.0"
+
+
+def _find_cuda_home():
+    """The toolkit folder: $CUDA_HOME, else the folder of the nvcc that `nvcc` on PATH is
+    or execs (a wrapper script makes torch's own guess, dirname(dirname(nvcc)), wrong)."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    nvcc = os.path.realpath(nvcc)
+    try:
+        with open(nvcc, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        head = b""
+    if head.startswith(b"#!"):
+        match = re.search(rb"exec\s+[\"']?(/[^\s\"']+/bin/nvcc)", head)
+        if match:
+            nvcc = match.group(1).decode()
+    return os.path.dirname(os.path.dirname(nvcc))
+
+
+# torch.utils.cpp_extension reads CUDA_HOME when imported: settle it first.
+_cuda_home = _find_cuda_home()
+if _cuda_home:
+    os.environ["CUDA_HOME"] = _cuda_home
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _use_cuda():
+    if os.environ.get("FORCE_CPU") == "1":
+        return False
+    if os.environ.get("FORCE_CUDA") == "1":
+        return True
+    return torch.version.cuda is not None and _cuda_home is not None and os.path.exists(
+        os.path.join(_cuda_home, "bin", "nvcc"))
+
+
+def _extension():
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    # No -std flag: torch.utils.cpp_extension adds the standard this torch needs (C++20 for 2.14)
+    cxx = ["-O3", "-fopenmp"]
+    if not _use_cuda():
+        return CppExtension("r2p1d_ext._C", sources, extra_compile_args={"cxx": cxx},
+                            extra_link_args=["-fopenmp"])
+    # Without a GPU torch cannot detect an arch: default to a small explicit list.
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+    return CUDAExtension("r2p1d_ext._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+                         extra_link_args=["-fopenmp"])
+
+
+setup(
+    name="r2p1d_ext",
+    version="0.1.0",
+    description="Fused R(2+1)D spatiotemporal convolution for PyTorch (C++/CUDA kernels)",
+    packages=find_packages(include=["r2p1d_ext", "r2p1d_ext.*"]),
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    python_requires=">=3.9",
+    install_requires=["torch>=2.11", "tqdm", "opencv-python-headless"],
+    extras_require={"test": ["pytest", "hypothesis", "torchvision"]},
+)

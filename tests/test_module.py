@@ -1,0 +1,206 @@
+"""The fused module against the pure-PyTorch reference: forward, every gradient and the
+running statistics, on random shapes (hypothesis), in train and eval, both memory formats."""
+import copy
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import r2p1d_ext
+from r2p1d_ext import reference
+from r2p1d_ext._args import default_mid_channels
+
+from conftest import (DEVICES, HAS_CUDA, TOL, assert_close, assert_results_close,
+                      block_results, make_pair, random_input)
+
+
+@st.composite
+def block_cases(draw):
+    cin, cout = draw(st.integers(1, 5)), draw(st.integers(1, 6))
+    kernel = tuple(draw(st.sampled_from([1, 3, 5, 7])) for _ in range(3))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(3))
+    padding = tuple(draw(st.integers(0, k // 2 + 1)) for k in kernel)
+    # Input at least the kernel size once padded (T == kernel with padding included).
+    size = [draw(st.integers(max(1, k - 2 * p), max(1, k - 2 * p) + 5)) for k, p in zip(kernel, padding)]
+    batch = draw(st.integers(1, 3))
+    per_sample = size[0] * ((size[1] + 2 * padding[1] - kernel[1]) // stride[1] + 1) * \
+        ((size[2] + 2 * padding[2] - kernel[2]) // stride[2] + 1)
+    # Training BatchNorm needs more than one value per channel; with 2 or 3 its input
+    # gradient is almost all cancellation (relative errors of 1e-4 even for PyTorch's own
+    # float32 block), so every case has at least 4.
+    batch = max(batch, -(-4 // per_sample))
+    mid = None if default_mid_channels(cin, cout, kernel) > 0 else draw(st.integers(1, 4))
+    return dict(seed=draw(st.integers(0, 2**31 - 1)), cin=cin, cout=cout, kernel=kernel, stride=stride, padding=padding,
+                shape=(batch, cin, *size), bias=draw(st.booleans()), mid=mid,
+                channels_last=draw(st.booleans()))
+
+
+def _taps_touching_data(case, dim):
+    """Kernel taps along `dim` (1: H, 2: W) that read the input, not only padding."""
+    k, s, p, size = case["kernel"][dim], case["stride"][dim], case["padding"][dim], case["shape"][dim + 2]
+    out = (size + 2 * p - k) // s + 1
+    return sum(any(0 <= o * s - p + i < size for o in range(out)) for i in range(k))
+
+
+def _forward_backward(module, x, train, seed):
+    module.train(train)
+    out = module(x)
+    gen = torch.Generator().manual_seed(seed)
+    grad = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    out.backward(grad.to(device=out.device, dtype=out.dtype))
+    return block_results(module, x, out)
+
+
+def _run(case, dtype, device, train):
+    torch.manual_seed(case["seed"])
+    ref, fused = make_pair(case["cin"], case["cout"], case["kernel"], case["stride"],
+                           case["padding"], bias=case["bias"], mid_channels=case["mid"],
+                           device=device, dtype=dtype)
+    fmt = torch.channels_last_3d if case["channels_last"] else torch.contiguous_format
+    fx, rx = random_input(case["shape"], dtype, device, fmt)
+    want = _forward_backward(ref, rx, train, case["seed"])
+    got = _forward_backward(fused, fx, train, case["seed"])
+    out = got["output"]
+    assert out.dtype == dtype and out.device.type == device
+    if case["channels_last"] and not fx.is_contiguous():
+        assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    floors = {}
+    if train:
+        # Training-mode BatchNorm removes any per-channel constant and scale of y: the
+        # spatial bias gradient, and the spatial weight gradient when each mid channel has a
+        # single weight that ever meets data, are zero in exact arithmetic. Both sides are then
+        # rounding noise of terms that cancel, sum(grad_y) = scale * grad_beta with
+        # scale <= max|gamma| / sqrt(eps); measure against that size.
+        noise = want["grad bn.bias"].norm().item() * ref.bn.weight.abs().max().item() / ref.bn.eps ** 0.5
+        if case["bias"]:
+            floors["grad spatial_conv.bias"] = noise
+        if case["cin"] * _taps_touching_data(case, 1) * _taps_touching_data(case, 2) == 1:
+            floors["grad spatial_conv.weight"] = noise * rx.detach().abs().max().item()
+    assert_results_close(got, want, TOL[dtype], floors)
+    assert fused.bn.num_batches_tracked.item() == ref.bn.num_batches_tracked.item()
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@given(case=block_cases())
+def test_matches_reference_cpu(case, dtype, train):
+    _run(case, dtype, "cpu", train)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@given(case=block_cases())
+def test_matches_reference_cuda(case, dtype, train):
+    _run(case, dtype, "cuda", train)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eval_inference_path_matches(device):
+    """Eval without autograd takes the folded one-op path; with autograd, the two-op path.
+    Both equal the reference."""
+    ref, fused = make_pair(4, 6, 3, (1, 2, 2), 1, device=device, dtype=torch.float64)
+    ref.eval(); fused.eval()
+    x = torch.randn(2, 4, 5, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        assert_close(fused(x.to(device)), ref(x), 1e-10, "no-grad eval")
+    with torch.inference_mode():
+        assert_close(fused(x.to(device)), ref(x), 1e-10, "inference-mode eval")
+    assert_close(fused(x.to(device)), ref(x), 1e-10, "eval with autograd")
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.3, None])
+def test_running_stats_over_steps(momentum):
+    ref, fused = make_pair(3, 4, 3, 1, 1, dtype=torch.float64)
+    ref.bn.momentum = fused.bn.momentum = momentum
+    for _ in range(3):
+        x = torch.randn(2, 3, 4, 6, 6, dtype=torch.float64)
+        ref(x); fused(x)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.allclose(getattr(fused.bn, name), getattr(ref.bn, name), rtol=1e-12, atol=1e-12), name
+
+
+def test_track_running_stats_false_uses_batch_stats_in_eval():
+    ref = reference.SpatioTemporalConv(3, 4, 3, padding=1).double()
+    ref.bn = torch.nn.BatchNorm3d(ref.mid_channels, track_running_stats=False).double()
+    fused = r2p1d_ext.fuse(ref).eval()
+    ref.eval()
+    x = torch.randn(2, 3, 4, 6, 6, dtype=torch.float64)
+    assert_close(fused(x), ref(x), 1e-10, "batch statistics in eval")
+
+
+def test_drop_in_for_conv3d_shapes_and_arguments():
+    x = torch.randn(2, 3, 6, 10, 11)
+    for args, kwargs in [((3, 8, 3), {}), ((3, 8, (3, 5, 1), (1, 2, 1), (1, 2, 0)), {}),
+                         ((3, 8, 3), {"padding": "same"}), ((3, 8, 3), {"padding": "valid"}),
+                         ((3, 8, 3, 2, 1), {"bias": False})]:
+        conv = torch.nn.Conv3d(*args, **kwargs)
+        block = r2p1d_ext.SpatioTemporalConv(*args, **kwargs)
+        assert block(x).shape == conv(x).shape, (args, kwargs)
+    unbatched = r2p1d_ext.SpatioTemporalConv(3, 8, 3, padding=1).eval()
+    with torch.no_grad():
+        assert torch.allclose(unbatched(x[0]), unbatched(x[:1])[0], atol=1e-6)
+
+
+def test_mid_channels_default_is_parameter_matching():
+    block = r2p1d_ext.SpatioTemporalConv(64, 64, 3, bias=False)
+    assert block.mid_channels == 144  # the paper's R(2+1)D-18 conv2_x count
+    conv = torch.nn.Conv3d(64, 64, 3, bias=False)
+    n_block = block.spatial_conv.weight.numel() + block.temporal_conv.weight.numel()
+    assert abs(n_block - conv.weight.numel()) / conv.weight.numel() < 0.01
+    assert r2p1d_ext.SpatioTemporalConv(3, 64, (3, 7, 7), mid_channels=45).mid_channels == 45
+
+
+def test_state_dict_loads_both_ways():
+    ref = reference.SpatioTemporalConv(3, 5, 3, padding=1)
+    fused = r2p1d_ext.SpatioTemporalConv(3, 5, 3, padding=1)
+    assert set(ref.state_dict()) == set(fused.state_dict())
+    fused.load_state_dict(ref.state_dict())
+    ref.load_state_dict(fused.state_dict())
+    assert set(ref.state_dict()) >= {"spatial_conv.weight", "spatial_conv.bias", "bn.weight",
+                                     "bn.bias", "bn.running_mean", "bn.running_var",
+                                     "bn.num_batches_tracked", "temporal_conv.weight",
+                                     "temporal_conv.bias"}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_autocast(device):
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    ref, fused = make_pair(4, 8, 3, 1, 1, device=device)
+    fx, rx = random_input((2, 4, 4, 8, 8), torch.float32, device)
+    with torch.autocast(device, dtype=dtype):
+        out = fused(fx)
+    assert out.dtype == dtype
+    assert_close(out, ref(rx), 3e-2, "autocast output")
+    out.float().sum().backward()
+    assert fused.spatial_conv.weight.grad.dtype == torch.float32
+
+
+def _compile_case(backend):
+    ref, fused = make_pair(3, 5, 3, (1, 2, 2), 1, dtype=torch.float32)
+    eager = copy.deepcopy(fused)
+    compiled = torch.compile(fused, fullgraph=True, backend=backend)
+    x = torch.randn(2, 3, 4, 9, 9)
+    for train in (True, False):
+        eager.train(train); fused.train(train)
+        xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out_e, out_c = eager(xe), compiled(xc)
+        assert_close(out_c, out_e, 1e-5, f"compiled output (train={train})")
+        out_e.square().sum().backward(); out_c.square().sum().backward()
+        assert_close(xc.grad, xe.grad, 1e-5, "compiled input grad")
+        for (name, pe), (_, pc) in zip(eager.named_parameters(), fused.named_parameters()):
+            assert_close(pc.grad, pe.grad, 1e-4, f"compiled {name} grad")
+        assert_close(fused.bn.running_mean, eager.bn.running_mean, 1e-6, "compiled running_mean")
+    with torch.no_grad():
+        assert_close(compiled(x), eager(x), 1e-5, "compiled no-grad eval")
+
+
+def test_torch_compile_fullgraph_aot_eager():
+    torch._dynamo.reset()
+    _compile_case("aot_eager")
+
+
+def test_torch_compile_fullgraph_inductor():
+    torch._dynamo.reset()
+    _compile_case("inductor")

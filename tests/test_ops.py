@@ -1,0 +1,189 @@
+"""Each r2p1d op on its own: float64 gradcheck, torch.library.opcheck (schema, fake kernel,
+autograd registration, AOT dispatch), fake-tensor shapes, and agreement with plain PyTorch."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck
+from torch.library import opcheck
+
+from r2p1d_ext import ops
+
+from conftest import DEVICES, assert_close
+
+OPS = torch.ops.r2p1d
+
+
+def _spatial_args(device, dtype=torch.float64, requires_grad=False, bias=True):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 3, 6, 5, generator=g, dtype=dtype)
+    w = torch.randn(4, 3, 1, 3, 2, generator=g, dtype=dtype)
+    b = torch.randn(4, generator=g, dtype=dtype) if bias else None
+    ts = [t.to(device).requires_grad_(requires_grad) if t is not None else None for t in (x, w, b)]
+    return (*ts, [2, 1], [1, 0])
+
+
+def _temporal_args(device, dtype=torch.float64, requires_grad=False, bias=True, stride=2, padding=1):
+    g = torch.Generator().manual_seed(1)
+    stats = torch.float64 if dtype == torch.float64 else torch.float32
+    y = torch.randn(2, 4, 5, 3, 2, generator=g, dtype=dtype)
+    mean = torch.randn(4, generator=g, dtype=stats) * 0.3
+    scale = torch.rand(4, generator=g, dtype=stats) + 0.5
+    shift = torch.randn(4, generator=g, dtype=stats) * 0.3
+    w = torch.randn(3, 4, 3, 1, 1, generator=g, dtype=dtype)
+    b = torch.randn(3, generator=g, dtype=dtype) if bias else None
+    ts = [t.to(device).requires_grad_(requires_grad) if t is not None else None
+          for t in (y, mean, scale, shift, w, b)]
+    return (*ts, stride, padding)
+
+
+def _eval_args(device, dtype=torch.float64):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 5, 7, 6, generator=g, dtype=dtype)
+    ws = torch.randn(4, 3, 1, 3, 3, generator=g, dtype=dtype)
+    bs = torch.randn(4, generator=g, dtype=dtype)
+    wt = torch.randn(5, 4, 3, 1, 1, generator=g, dtype=dtype)
+    bt = torch.randn(5, generator=g, dtype=dtype)
+    return (*(t.to(device) for t in (x, ws, bs, wt, bt)), [2, 2, 1], [1, 1, 0])
+
+
+# ---------------------------------------------------------------- against plain PyTorch
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_spatial_conv_stats_values(device, bias):
+    x, w, b, stride, padding = _spatial_args(device, bias=bias)
+    y, mean, var = ops.spatial_conv_stats(x, w, b, stride, padding)
+    ref = F.conv3d(x, w, b, (1, *stride), (0, *padding))
+    assert_close(y, ref, 1e-12, "y")
+    assert_close(mean, ref.mean((0, 2, 3, 4)), 1e-12, "mean")
+    assert_close(var, ref.var((0, 2, 3, 4), unbiased=False), 1e-12, "var")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride,padding", [(1, 0), (1, 1), (2, 1), (3, 2), (1, 4)])
+def test_temporal_conv_bnrelu_values(device, stride, padding):
+    y, mean, scale, shift, w, b, _, _ = _temporal_args(device, stride=stride, padding=padding)
+    out = ops.temporal_conv_bnrelu(y, mean, scale, shift, w, b, stride, padding)
+    z = F.relu((y - mean.view(1, -1, 1, 1, 1)) * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1))
+    # Padding in z space: the reference pads after the activation, as conv3d does.
+    ref = F.conv3d(z, w, b, (stride, 1, 1), (padding, 0, 0))
+    assert_close(out, ref, 1e-12, "out")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_eval_values(device):
+    x, ws, bs, wt, bt, stride, padding = _eval_args(device)
+    out = ops.fused_eval(x, ws, bs, wt, bt, stride, padding)
+    z = F.relu(F.conv3d(x, ws, bs, (1, *stride[1:]), (0, *padding[1:])))
+    ref = F.conv3d(z, wt, bt, (stride[0], 1, 1), (padding[0], 0, 0))
+    assert_close(out, ref, 1e-12, "out")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_update_running_stats_matches_batchnorm(device, momentum):
+    bn = torch.nn.BatchNorm3d(4, momentum=momentum).double().to(device)
+    rm, rv = bn.running_mean.clone(), bn.running_var.clone()
+    nbt = bn.num_batches_tracked.clone()
+    for step in range(3):
+        y = torch.randn(2, 4, 3, 5, 5, dtype=torch.float64, device=device) * (step + 1) + step
+        bn(y)
+        ops.update_running_stats(rm, rv, nbt, y.mean((0, 2, 3, 4)), y.var((0, 2, 3, 4), unbiased=False),
+                                 y.numel() // 4, momentum)
+    assert_close(rm, bn.running_mean, 1e-12, "running_mean")
+    assert_close(rv, bn.running_var, 1e-12, "running_var")
+    assert nbt.item() == bn.num_batches_tracked.item() == 3
+
+
+# ---------------------------------------------------------------- gradcheck (float64)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_spatial_conv_stats_gradcheck(device, bias):
+    x, w, b, stride, padding = _spatial_args(device, requires_grad=True, bias=bias)
+    fn = lambda x, w, b: ops.spatial_conv_stats(x, w, b, stride, padding)
+    assert gradcheck(fn, (x, w, b), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (1, 0)])
+def test_temporal_conv_bnrelu_gradcheck(device, stride, padding):
+    args = _temporal_args(device, requires_grad=True, stride=stride, padding=padding)
+    fn = lambda *t: ops.temporal_conv_bnrelu(*t, stride, padding)
+    assert gradcheck(fn, args[:6], eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_block_gradcheck_through_both_ops(device):
+    """The composition the module uses, BatchNorm's scale from the batch variance included."""
+    x, ws, bs, stride, padding = _spatial_args(device, requires_grad=True)
+    _, _, _, beta, wt, bt, _, _ = _temporal_args(device, requires_grad=True)
+    gamma = torch.rand(4, dtype=torch.float64, device=device).add(0.5).requires_grad_()
+
+    def block(x, ws, bs, gamma, beta, wt, bt):
+        y, mean, var = ops.spatial_conv_stats(x, ws, bs, stride, padding)
+        scale = torch.rsqrt(var + 1e-5) * gamma
+        return ops.temporal_conv_bnrelu(y, mean, scale, beta, wt, bt, 1, 1)
+
+    assert gradcheck(block, (x, ws, bs, gamma, beta, wt, bt), eps=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- opcheck
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck_spatial_conv_stats(device, requires_grad):
+    opcheck(OPS.spatial_conv_stats.default, _spatial_args(device, requires_grad=requires_grad))
+    opcheck(OPS.spatial_conv_stats.default, _spatial_args(device, bias=False))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck_temporal_conv_bnrelu(device, requires_grad):
+    opcheck(OPS.temporal_conv_bnrelu.default, _temporal_args(device, requires_grad=requires_grad))
+    opcheck(OPS.temporal_conv_bnrelu.default, _temporal_args(device, bias=False))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_backward_ops(device):
+    x, w, b, stride, padding = _spatial_args(device)
+    y, mean, var = ops.spatial_conv_stats(x, w, b, stride, padding)
+    for mask in ([True, True, True], [False, True, False]):
+        opcheck(OPS.spatial_conv_backward.default,
+                (torch.randn_like(y), x, w, y, mean, torch.randn_like(mean), torch.randn_like(var),
+                 stride, padding, mask))
+    y, mean, scale, shift, wt, _, st, pt = _temporal_args(device)
+    out = ops.temporal_conv_bnrelu(y, mean, scale, shift, wt, None, st, pt)
+    for mask in ([True] * 6, [True, False, False, False, True, False]):
+        opcheck(OPS.temporal_conv_bnrelu_backward.default,
+                (torch.randn_like(out), y, mean, scale, shift, wt, st, pt, mask))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_fused_eval(device):
+    opcheck(OPS.fused_eval.default, _eval_args(device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_opcheck_update_running_stats(device, momentum):
+    kw = dict(device=device, dtype=torch.float32)
+    args = (torch.zeros(4, **kw), torch.ones(4, **kw), torch.tensor(0, device=device),
+            torch.randn(4, **kw), torch.rand(4, **kw), 10, momentum)
+    opcheck(OPS.update_running_stats.default, args)
+
+
+# ---------------------------------------------------------------- fake tensors
+def test_fake_shapes_match_real():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    cases = [
+        (OPS.spatial_conv_stats.default, _spatial_args("cpu", torch.float32)),
+        (OPS.temporal_conv_bnrelu.default, _temporal_args("cpu", torch.float32)),
+        (OPS.fused_eval.default, _eval_args("cpu", torch.float32)),
+    ]
+    for op, args in cases:
+        real = op(*args)
+        with FakeTensorMode() as mode:
+            fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+            fake = op(*fake_args)
+        real = real if isinstance(real, tuple) else (real,)
+        fake = fake if isinstance(fake, tuple) else (fake,)
+        for r, f in zip(real, fake):
+            assert r.shape == f.shape and r.dtype == f.dtype, op
