@@ -1,0 +1,29 @@
+"""The build: with a CUDA torch and nvcc present, the CUDA kernels must have been compiled
+and registered (CI has no GPU, so this is what proves the .cu files build)."""
+import os
+import shutil
+
+import pytest
+import torch
+
+import r2p1d_ext  # noqa: F401
+
+OPS = ["spatial_conv_stats", "spatial_conv_backward", "temporal_conv_bnrelu",
+       "temporal_conv_bnrelu_backward", "fused_eval", "update_running_stats"]
+
+
+def _has_kernel(op, key):
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"r2p1d::{op}", key)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_cpu_kernel_registered(op):
+    assert _has_kernel(op, "CPU")
+
+
+@pytest.mark.skipif(torch.version.cuda is None or os.environ.get("FORCE_CPU") == "1"
+                    or (shutil.which("nvcc") is None and not os.environ.get("CUDA_HOME")),
+                    reason="CPU-only torch or no CUDA toolkit: a CppExtension build")
+@pytest.mark.parametrize("op", OPS)
+def test_cuda_kernel_compiled_and_registered(op):
+    assert _has_kernel(op, "CUDA"), "torch has CUDA and nvcc is present, but the CUDA kernels were not built"
