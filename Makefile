@@ -16,12 +16,13 @@ PIP := $(PY) -m pip
 all: install
 
 # torch 2.14.1 is the CUDA 13 build (so the .cu files compile, with no GPU needed);
-# torchvision is test-only (fuse() on its r2plus1d_18).
+# torchvision is test-only (fuse() on its r2plus1d_18); matplotlib draws the benchmark and
+# training-curve PNGs.
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install "torch==$(TORCH)" "torchvision==$(TORCHVISION)" ninja pybind11 \
-		opencv-python-headless tqdm pytest hypothesis
+		opencv-python-headless tqdm matplotlib pytest hypothesis
 	touch $@
 
 # Incremental: ninja rebuilds only the sources that changed.
