@@ -31,6 +31,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import r2p1d_ext  # noqa: E402
 from r2p1d_ext import reference  # noqa: E402
+from r2p1d_ext.measure import saved_activation_bytes  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -65,21 +66,6 @@ def timer(device, warmup, repeats):
                 t0 = time.perf_counter(); fn(); times.append(time.perf_counter() - t0)
         return statistics.median(times)
     return run
-
-
-def saved_bytes(fn, module):
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    storages = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
 
 
 def train_step(module, x):
@@ -170,8 +156,8 @@ def main(argv=None):
                 train_step(module, inp)()
                 row[f"{impl}_train_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         fused.train(); ref.train()
-        row["fused_saved_mb"] = saved_bytes(lambda: fused(x), fused) / 2**20
-        row["eager_saved_mb"] = saved_bytes(lambda: ref(x), ref) / 2**20
+        row["fused_saved_mb"] = saved_activation_bytes(lambda: fused(x), fused.parameters())[0] / 2**20
+        row["eager_saved_mb"] = saved_activation_bytes(lambda: ref(x), ref.parameters())[0] / 2**20
         best_eager = lambda mode: min(row[k] for k in (f"eager_{mode}_ms", f"eager_cl_{mode}_ms") if k in row)
         row["train_vs_eager"] = best_eager("train") / row["fused_train_ms"]
         row["eval_vs_eager"] = best_eager("eval") / row["fused_eval_ms"]

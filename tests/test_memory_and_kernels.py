@@ -7,25 +7,9 @@ from torch.profiler import ProfilerActivity, profile
 
 import r2p1d_ext
 from r2p1d_ext import reference
+from r2p1d_ext.measure import saved_activation_bytes
 
 from conftest import DEVICES
-
-
-def saved_bytes(fn, module):
-    """Bytes of the distinct activation storages autograd saves while fn() runs (the
-    module's parameters, which both blocks save and which cost no extra memory, excluded)."""
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    storages = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return sum(storages.values()), out
 
 
 # R(2+1)D-18 block shapes at reduced batch/size: (in, out, kernel, stride, padding, mid, input)
@@ -42,8 +26,9 @@ def test_saved_for_backward_is_x_y_and_vectors(name):
     ref = reference.SpatioTemporalConv(cin, cout, k, s, p, mid_channels=mid)
     fused = r2p1d_ext.fuse(ref)
     x = torch.randn(shape, requires_grad=True)
-    eager, _ = saved_bytes(lambda: ref(x), ref)
-    ours, out = saved_bytes(lambda: fused(x), fused)
+    # Parameters excluded: both blocks save them and they cost no extra memory.
+    eager, _ = saved_activation_bytes(lambda: ref(x), ref.parameters())
+    ours, out = saved_activation_bytes(lambda: fused(x), fused.parameters())
     ratio = ours / eager
     # x and y (the spatial output) plus per-channel vectors; the eager block also keeps
     # BatchNorm's output after ReLU (z) for the temporal conv.
