@@ -1,0 +1,229 @@
+"""R(2+1)D networks built from the fused SpatioTemporalConv.
+
+Two layouts:
+
+* the original R2Plus1D-PyTorch layout of the paper: ``R2Plus1DNet(layer_sizes)`` (512-d
+  features) and ``R2Plus1DClassifier(num_classes, layer_sizes)``: a 3x7x7 stem with stride
+  1x2x2, four stages of residual blocks doubling the channels, downsampling in the first
+  block of stages 3-5, global average pooling;
+* torchvision's layout: ``r2plus1d_10/18/34(num_classes=400)`` mirror
+  ``torchvision.models.video.r2plus1d_18`` module for module (with the (2+1)D blocks
+  fused), so a torchvision state_dict loads with :func:`load_torchvision_state_dict` and
+  gives the same outputs.
+
+``conv`` selects the block class (the fused module by default; the pure-PyTorch
+``r2p1d_ext.reference.SpatioTemporalConv`` builds the same network unfused).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Sequence, Type
+
+import torch
+from torch import Tensor, nn
+
+from .module import SpatioTemporalConv
+
+Conv = Type[nn.Module]
+
+
+# ------------------------------------------------------------------ the original layout
+class SpatioTemporalResBlock(nn.Module):
+    """conv -> BN -> ReLU -> conv -> BN, plus the (optionally downsampled) input, -> ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 downsample: bool = False, conv: Conv = SpatioTemporalConv):
+        super().__init__()
+        self.downsample = downsample
+        padding = kernel_size // 2
+        if downsample:
+            self.downsampleconv = conv(in_channels, out_channels, 1, stride=2)
+            self.downsamplebn = nn.BatchNorm3d(out_channels)
+            self.conv1 = conv(in_channels, out_channels, kernel_size, stride=2, padding=padding)
+        else:
+            self.conv1 = conv(in_channels, out_channels, kernel_size, padding=padding)
+        self.bn1 = nn.BatchNorm3d(out_channels)
+        self.relu1 = nn.ReLU()
+        self.conv2 = conv(out_channels, out_channels, kernel_size, padding=padding)
+        self.bn2 = nn.BatchNorm3d(out_channels)
+        self.outrelu = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        res = self.relu1(self.bn1(self.conv1(x)))
+        res = self.bn2(self.conv2(res))
+        if self.downsample:
+            x = self.downsamplebn(self.downsampleconv(x))
+        return self.outrelu(x + res)
+
+
+class SpatioTemporalResLayer(nn.Module):
+    """``layer_size`` residual blocks; the first one may downsample."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, layer_size: int,
+                 downsample: bool = False, conv: Conv = SpatioTemporalConv):
+        super().__init__()
+        self.block1 = SpatioTemporalResBlock(in_channels, out_channels, kernel_size, downsample, conv)
+        self.blocks = nn.ModuleList(
+            SpatioTemporalResBlock(out_channels, out_channels, kernel_size, conv=conv)
+            for _ in range(layer_size - 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.block1(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def _check_layer_sizes(layer_sizes: Sequence[int]) -> List[int]:
+    sizes = list(layer_sizes)
+    if len(sizes) != 4 or any(not isinstance(n, int) or n < 1 for n in sizes):
+        raise ValueError(f"expected layer_sizes to be 4 positive ints (blocks per stage), got {layer_sizes!r}")
+    return sizes
+
+
+class R2Plus1DNet(nn.Module):
+    """The R(2+1)D feature extractor: (N, 3, T, H, W) clips -> (N, 512) features."""
+
+    def __init__(self, layer_sizes: Sequence[int], conv: Conv = SpatioTemporalConv):
+        super().__init__()
+        sizes = _check_layer_sizes(layer_sizes)
+        self.conv1 = conv(3, 64, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3))
+        self.conv2 = SpatioTemporalResLayer(64, 64, 3, sizes[0], conv=conv)
+        self.conv3 = SpatioTemporalResLayer(64, 128, 3, sizes[1], downsample=True, conv=conv)
+        self.conv4 = SpatioTemporalResLayer(128, 256, 3, sizes[2], downsample=True, conv=conv)
+        self.conv5 = SpatioTemporalResLayer(256, 512, 3, sizes[3], downsample=True, conv=conv)
+        self.pool = nn.AdaptiveAvgPool3d(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv5(self.conv4(self.conv3(self.conv2(self.conv1(x)))))
+        return self.pool(x).flatten(1)
+
+
+class R2Plus1DClassifier(nn.Module):
+    """R2Plus1DNet followed by a linear classifier: clips -> (N, num_classes) logits."""
+
+    def __init__(self, num_classes: int, layer_sizes: Sequence[int], conv: Conv = SpatioTemporalConv):
+        super().__init__()
+        self.res2plus1d = R2Plus1DNet(layer_sizes, conv)
+        self.linear = nn.Linear(512, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(self.res2plus1d(x))
+
+
+# ------------------------------------------------------------------ torchvision's layout
+def _tv_mid_channels(in_planes: int, planes: int) -> int:
+    """torchvision's BasicBlock midplanes, used by both of its (2+1)D convs."""
+    return (in_planes * planes * 3 * 3 * 3) // (in_planes * 3 * 3 + 3 * planes)
+
+
+class BasicBlock(nn.Module):
+    """torchvision's video BasicBlock with its Conv2Plus1D convs fused."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None, conv: Conv = SpatioTemporalConv):
+        super().__init__()
+        mid = _tv_mid_channels(in_planes, planes)
+        self.conv1 = nn.Sequential(conv(in_planes, planes, 3, stride, 1, bias=False, mid_channels=mid),
+                                   nn.BatchNorm3d(planes), nn.ReLU(inplace=True))
+        self.conv2 = nn.Sequential(conv(planes, planes, 3, 1, 1, bias=False, mid_channels=mid),
+                                   nn.BatchNorm3d(planes))
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        residual = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.conv2(self.conv1(x)) + residual)
+
+
+class VideoResNet(nn.Module):
+    """torchvision's VideoResNet with an R(2+1)D stem and BasicBlocks, fused."""
+
+    def __init__(self, layers: Sequence[int], num_classes: int = 400, conv: Conv = SpatioTemporalConv):
+        super().__init__()
+        layers = _check_layer_sizes(layers)
+        # torchvision's R2Plus1dStem: (1,7,7) conv to 45 channels, BN, ReLU, (3,1,1) conv to 64.
+        self.stem = nn.Sequential(
+            conv(3, 64, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False, mid_channels=45),
+            nn.BatchNorm3d(64), nn.ReLU(inplace=True))
+        self.inplanes = 64
+        self.layer1 = self._make_layer(64, layers[0], 1, conv)
+        self.layer2 = self._make_layer(128, layers[1], 2, conv)
+        self.layer3 = self._make_layer(256, layers[2], 2, conv)
+        self.layer4 = self._make_layer(512, layers[3], 2, conv)
+        self.avgpool = nn.AdaptiveAvgPool3d((1, 1, 1))
+        self.fc = nn.Linear(512, num_classes)
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm3d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int, conv: Conv) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes:
+            downsample = nn.Sequential(
+                nn.Conv3d(self.inplanes, planes, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm3d(planes))
+        layers = [BasicBlock(self.inplanes, planes, stride, downsample, conv)]
+        self.inplanes = planes
+        layers += [BasicBlock(planes, planes, conv=conv) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+def r2plus1d_10(num_classes: int = 400, conv: Conv = SpatioTemporalConv) -> VideoResNet:
+    return VideoResNet([1, 1, 1, 1], num_classes, conv)
+
+
+def r2plus1d_18(num_classes: int = 400, conv: Conv = SpatioTemporalConv) -> VideoResNet:
+    """Module for module torchvision.models.video.r2plus1d_18, fused."""
+    return VideoResNet([2, 2, 2, 2], num_classes, conv)
+
+
+def r2plus1d_34(num_classes: int = 400, conv: Conv = SpatioTemporalConv) -> VideoResNet:
+    return VideoResNet([3, 4, 6, 3], num_classes, conv)
+
+
+# Inside torchvision's Conv2Plus1D (an nn.Sequential), where each part of our block sits.
+_BLOCK_PARTS = {"0": "spatial_conv", "1": "bn", "3": "temporal_conv"}
+# torchvision's flat R2Plus1dStem against our stem (fused block, BN, ReLU).
+_STEM_KEYS = {"stem.0.": "stem.0.spatial_conv.", "stem.1.": "stem.0.bn.",
+              "stem.3.": "stem.0.temporal_conv.", "stem.4.": "stem.1."}
+
+
+def torchvision_keys_to_fused(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Rename the keys of a torchvision R(2+1)D state_dict to this module layout."""
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        for tv, ours in _STEM_KEYS.items():
+            if key.startswith(tv):
+                new = ours + key[len(tv):]
+                break
+        else:
+            parts = key.split(".")
+            # layerL.B.convK.0.<part>.<param> -> layerL.B.convK.0.<name>.<param>
+            if (len(parts) == 6 and parts[0].startswith("layer") and parts[2].startswith("conv")
+                    and parts[3] == "0" and parts[4] in _BLOCK_PARTS):
+                new = ".".join(parts[:4] + [_BLOCK_PARTS[parts[4]]] + parts[5:])
+        out[new] = value
+    return out
+
+
+def load_torchvision_state_dict(model: VideoResNet, state_dict: Mapping[str, Tensor],
+                                strict: bool = True):
+    """Load a torchvision ``r2plus1d_*`` state_dict (e.g. Kinetics-400 weights on disk,
+    ``torch.load(path, weights_only=True)``) into the matching ``r2plus1d_*`` builder."""
+    return model.load_state_dict(torchvision_keys_to_fused(state_dict), strict=strict)
