@@ -1,0 +1,154 @@
+"""VideoDataset and the synthetic video generator: layout, decoding, sampling, edge cases."""
+import os
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from r2p1d_ext import dataset as ds
+from r2p1d_ext.synthetic import MOTIONS, make_synthetic, render_video
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    counts = make_synthetic(root, videos_per_class=(3, 2), classes=["left_fast", "right_fast", "rotate_cw"],
+                            frames=12, size=(40, 52), progress=False)
+    assert counts == {"train": 9, "val": 6}
+    return root
+
+
+def _write(path, frames, color=True):
+    h, w = frames.shape[1:3]
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 25, (w, h), isColor=color)
+    for f in frames:
+        writer.write(f)
+    writer.release()
+
+
+def test_layout_classes_and_shapes(synthetic_root):
+    d = ds.VideoDataset(synthetic_root, "train", clip_len=8, short_side=48, crop_size=40, seed=0)
+    assert d.classes == ["left_fast", "right_fast", "rotate_cw"]
+    assert len(d) == 9 and d.train
+    clip, label, vid = d[4]
+    assert clip.shape == (3, 8, 40, 40) and clip.dtype == torch.float32
+    assert label == d.videos[vid][1] == 1
+    assert abs(clip.mean().item()) < 2 and 0.2 < clip.std().item() < 3  # normalised
+
+
+def test_augmentation_is_seeded_by_epoch(synthetic_root):
+    d = ds.VideoDataset(synthetic_root, "train", clip_len=4, short_side=48, crop_size=32, seed=3)
+    a, b = d[0][0], d[0][0]
+    assert torch.equal(a, b)
+    d.set_epoch(1)
+    assert not torch.equal(a, d[0][0])
+
+
+def test_clip_frames_are_the_requested_frames(tmp_path):
+    frames = np.stack([np.full((32, 32, 3), 8 * i, np.uint8) for i in range(20)])  # frame i has value 8i
+    path = str(tmp_path / "ramp.avi")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25, (32, 32))
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    got = ds.read_frames(path, start=5, count=4, stride=3, total=20)
+    assert [round(float(f.mean()) / 8) for f in got] == [5, 8, 11, 14]
+    looped = ds.read_frames(path, start=15, count=4, stride=3, total=20)  # 15, 18, 21->1, 24->4
+    assert [round(float(f.mean()) / 8) for f in looped] == [15, 18, 1, 4]
+
+
+def test_short_video_is_looped(tmp_path):
+    root = tmp_path / "data"
+    for cls in ("a", "b"):
+        (root / "train" / cls).mkdir(parents=True)
+        _write(str(root / "train" / cls / "v.mp4"), render_video(np.random.default_rng(1), "up", 3, (32, 32)))
+    d = ds.VideoDataset(str(root), "train", clip_len=8, short_side=32, crop_size=32, seed=0)
+    clip, _, _ = d[0]
+    assert clip.shape[1] == 8
+    assert torch.allclose(clip[:, 0], clip[:, 3], atol=1e-6)  # frame 0 again after 3 frames
+
+
+def test_corrupt_and_empty_files_are_skipped_with_a_warning(tmp_path):
+    root = tmp_path / "data"
+    (root / "train" / "a").mkdir(parents=True)
+    (root / "train" / "b").mkdir(parents=True)
+    _write(str(root / "train" / "a" / "good.mp4"), render_video(np.random.default_rng(0), "up", 8, (32, 32)))
+    _write(str(root / "train" / "b" / "good.mp4"), render_video(np.random.default_rng(1), "down", 8, (32, 32)))
+    (root / "train" / "b" / "corrupt.mp4").write_bytes(os.urandom(2000))
+    (root / "train" / "b" / "empty.avi").write_bytes(b"")
+    with pytest.warns(RuntimeWarning) as record:
+        d = ds.VideoDataset(str(root), "train", clip_len=4, short_side=32, crop_size=32)
+    messages = sorted(str(w.message) for w in record)
+    assert len(messages) == 2 and "corrupt.mp4" in messages[0] and "empty.avi" in messages[1]
+    assert d.num_skipped == 2 and len(d) == 2
+    loader = torch.utils.data.DataLoader(d, batch_size=2, num_workers=2)
+    clips, labels, _ = next(iter(loader))
+    assert clips.shape == (2, 3, 4, 32, 32) and sorted(labels.tolist()) == [0, 1]
+
+
+def test_a_video_that_fails_to_decode_later_is_replaced(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    for cls in ("a", "b"):
+        (root / "val" / cls).mkdir(parents=True)
+        _write(str(root / "val" / cls / "v.mp4"), render_video(np.random.default_rng(0), "up", 6, (32, 32)))
+    d = ds.VideoDataset(str(root), "val", clip_len=4, short_side=32, crop_size=32)
+    real = ds.read_frames
+    bad = d.videos[0][0]
+
+    def flaky(path, *args):
+        if path == bad:
+            raise ds.VideoDecodeError(f"truncated stream in {path}")
+        return real(path, *args)
+
+    monkeypatch.setattr(ds, "read_frames", flaky)
+    with pytest.warns(RuntimeWarning, match="truncated stream"):
+        _, label, vid = d[0]
+    assert vid == 1 and label == 1 and d.num_skipped == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning per video, not per access
+        d[0]
+
+
+def test_grayscale_and_odd_sizes(tmp_path):
+    root = tmp_path / "data"
+    (root / "train" / "gray").mkdir(parents=True)
+    gray = np.random.default_rng(0).integers(0, 255, (10, 37, 51), dtype=np.uint8)
+    _write(str(root / "train" / "gray" / "g.mp4"), gray, color=False)
+    d = ds.VideoDataset(str(root), "train", clip_len=6, short_side=40, crop_size=33, seed=1)
+    clip, _, _ = d[0]
+    assert clip.shape == (3, 6, 33, 33)
+
+
+def test_empty_folders_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="expected a folder .*train holding one sub-folder per class"):
+        ds.VideoDataset(str(tmp_path), "train")
+    (tmp_path / "train").mkdir()
+    with pytest.raises(ValueError, match="holds no class folders"):
+        ds.VideoDataset(str(tmp_path), "train")
+    (tmp_path / "train" / "a").mkdir()
+    with pytest.raises(ValueError, match="class folder .*a holds no video files"):
+        ds.VideoDataset(str(tmp_path), "train")
+    with pytest.raises(ValueError, match="crop_size <= short_side"):
+        ds.VideoDataset(str(tmp_path), "train", short_side=64, crop_size=112)
+
+
+def test_multi_clip_evaluation(synthetic_root):
+    d = ds.VideoDataset(synthetic_root, "val", clip_len=4, short_side=48, crop_size=40, clips_per_video=3)
+    assert len(d) == 3 * 6 and not d.train
+    assert [d.clip_start(12, k, None) for k in range(3)] == [0, 4, 8]
+    assert torch.equal(d[0][0], d[0][0])  # evaluation is deterministic
+    scores = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 3.0], [2.0, 0.0]])
+    vs, vl = ds.video_scores(scores, torch.tensor([0, 0, 0, 1]), torch.tensor([1, 1, 1, 0]))
+    assert torch.allclose(vs, torch.tensor([[1 / 3, 4 / 3], [2.0, 0.0]])) and vl.tolist() == [1, 0]
+
+
+def test_synthetic_classes_differ_only_in_motion():
+    rng = np.random.default_rng(0)
+    for motion in MOTIONS:
+        v = render_video(rng, motion, 8, (48, 64))
+        assert v.shape == (8, 48, 64, 3) and v.dtype == np.uint8
+        assert np.abs(v[0].astype(int) - v[-1].astype(int)).mean() > 1  # it moves
+    with pytest.raises(ValueError, match="unknown synthetic classes"):
+        make_synthetic("/nonexistent", classes=["sideways"], progress=False)
