@@ -83,5 +83,6 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",
     install_requires=["torch>=2.11", "tqdm", "opencv-python-headless"],
-    extras_require={"test": ["pytest", "hypothesis", "torchvision"]},
+    extras_require={"test": ["pytest", "hypothesis", "torchvision"], "plots": ["matplotlib"]},
+    entry_points={"console_scripts": ["r2p1d = r2p1d_ext.cli:main"]},
 )

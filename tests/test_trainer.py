@@ -1,0 +1,147 @@
+"""Trainer and CLI end to end on a tiny synthetic set: logs, checkpoints, resume equivalence,
+signals, the 2-process DDP run (gloo), evaluation."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from r2p1d_ext import checkpoint as ckpt
+from r2p1d_ext.cli import main
+from r2p1d_ext.synthetic import make_synthetic
+from r2p1d_ext.trainer import EpochSampler, TrainConfig, _lr_lambda, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--arch", "r2plus1d_10", "--batch-size", "2", "--clip-len", "4", "--short-side", "32",
+        "--crop-size", "32", "--workers", "0", "--eval-clips", "2", "--no-hflip", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("tiny"))
+    make_synthetic(root, videos_per_class=(3, 2), classes=["left_fast", "rotate_cw"], frames=8,
+                   size=(32, 40), progress=False)
+    return root
+
+
+def _config(data, out, **kw):
+    base = dict(data=data, out=str(out), arch="r2plus1d_10", batch_size=2, clip_len=4, short_side=32,
+                crop_size=32, workers=0, eval_clips=2, hflip=False, progress=False, epochs=2, lr=0.01)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_cli_train_and_eval_end_to_end(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", data, "--out", str(out), "--epochs", "1"] + TINY) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("epoch", "train_loss", "val_top1", "val_top5", "val_video_top1", "confusion", "history"):
+        assert key in metrics
+    assert metrics["epoch"] == 1 and 0 <= metrics["val_top1"] <= 1
+    assert (out / "log.csv").read_text().startswith("epoch,step,lr,train_loss")
+    assert (out / "curves.png").stat().st_size > 0 and (out / "confusion.png").stat().st_size > 0
+    state = torch.load(out / "checkpoint.pt", weights_only=True)  # the safe loader accepts it
+    assert state["epoch"] == 1 and state["classes"] == ["left_fast", "rotate_cw"]
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp-")]
+    assert main(["eval", "--data", data, "--checkpoint", str(out / "checkpoint.pt"), "--workers", "0"]) == 0
+    evaluated = json.loads((out / "eval_val.json").read_text())
+    assert evaluated["val_top1"] == pytest.approx(metrics["val_top1"])
+    assert "video top-1" in capsys.readouterr().out
+    # The same command again: already finished, says so, changes nothing.
+    assert main(["train", "--data", data, "--out", str(out), "--epochs", "1"] + TINY) == 0
+    assert "already finished" in capsys.readouterr().out
+
+
+def test_interrupted_then_resumed_run_ends_with_the_same_weights(data, tmp_path, capsys):
+    torch.manual_seed(123)
+    train(_config(data, tmp_path / "straight", epochs=2))
+    # 3 steps per epoch: stop after 4 steps (mid-epoch 2), then run the same command again.
+    first = train(_config(data, tmp_path / "resumed", epochs=2, stop_after_steps=4))
+    assert first["interrupted"] and first["step"] == 4
+    train(_config(data, tmp_path / "resumed", epochs=2))
+    assert "resuming from" in capsys.readouterr().out
+    a = ckpt.load(str(tmp_path / "straight" / "checkpoint.pt"))
+    b = ckpt.load(str(tmp_path / "resumed" / "checkpoint.pt"))
+    assert a["step"] == b["step"] == 6
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    # The resumed run's last train_loss covers only the steps after the resume; the
+    # evaluation of the final weights is the same.
+    for key in ("val_loss", "val_top1", "val_video_top1"):
+        assert a["history"][-1][key] == pytest.approx(b["history"][-1][key], rel=1e-9), key
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "r2p1d_ext.cli", "train", "--data", data, "--out", str(out),
+           "--epochs", "50", "--checkpoint-every", "1"] + TINY
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 3, output
+    assert "checkpoint saved" in output
+    state = ckpt.load(str(out / "checkpoint.pt"))
+    assert state["step"] >= 1
+
+
+def test_two_process_ddp_run_with_gloo(data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "r2p1d_ext.cli", "train", "--data", data, "--out", str(out), "--epochs", "1"] + TINY
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epoch"] == 1
+    state = ckpt.load(str(out / "checkpoint.pt"))
+    assert len(state["rng"]) == 2 and state["step"] == 2  # 6 videos / 2 ranks / batch 2
+
+
+def test_epoch_sampler_shards_and_skips():
+    shards = [EpochSampler(7, seed=1, rank=r, world=2) for r in range(2)]
+    for s in shards:
+        s.set_epoch(3)
+    a, b = shards[0].indices(), shards[1].indices()
+    assert len(a) == len(b) == 4 and set(a) | set(b) == set(range(7))
+    shards[0].set_epoch(3, skip=2)
+    assert shards[0].indices() == a[2:] and len(shards[0]) == 2
+    s = EpochSampler(7, seed=1)
+    s.set_epoch(4)
+    assert s.indices() != a
+
+
+def test_lr_schedule_warmup_then_cosine():
+    f = _lr_lambda(TrainConfig("", "", epochs=10, warmup_epochs=1), steps_per_epoch=10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5, abs=0.02) and f(99) < 0.01
+    g = _lr_lambda(TrainConfig("", "", epochs=30, warmup_epochs=0, schedule="step", step_epochs=10), 5)
+    assert g(0) == 1.0 and g(50) == pytest.approx(0.1) and g(100) == pytest.approx(0.01)
+
+
+def test_atomic_checkpoint_keeps_the_old_one_on_failure(tmp_path):
+    path = str(tmp_path / "c.pt")
+    ckpt.save_atomic({"a": torch.ones(2)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        ckpt.save_atomic({"a": Unpicklable()}, path)
+    assert torch.equal(ckpt.load(path)["a"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["c.pt"]
+
+
+def test_rng_state_round_trip():
+    state = ckpt.rng_state()
+    a = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    ckpt.set_rng_state(state)
+    b = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
