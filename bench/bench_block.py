@@ -82,6 +82,53 @@ def eval_step(module, x):
     return fn
 
 
+def build_impls(c, dev, dtype, compile_=False, channels_last=True, shape=None):
+    """The modules compared, seeded identically: {name: (module, input)}."""
+    torch.manual_seed(0)
+    ref = reference.SpatioTemporalConv(c, c, 3, padding=1, bias=False)
+    fused = r2p1d_ext.fuse(ref)
+    conv = nn.Conv3d(c, c, 3, padding=1, bias=False)
+    ref, fused, conv = (m.to(device=dev, dtype=dtype) for m in (ref, fused, conv))
+    x = torch.randn(shape, device=dev, dtype=dtype, requires_grad=True)
+    impls = {"fused": (fused, x), "eager": (ref, x), "conv3d": (conv, x)}
+    if channels_last:
+        x_cl = x.detach().to(memory_format=torch.channels_last_3d).requires_grad_()
+        impls["eager_cl"] = (ref, x_cl)
+    if compile_:
+        impls["compiled"] = (torch.compile(ref, mode="max-autotune" if dev == "cuda" else "default"), x)
+    return impls
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_child(impl, c, shape, dtype):
+    """Runs in a fresh process: how far one training step raises the resident set above
+    where it starts (the step's activations, gradients, temporaries and any kernel
+    scratch, plus first-call library buffers), in MB. Linux: writing 5 to
+    /proc/self/clear_refs resets the high-water mark VmHWM to the current VmRSS."""
+    module, x = build_impls(c, "cpu", getattr(torch, dtype), shape=shape)[impl]
+    module.train()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_kib("VmRSS")
+    train_step(module, x)()
+    print((_status_kib("VmHWM") - before) / 1024)
+
+
+def cpu_peak_train_mb(impl, c, shape, dtype):
+    """There is no CPU allocator high-water mark in PyTorch, so each measurement runs in its
+    own process and reads the kernel's (Linux /proc)."""
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--peak-child", impl, str(c),
+                          ",".join(map(str, shape)), dtype], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def commit():
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
@@ -97,6 +144,10 @@ def device_name(device):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--peak-child":  # internal: one peak-memory measurement
+        impl, c, shape, dtype = argv[1:5]
+        return peak_child(impl, int(c), tuple(int(v) for v in shape.split(",")), dtype)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
@@ -109,6 +160,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--compile", action="store_true", help="also time the eager block under torch.compile")
     p.add_argument("--no-channels-last", action="store_true", help="skip the channels_last_3d eager baseline")
+    p.add_argument("--no-memory", action="store_true", help="CPU: skip the per-process peak-memory runs")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<date>-<device>.json)")
     args = p.parse_args(argv)
 
@@ -119,7 +171,7 @@ def main(argv=None):
     batch = args.batch or (16 if on_gpu else 4)
     clip_len = args.clip_len or (16 if on_gpu else 8)
     warmup = args.warmup if args.warmup is not None else (10 if on_gpu else 2)
-    repeats = args.repeats if args.repeats is not None else (50 if on_gpu else 5)
+    repeats = args.repeats if args.repeats is not None else (50 if on_gpu else 9)
     dtype = getattr(torch, args.dtype)
     if on_gpu:
         torch.backends.cudnn.benchmark = True
@@ -131,18 +183,9 @@ def main(argv=None):
 
     rows = []
     for name, c, shape in tqdm(shapes, desc="shapes", unit="shape"):
-        torch.manual_seed(0)
-        ref = reference.SpatioTemporalConv(c, c, 3, padding=1, bias=False)
-        fused = r2p1d_ext.fuse(ref)
-        conv = nn.Conv3d(c, c, 3, padding=1, bias=False)
-        ref, fused, conv = (m.to(device=dev, dtype=dtype) for m in (ref, fused, conv))
-        x = torch.randn(shape, device=dev, dtype=dtype, requires_grad=True)
-        impls = {"fused": (fused, x), "eager": (ref, x), "conv3d": (conv, x)}
-        if not args.no_channels_last:
-            x_cl = x.detach().to(memory_format=torch.channels_last_3d).requires_grad_()
-            impls["eager_cl"] = (ref, x_cl)
-        if args.compile:
-            impls["compiled"] = (torch.compile(ref, mode="max-autotune" if on_gpu else "default"), x)
+        impls = build_impls(c, dev, dtype, args.compile, not args.no_channels_last, shape)
+        fused, x = impls["fused"]
+        ref = impls["eager"][0]
         row = {"stage": name, "shape": list(shape), "channels": c, "mid_channels": fused.mid_channels,
                "gflop_fwd": block_flops(fused, shape) / 1e9}
         for impl, (module, inp) in impls.items():
@@ -155,6 +198,8 @@ def main(argv=None):
                 module.train()
                 train_step(module, inp)()
                 row[f"{impl}_train_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            elif impl != "compiled" and not args.no_memory:
+                row[f"{impl}_train_peak_mb"] = cpu_peak_train_mb(impl, c, shape, args.dtype)
         fused.train(); ref.train()
         row["fused_saved_mb"] = saved_activation_bytes(lambda: fused(x), fused.parameters())[0] / 2**20
         row["eager_saved_mb"] = saved_activation_bytes(lambda: ref(x), ref.parameters())[0] / 2**20
@@ -177,7 +222,7 @@ def main(argv=None):
         "device": device_name(dev), "torch": torch.__version__, "dtype": args.dtype,
         "cudnn": torch.backends.cudnn.version() if on_gpu else None,
         "commit": commit(), "date": datetime.date.today().isoformat(),
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(argv or sys.argv[1:])),
+        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(argv)),
         "batch": batch, "clip_len": clip_len, "warmup": warmup, "repeats": repeats,
         "saved_bytes_ratio": statistics.fmean(r["fused_saved_mb"] / r["eager_saved_mb"] for r in rows),
         "speedup": speedup, "rows": rows,
@@ -203,6 +248,11 @@ def print_table(result):
             print(f"{r['stage']:8} {mode:5} {times} {r[f'{mode}_vs_eager']:8.2f}x {r[f'fused_{mode}_tflops']:8.3f}")
     print("saved for backward (fused / eager): " + ", ".join(
         f"{r['stage']} {r['fused_saved_mb']:.1f}/{r['eager_saved_mb']:.1f} MB" for r in result["rows"]))
+    if "fused_train_peak_mb" in result["rows"][0]:
+        names = [i for i in impls if f"{i}_train_peak_mb" in result["rows"][0]]
+        print(f"peak memory of a training step, MB ({' / '.join(names)}): " + ", ".join(
+            f"{r['stage']} " + "/".join(f"{r[f'{i}_train_peak_mb']:.0f}" for i in names)
+            for r in result["rows"]))
     print("geometric-mean speedups: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["speedup"].items()))
 
 

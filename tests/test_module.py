@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import r2p1d_ext
@@ -59,7 +59,14 @@ def _run(case, dtype, device, train):
                            device=device, dtype=dtype)
     fmt = torch.channels_last_3d if case["channels_last"] else torch.contiguous_format
     fx, rx = random_input(case["shape"], dtype, device, fmt)
+    pre = []  # the reference's BatchNorm output: the ReLU's input
+    hook = ref.bn.register_forward_hook(lambda mod, inp, out: pre.append(out.detach()))
     want = _forward_backward(ref, rx, train, case["seed"])
+    hook.remove()
+    if dtype != torch.float64:
+        # A ReLU input within rounding of 0 may take either side of the kink in the fused
+        # block's precision, which changes the gradients by a whole term: not comparable.
+        assume(pre[0].abs().min().item() > 1e-5 * pre[0].abs().max().item())
     got = _forward_backward(fused, fx, train, case["seed"])
     out = got["output"]
     assert out.dtype == dtype and out.device.type == device

@@ -24,6 +24,23 @@ inline at::Tensor mat(T* ptr, int64_t rows, int64_t cols, int64_t ld) {
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
+// Channel c of frame f = (n, t) of an NCDHW tensor with C channels, T steps and `plane`
+// values per frame.
+template <typename T>
+inline T* frame_channel(T* base, int64_t C, int64_t T_, int64_t plane, int64_t f, int64_t c) {
+  return base + ((f / T_ * C + c) * T_ + f % T_) * plane;
+}
+
+// A row loader over an NCDHW tensor (C channels, T steps, H x W frames): writes row ih of
+// channel c of frame f to dst. The Winograd transforms read their input through it.
+template <typename T>
+inline auto frame_rows(const T* base, int64_t C, int64_t T_, int64_t H, int64_t W) {
+  return [=](int64_t f, int64_t c, int64_t ih, T* dst) {
+    const T* src = frame_channel(base, C, T_, H * W, f, c) + ih * W;
+    std::copy(src, src + W, dst);
+  };
+}
+
 // col[(c,i,j), (oh,ow)] = x[c, oh*sh-ph+i, ow*sw-pw+j] (zero outside), for one frame whose
 // channel c starts at x + c*chan_stride.
 template <typename T>

@@ -5,11 +5,80 @@
 #include <torch/library.h>
 
 #include "frame_gemm.h"
+#include "row_kernels.h"
+#include "winograd.h"
 
 namespace r2p1d::cpu {
 namespace {
 
 using at::Tensor;
+
+// Input time steps [lo, hi) that output steps [to0, to1) read (their temporal halo).
+inline std::pair<int64_t, int64_t> input_span(int64_t to0, int64_t to1, int64_t st, int64_t pt,
+                                              int64_t kt, int64_t T) {
+  return {std::max<int64_t>(0, to0 * st - pt), std::min<int64_t>(T, (to1 - 1) * st - pt + kt)};
+}
+
+// Output steps whose taps all fall in the padding: only the bias remains.
+template <typename T>
+void fill_bias(T* op, int64_t n, int64_t O, int64_t To, int64_t to0, int64_t to1,
+               int64_t plane, const T* bias) {
+  for (int64_t to = to0; to < to1; ++to)
+    for (int64_t o = 0; o < O; ++o)
+      std::fill_n(op + ((n * O + o) * To + to) * plane, plane, bias ? bias[o] : T(0));
+}
+
+// The 3x3 stride-1 case, in units of whole samples (as many as keep the activated
+// intermediate within ~32 MB: more columns per GEMM) or, when one sample alone is larger,
+// of runs of output steps of one sample. Per unit: the intermediate of the unit's input
+// steps by Winograd into scratch memory, then the temporal products, one (sample, output
+// step) per task.
+template <typename T>
+void winograd_eval(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
+                   const Tensor& spatial_weight, const T* bsp, const Tensor& wk, const T* btp,
+                   T* op) {
+  const int64_t plane = g.out_plane(), O = tg.O, To = tg.To;
+  const int64_t frame_bytes = g.M * plane * static_cast<int64_t>(sizeof(T)), budget = 32 << 20;
+  const int64_t samples = std::clamp<int64_t>(budget / (frame_bytes * g.T), 1, g.N);
+  const bool whole = frame_bytes * g.T <= budget;
+  const int64_t run = whole ? To : std::clamp<int64_t>(budget / (frame_bytes * tg.st), 1, To);
+  const winograd::Filters U = winograd::filter_transform<T>(spatial_weight.reshape({g.M, g.C, 3, 3}), false);
+  const int64_t unit_frames = whole ? samples * g.T : std::min<int64_t>(g.T, run * tg.st + tg.kt);
+  const Scratch zs = Scratch::of<T>(unit_frames * g.M * plane);
+  T* zp = zs.data<T>();
+  const auto opts = wk.options();
+  const auto x_rows = frame_rows(xp, g.C, g.T, g.H, g.W);
+  for (int64_t n0 = 0; n0 < g.N; n0 += samples) {
+    const int64_t n1 = std::min(g.N, n0 + samples);
+    for (int64_t to0 = 0; to0 < To; to0 += run) {
+      const int64_t to1 = std::min(To, to0 + run);
+      auto [lo, hi] = input_span(to0, to1, tg.st, tg.pt, tg.kt, g.T);
+      if (whole) std::tie(lo, hi) = std::pair<int64_t, int64_t>{0, g.T};
+      if (hi <= lo) {
+        for (int64_t n = n0; n < n1; ++n) fill_bias(op, n, O, To, to0, to1, plane, btp);
+        continue;
+      }
+      const int64_t span = hi - lo, first = n0 * g.T + lo;  // the unit's first (n, t) frame
+      const winograd::Plan plan((n1 - n0) * span, g.C, g.H, g.W, g.M, g.ph, g.pw);
+      winograd::forward<T>(
+          plan, U, [&](int64_t f, int64_t c, int64_t ih, T* dst) { x_rows(first + f, c, ih, dst); },
+          [&](int64_t f, int64_t m, int64_t oh, const T* row) {
+            rows::bias_relu(row, zp + (f * g.M + m) * plane + oh * g.Wo, bsp ? bsp[m] : T(0), g.Wo);
+          },
+          [](int64_t, const T*, int64_t) {}, opts);
+      const int64_t steps = to1 - to0;
+      at::parallel_for(0, (n1 - n0) * steps, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t n = n0 + item / steps, to = to0 + item % steps;
+          Tensor out_f = mat(op + (n * O * To + to) * plane, O, plane, To * plane);
+          temporal_output_frame<T>(out_f, wk, btp, to, tg.st, tg.pt, g.T, [&](int64_t ti) {
+            return mat(zp + ((n - n0) * span + ti - lo) * g.M * plane, g.M, plane, plane);
+          });
+        }
+      });
+    }
+  }
+}
 
 Tensor fused_eval_cpu(const Tensor& x, const Tensor& spatial_weight,
                       const std::optional<Tensor>& spatial_bias, const Tensor& temporal_weight,
@@ -39,17 +108,20 @@ Tensor fused_eval_cpu(const Tensor& x, const Tensor& spatial_weight,
   const int64_t plane = g.out_plane(), kdim = w2.size(1);
   Tensor out = at::empty({g.N, O, To, g.Ho, g.Wo}, x.options());
 
-  // Enough tiles to keep every thread busy; longer runs of output steps share more of
-  // their halo frames.
-  const int64_t want = std::max<int64_t>(g.N, 2 * at::get_num_threads());
-  const int64_t tiles_per_sample = std::min(To, (want + g.N - 1) / g.N);
-  const int64_t run = (To + tiles_per_sample - 1) / tiles_per_sample;
-
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_eval_cpu", [&] {
     const scalar_t* xp = xc.data_ptr<scalar_t>();
     const scalar_t* bsp = bs.defined() ? bs.data_ptr<scalar_t>() : nullptr;
     const scalar_t* btp = bt.defined() ? bt.data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.data_ptr<scalar_t>();
+    if (winograd::applies(g.kh, g.kw, g.sh, g.sw, g.ph, g.pw)) {
+      winograd_eval<scalar_t>(g, tg, xp, spatial_weight, bsp, wk, btp, op);
+      return;
+    }
+    // Enough tiles to keep every thread busy; longer runs of output steps share more of
+    // their halo frames.
+    const int64_t want = std::max<int64_t>(g.N, 2 * at::get_num_threads());
+    const int64_t tiles_per_sample = std::min(To, (want + g.N - 1) / g.N);
+    const int64_t run = (To + tiles_per_sample - 1) / tiles_per_sample;
     at::parallel_for(0, g.N * tiles_per_sample, 1, [&](int64_t begin, int64_t end) {
       Tensor col = at::empty({kdim, plane}, xc.options());
       scalar_t* colp = col.data_ptr<scalar_t>();
@@ -57,13 +129,9 @@ Tensor fused_eval_cpu(const Tensor& x, const Tensor& spatial_weight,
         const int64_t n = tile / tiles_per_sample;
         const int64_t to0 = (tile % tiles_per_sample) * run, to1 = std::min(To, to0 + run);
         if (to0 >= to1) continue;
-        const int64_t lo = std::max<int64_t>(0, to0 * st - pt);
-        const int64_t hi = std::min<int64_t>(g.T, (to1 - 1) * st - pt + kt);
-        if (hi <= lo) {  // every tap in the padding: only the bias remains
-          for (int64_t to = to0; to < to1; ++to)
-            for (int64_t o = 0; o < O; ++o)
-              std::fill_n(op + ((n * O + o) * To + to) * plane, plane,
-                          btp ? btp[o] : scalar_t(0));
+        const auto [lo, hi] = input_span(to0, to1, st, pt, kt, g.T);
+        if (hi <= lo) {
+          fill_bias(op, n, O, To, to0, to1, plane, btp);
           continue;
         }
         Tensor z = at::empty({hi - lo, g.M, plane}, xc.options());

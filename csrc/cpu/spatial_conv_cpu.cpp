@@ -2,7 +2,11 @@
 // statistics computed per frame while the frame is in cache, and its backward.
 #include <torch/library.h>
 
+#include <numeric>
+
 #include "frame_gemm.h"
+#include "row_kernels.h"
+#include "winograd.h"
 
 namespace r2p1d::cpu {
 namespace {
@@ -21,6 +25,72 @@ struct Moments {
   }
 };
 
+// The general (any kernel, stride) path: per frame, im2col and one GEMM; the epilogue
+// adds the bias and takes the frame's per-channel mean and M2 (exact two-pass), merged
+// into `moments` in frame order.
+template <typename T>
+void im2col_forward_stats(const SpatialGeom& g, const T* xp, const T* w2p, const T* bp, T* yp,
+                          std::vector<Moments>& moments, const at::TensorOptions& opts) {
+  const int64_t plane = g.out_plane(), kdim = g.C * g.kh * g.kw;
+  const Tensor w2 = mat(const_cast<T*>(w2p), g.M, kdim, kdim);
+  std::vector<double> part(g.frames() * g.M * 2);
+  at::parallel_for(0, g.frames(), 1, [&](int64_t begin, int64_t end) {
+    Tensor col = at::empty({kdim, plane}, opts);
+    T* colp = col.data_ptr<T>();
+    for (int64_t f = begin; f < end; ++f) {
+      im2col_frame(frame_channel(xp, g.C, g.T, g.in_plane(), f, 0), g.T * g.in_plane(), g, colp);
+      T* yf = frame_channel(yp, g.M, g.T, plane, f, 0);
+      Tensor yf_mat = mat(yf, g.M, plane, g.T * plane);
+      at::mm_out(yf_mat, w2, col);
+      for (int64_t m = 0; m < g.M; ++m) {
+        T* row = yf + m * g.T * plane;
+        const T bm = bp ? bp[m] : T(0);
+        for (int64_t q = 0; q < plane; ++q) row[q] += bm;
+        const auto [mean, m2] = rows::moments(static_cast<const T*>(row), plane);
+        part[(f * g.M + m) * 2] = mean;
+        part[(f * g.M + m) * 2 + 1] = m2;
+      }
+    }
+  });
+  for (int64_t f = 0; f < g.frames(); ++f)
+    for (int64_t m = 0; m < g.M; ++m)
+      moments[m].merge(plane, part[(f * g.M + m) * 2], part[(f * g.M + m) * 2 + 1]);
+}
+
+// The general path of the backward: per frame, the input gradient by one GEMM and col2im,
+// the weight gradient by im2col and one GEMM accumulated over a fixed number of frame
+// chunks (the same partition whatever the thread count).
+template <typename T>
+std::pair<Tensor, Tensor> im2col_backward(const SpatialGeom& g, const Tensor& xc,
+                                          const Tensor& weight, const Tensor& gyt, bool need_x,
+                                          bool need_w) {
+  const Tensor w2 = weight.reshape({g.M, g.C * g.kh * g.kw}).contiguous();
+  const int64_t plane = g.out_plane(), kdim = w2.size(1), frames = g.frames();
+  const int64_t chunks = reduction_chunks(frames);
+  Tensor grad_x = need_x ? at::zeros_like(xc) : Tensor();
+  Tensor gw_part = need_w ? at::zeros({chunks, g.M, kdim}, xc.options()) : Tensor();
+  T* gtp = gyt.data_ptr<T>();
+  const T* xp = xc.data_ptr<T>();
+  at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
+    Tensor col = at::empty({kdim, plane}, xc.options());
+    for (int64_t c = cbegin; c < cend; ++c) {
+      for (int64_t f = c * frames / chunks; f < (c + 1) * frames / chunks; ++f) {
+        const Tensor gy_f = mat(frame_channel(gtp, g.M, g.T, plane, f, 0), g.M, plane, g.T * plane);
+        const int64_t x_off = frame_channel(xp, g.C, g.T, g.in_plane(), f, 0) - xp;
+        if (need_x) {
+          at::mm_out(col, w2.t(), gy_f);
+          col2im_frame(col.data_ptr<T>(), g.T * g.in_plane(), g, grad_x.data_ptr<T>() + x_off);
+        }
+        if (need_w) {
+          im2col_frame(xp + x_off, g.T * g.in_plane(), g, col.data_ptr<T>());
+          gw_part[c].addmm_(gy_f, col.t());
+        }
+      }
+    }
+  });
+  return {grad_x, need_w ? gw_part.sum(0).view(weight.sizes()) : Tensor()};
+}
+
 std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats_cpu(const Tensor& x, const Tensor& weight,
                                                           const std::optional<Tensor>& bias,
                                                           at::IntArrayRef stride,
@@ -36,60 +106,43 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats_cpu(const Tensor& x, const
   const Tensor w2 = weight.reshape({g.M, g.C * g.kh * g.kw}).contiguous();
   const Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : Tensor();
   Tensor y = at::empty({g.N, g.M, g.T, g.Ho, g.Wo}, x.options());
-  // Per frame and channel: mean and M2 of that frame's plane (exact two-pass in double).
-  Tensor part = at::empty({g.frames(), g.M, 2}, x.options().dtype(at::kDouble));
-  const int64_t plane = g.out_plane(), kdim = w2.size(1);
+  const int64_t plane = g.out_plane();
+  std::vector<Moments> moments(g.M);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spatial_conv_stats_cpu", [&] {
     const scalar_t* xp = xc.data_ptr<scalar_t>();
     const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.data_ptr<scalar_t>();
-    double* pp = part.data_ptr<double>();
-    at::parallel_for(0, g.frames(), 1, [&](int64_t begin, int64_t end) {
-      Tensor col = at::empty({kdim, plane}, xc.options());
-      scalar_t* colp = col.data_ptr<scalar_t>();
-      for (int64_t f = begin; f < end; ++f) {
-        const int64_t n = f / g.T, t = f % g.T;
-        im2col_frame(xp + (n * g.C * g.T + t) * g.in_plane(), g.T * g.in_plane(), g, colp);
-        scalar_t* yf = yp + (n * g.M * g.T + t) * plane;
-        Tensor yf_mat = mat(yf, g.M, plane, g.T * plane);
-        at::mm_out(yf_mat, w2, col);
-        for (int64_t m = 0; m < g.M; ++m) {
-          scalar_t* row = yf + m * g.T * plane;
-          const scalar_t bm = bp ? bp[m] : scalar_t(0);
-          double sum = 0;
-          for (int64_t q = 0; q < plane; ++q) {
-            row[q] += bm;
-            sum += row[q];
-          }
-          const double mean = sum / plane;
-          double m2 = 0;
-          for (int64_t q = 0; q < plane; ++q) {
-            const double d = row[q] - mean;
-            m2 += d * d;
-          }
-          pp[(f * g.M + m) * 2] = mean;
-          pp[(f * g.M + m) * 2 + 1] = m2;
-        }
-      }
-    });
+    if (winograd::applies(g.kh, g.kw, g.sh, g.sw, g.ph, g.pw)) {
+      const winograd::Plan plan(g.frames(), g.C, g.H, g.W, g.M, g.ph, g.pw);
+      const winograd::Filters U = winograd::filter_transform<scalar_t>(weight.reshape({g.M, g.C, 3, 3}), false);
+      // Each output row gets its bias and is stored. The statistics come per channel and
+      // batch from the bias-free values: the bias shifts the mean, not M2.
+      winograd::forward<scalar_t>(
+          plan, U, frame_rows(xp, g.C, g.T, g.H, g.W),
+          [&](int64_t f, int64_t m, int64_t oh, const scalar_t* row) {
+            rows::add_bias(row, frame_channel(yp, g.M, g.T, plane, f, m) + oh * g.Wo,
+                           bp ? bp[m] : scalar_t(0), g.Wo);
+          },
+          [&](int64_t m, const scalar_t* values, int64_t n) {
+            const auto [mu, m2] = rows::moments(values, n);
+            moments[m].merge(n, mu + (bp ? bp[m] : scalar_t(0)), m2);
+          },
+          xc.options());
+      return;
+    }
+    im2col_forward_stats(g, xp, w2.data_ptr<scalar_t>(), bp, yp, moments, xc.options());
   });
 
   const auto stats_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   Tensor mean = at::empty({g.M}, x.options().dtype(at::kDouble));
   Tensor var = at::empty({g.M}, x.options().dtype(at::kDouble));
-  const double* pp = part.data_ptr<double>();
   double* mp = mean.data_ptr<double>();
   double* vp = var.data_ptr<double>();
-  at::parallel_for(0, g.M, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      Moments acc;
-      for (int64_t f = 0; f < g.frames(); ++f)
-        acc.merge(plane, pp[(f * g.M + m) * 2], pp[(f * g.M + m) * 2 + 1]);
-      mp[m] = acc.mean;
-      vp[m] = acc.m2 / acc.n;
-    }
-  });
+  for (int64_t m = 0; m < g.M; ++m) {
+    mp[m] = moments[m].mean;
+    vp[m] = moments[m].m2 / moments[m].n;
+  }
   return {y, mean.to(stats_dtype), var.to(stats_dtype)};
 }
 
@@ -115,62 +168,85 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cpu(
     return {to_dtype(gx, dt), to_dtype(gw, dt), to_dtype(gb, dt)};
   }
   const Tensor xc = x.contiguous(), gyc = grad_y.contiguous(), yc = y.contiguous();
-  const Tensor w2 = weight.reshape({g.M, g.C * g.kh * g.kw}).contiguous();
-  const int64_t plane = g.out_plane(), kdim = w2.size(1), frames = g.frames();
+  const int64_t plane = g.out_plane();
   const double count = static_cast<double>(g.count());
   // The statistics' gradient folded into per-channel coefficients:
   //   gy_total = grad_y + ca[m] + cb[m] * (y - mean[m])
   const Tensor ca = grad_mean.to(at::kDouble).contiguous() / count;
   const Tensor cb = grad_var.to(at::kDouble).contiguous() * (2.0 / count);
   const Tensor mu = mean.to(at::kDouble).contiguous();
-
-  Tensor grad_x = mask[0] ? at::zeros_like(xc) : Tensor();
-  const int64_t chunks = reduction_chunks(frames);
-  Tensor gw_part = mask[1] ? at::zeros({chunks, g.M, kdim}, x.options()) : Tensor();
-  Tensor gb_part = at::zeros({frames, g.M}, x.options().dtype(at::kDouble));
+  Tensor gb_part = mask[2] ? at::empty({g.N, g.M}, x.options().dtype(at::kDouble)) : Tensor();
+  Tensor grad_x, grad_w;
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spatial_conv_backward_cpu", [&] {
-    const scalar_t* xp = xc.data_ptr<scalar_t>();
-    const scalar_t* gyp = gyc.data_ptr<scalar_t>();
-    const scalar_t* yp = yc.data_ptr<scalar_t>();
+    const scalar_t *gyp = gyc.data_ptr<scalar_t>(), *yp = yc.data_ptr<scalar_t>();
     const double *cap = ca.data_ptr<double>(), *cbp = cb.data_ptr<double>(),
                  *mup = mu.data_ptr<double>();
-    double* gbp = gb_part.data_ptr<double>();
-    at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
-      Tensor gy_f = at::empty({g.M, plane}, xc.options());
-      Tensor col = at::empty({kdim, plane}, xc.options());
-      scalar_t* gfp = gy_f.data_ptr<scalar_t>();
-      for (int64_t c = cbegin; c < cend; ++c) {
-        const int64_t fbegin = c * frames / chunks, fend = (c + 1) * frames / chunks;
-        for (int64_t f = fbegin; f < fend; ++f) {
-          const int64_t n = f / g.T, t = f % g.T;
-          const int64_t y_off = (n * g.M * g.T + t) * plane;
-          for (int64_t m = 0; m < g.M; ++m) {
-            const scalar_t* gr = gyp + y_off + m * g.T * plane;
-            const scalar_t* yr = yp + y_off + m * g.T * plane;
-            scalar_t* out = gfp + m * plane;
-            double sum = 0;
-            for (int64_t q = 0; q < plane; ++q) {
-              out[q] = static_cast<scalar_t>(gr[q] + cap[m] + cbp[m] * (yr[q] - mup[m]));
-              sum += out[q];
-            }
-            gbp[f * g.M + m] = sum;
+    // Per channel in the kernel dtype; the centred (y - mean) avoids cancellation when
+    // |mean| >> std, as in the forward.
+    std::vector<scalar_t> ca_t(g.M), cb_t(g.M), mu_t(g.M);
+    for (int64_t m = 0; m < g.M; ++m) {
+      ca_t[m] = static_cast<scalar_t>(cap[m]);
+      cb_t[m] = static_cast<scalar_t>(cbp[m]);
+      mu_t[m] = static_cast<scalar_t>(mup[m]);
+    }
+    // gy_total, `len` values from offset `off` of channel m of frame f (computed where it
+    // is read, never stored as a tensor).
+    auto gy_total = [&](int64_t f, int64_t m, int64_t off, int64_t len, scalar_t* __restrict dst) {
+      const scalar_t* __restrict gr = frame_channel(gyp, g.M, g.T, plane, f, m) + off;
+      const scalar_t* __restrict yr = frame_channel(yp, g.M, g.T, plane, f, m) + off;
+      rows::grad_total(gr, yr, dst, ca_t[m], cb_t[m], mu_t[m], len);
+    };
+    if (mask[2]) {  // bias gradient: per-channel sums of gy_total, in sample order
+      double* gbp = gb_part.data_ptr<double>();
+      at::parallel_for(0, g.N * g.M, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> row(plane);
+        for (int64_t nm = begin; nm < end; ++nm) {
+          double sum = 0;
+          for (int64_t t = 0; t < g.T; ++t) {
+            gy_total((nm / g.M) * g.T + t, nm % g.M, 0, plane, row.data());
+            sum += std::accumulate(row.begin(), row.end(), scalar_t(0));
           }
-          const int64_t x_off = (n * g.C * g.T + t) * g.in_plane();
-          if (mask[0]) {
-            at::mm_out(col, w2.t(), gy_f);
-            col2im_frame(col.data_ptr<scalar_t>(), g.T * g.in_plane(), g,
-                         grad_x.data_ptr<scalar_t>() + x_off);
-          }
-          if (mask[1]) {
-            im2col_frame(xp + x_off, g.T * g.in_plane(), g, col.data_ptr<scalar_t>());
-            gw_part[c].addmm_(gy_f, col.t());
-          }
+          gbp[nm] = sum;
         }
-      }
-    });
+      });
+    }
+    if (!mask[0] && !mask[1]) return;
+    const scalar_t* xp = xc.data_ptr<scalar_t>();
+    if (!winograd::applies(g.kh, g.kw, g.sh, g.sw, g.ph, g.pw)) {
+      Tensor gyt = at::empty_like(yc);
+      at::parallel_for(0, g.frames() * g.M, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t fm = begin; fm < end; ++fm) {
+          const int64_t f = fm / g.M, m = fm % g.M;
+          gy_total(f, m, 0, plane, frame_channel(gyt.data_ptr<scalar_t>(), g.M, g.T, plane, f, m));
+        }
+      });
+      std::tie(grad_x, grad_w) = im2col_backward<scalar_t>(g, xc, weight, gyt, mask[0], mask[1]);
+      return;
+    }
+    if (mask[0]) {
+      // The input gradient is the forward convolution of gy_total with the flipped,
+      // transposed filter and padding 2-p.
+      grad_x = at::empty_like(xc);
+      scalar_t* gxp = grad_x.data_ptr<scalar_t>();
+      const winograd::Plan plan(g.frames(), g.M, g.Ho, g.Wo, g.C, 2 - g.ph, 2 - g.pw);
+      const winograd::Filters U = winograd::filter_transform<scalar_t>(weight.reshape({g.M, g.C, 3, 3}), true);
+      winograd::forward<scalar_t>(
+          plan, U,
+          [&](int64_t f, int64_t m, int64_t oh, scalar_t* dst) { gy_total(f, m, oh * g.Wo, g.Wo, dst); },
+          [&](int64_t f, int64_t c, int64_t ih, const scalar_t* row) {
+            std::copy(row, row + g.W, frame_channel(gxp, g.C, g.T, g.in_plane(), f, c) + ih * g.W);
+          },
+          [](int64_t, const scalar_t*, int64_t) {}, xc.options());
+    }
+    if (mask[1]) {
+      const winograd::Plan plan(g.frames(), g.C, g.H, g.W, g.M, g.ph, g.pw);
+      grad_w = winograd::weight_grad<scalar_t>(
+          plan, frame_rows(xp, g.C, g.T, g.H, g.W),
+          [&](int64_t f, int64_t m, int64_t oh, scalar_t* dst) { gy_total(f, m, oh * g.Wo, g.Wo, dst); },
+          xc.options());
+    }
   });
-  Tensor grad_w = mask[1] ? gw_part.sum(0).view(weight.sizes()) : Tensor();
   Tensor grad_b = mask[2] ? gb_part.sum(0).to(x.scalar_type()) : Tensor();
   return {grad_x, grad_w, grad_b};
 }

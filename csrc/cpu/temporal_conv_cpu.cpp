@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "frame_gemm.h"
+#include "row_kernels.h"
 
 namespace r2p1d::cpu {
 namespace {
@@ -27,12 +28,7 @@ template <typename T>
 void activate_frame(const T* y, int64_t ld, const BnVectors<T>& bn, int64_t M, int64_t plane,
                     T* z) {
   const T *mu = bn.mu(), *sc = bn.sc(), *sh = bn.sh();
-  for (int64_t m = 0; m < M; ++m) {
-    const T* yr = y + m * ld;
-    T* zr = z + m * plane;
-    for (int64_t q = 0; q < plane; ++q)
-      zr[q] = std::max((yr[q] - mu[m]) * sc[m] + sh[m], T(0));
-  }
+  for (int64_t m = 0; m < M; ++m) rows::bn_relu(y + m * ld, z + m * plane, mu[m], sc[m], sh[m], plane);
 }
 
 Tensor temporal_conv_bnrelu_cpu(const Tensor& y, const Tensor& mean, const Tensor& scale,
@@ -57,14 +53,22 @@ Tensor temporal_conv_bnrelu_cpu(const Tensor& y, const Tensor& mean, const Tenso
     const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, g.N * g.To, 1, [&](int64_t begin, int64_t end) {
-      Tensor z = at::empty({g.M, g.HW}, yc.options());
-      scalar_t* zp = z.data_ptr<scalar_t>();
+      // A thread's output steps are consecutive, so neighbouring steps share kt - 1 input
+      // frames: keep the last kt activated frames (slot ti % kt) instead of activating
+      // each input frame once per tap.
+      Tensor z = at::empty({g.kt, g.M, g.HW}, yc.options());
+      std::vector<int64_t> held(g.kt, -1);  // the frame (n * T + ti) each slot holds
       for (int64_t f = begin; f < end; ++f) {
         const int64_t n = f / g.To, to = f % g.To;
         Tensor out_f = mat(op + (n * g.O * g.To + to) * g.HW, g.O, g.HW, g.To * g.HW);
         temporal_output_frame<scalar_t>(out_f, wk, bp, to, g.st, g.pt, g.T, [&](int64_t ti) {
-          activate_frame(yp + (n * g.M * g.T + ti) * g.HW, g.T * g.HW, bn, g.M, g.HW, zp);
-          return z;
+          const int64_t slot = ti % g.kt;
+          if (held[slot] != n * g.T + ti) {
+            activate_frame(yp + (n * g.M * g.T + ti) * g.HW, g.T * g.HW, bn, g.M, g.HW,
+                           z[slot].data_ptr<scalar_t>());
+            held[slot] = n * g.T + ti;
+          }
+          return z[slot];
         });
       }
     });
@@ -142,14 +146,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> temporal_conv_bnrelu_
               const scalar_t* gr = gzp + m * g.HW;
               scalar_t* gyr = mask[0] ? grad_y.data_ptr<scalar_t>() + y_off + m * g.T * g.HW
                                       : nullptr;
-              double s_scale = 0, s_shift = 0;
-              for (int64_t q = 0; q < g.HW; ++q) {
-                // relu'(pre) with pre = (y-mean)*scale+shift; z > 0 exactly when pre > 0.
-                const scalar_t gpre = zr[q] > scalar_t(0) ? gr[q] : scalar_t(0);
-                if (gyr) gyr[q] = gpre * scp[m];
-                s_scale += static_cast<double>(gpre) * (yr[q] - mup[m]);
-                s_shift += gpre;
-              }
+              const auto [s_scale, s_shift] =
+                  rows::bn_relu_backward(yr, zr, gr, gyr, mup[m], scp[m], g.HW);
               bnp[(f * g.M + m) * 2] = s_scale;
               bnp[(f * g.M + m) * 2 + 1] = s_shift;
             }

@@ -1,0 +1,145 @@
+"""The CPU Winograd F(2x2, 3x3) path (csrc/cpu/winograd.h), taken by every spatial (1,3,3)
+stride-1 convolution with padding <= 2: the module on random shapes of that family, each op
+against float64 PyTorch (paddings 0-2, odd sizes, batches spanning several tile batches),
+float64 gradcheck, statistics with |mean| >> std, and concurrent calls sharing the scratch
+pool. The general random-shape tests (test_module.py) reach this path only rarely."""
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.autograd import gradcheck
+
+from r2p1d_ext import ops
+from r2p1d_ext._args import default_mid_channels
+
+from conftest import assert_close
+from test_module import _run
+
+OPS = torch.ops.r2p1d
+
+
+@st.composite
+def winograd_cases(draw):
+    """Blocks whose spatial conv is 3x3, stride 1, padding 0-2 (the temporal part varies)."""
+    cin, cout = draw(st.integers(1, 6)), draw(st.integers(1, 8))
+    kt = draw(st.sampled_from([1, 3]))
+    pt, ph, pw = draw(st.integers(0, kt // 2 + 1)), draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    T = draw(st.integers(max(1, kt - 2 * pt), 5))
+    H, W = (draw(st.integers(max(1, 3 - 2 * p), 13)) for p in (ph, pw))
+    per_sample = T * (H + 2 * ph - 2) * (W + 2 * pw - 2)
+    batch = max(draw(st.integers(1, 3)), -(-4 // per_sample))  # >= 4 values per BN channel
+    kernel = (kt, 3, 3)
+    mid = None if default_mid_channels(cin, cout, kernel) > 0 else draw(st.integers(1, 4))
+    return dict(seed=draw(st.integers(0, 2**31 - 1)), cin=cin, cout=cout, kernel=kernel,
+                stride=(draw(st.integers(1, 2)), 1, 1), padding=(pt, ph, pw),
+                shape=(batch, cin, T, H, W), bias=draw(st.booleans()), mid=mid,
+                channels_last=draw(st.booleans()))
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@given(case=winograd_cases())
+def test_module_matches_reference(case, dtype, train):
+    _run(case, dtype, "cpu", train)
+
+
+def _spatial_reference(x, w, b, padding, grad_y, grad_mean, grad_var):
+    """y, mean, var of the float64 PyTorch conv, and the gradients of
+    sum(y*grad_y) + mean.grad_mean + var.grad_var."""
+    xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+    bd = b.double().requires_grad_() if b is not None else None
+    y = F.conv3d(xd, wd, bd, padding=(0, *padding))
+    mean, var = y.mean((0, 2, 3, 4)), y.var((0, 2, 3, 4), unbiased=False)
+    loss = (y * grad_y.double()).sum() + (mean * grad_mean.double()).sum() + \
+        (var * grad_var.double()).sum()
+    loss.backward()
+    return y, mean, var, xd.grad, wd.grad, bd.grad if bd is not None else None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape,mid,padding", [
+    ((2, 3, 3, 5, 7), 4, (1, 1)),
+    ((1, 2, 2, 6, 6), 5, (0, 0)),
+    ((2, 3, 2, 4, 5), 3, (2, 1)),
+    ((2, 3, 2, 7, 3), 2, (2, 2)),
+    ((1, 4, 1, 1, 1), 3, (1, 1)),     # one pixel: every tap but the centre in the padding
+    ((1, 16, 2, 112, 112), 160, (1, 1)),  # several tile batches per call
+], ids=["p1", "p0", "p21", "p2", "pixel", "batches"])
+def test_spatial_ops_match_pytorch(shape, mid, padding, dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    w = torch.randn(mid, shape[1], 1, 3, 3, generator=g, dtype=dtype)
+    b = torch.randn(mid, generator=g, dtype=dtype)
+    y, mean, var = ops.spatial_conv_stats(x, w, b, [1, 1], list(padding))
+    grad_y = torch.randn(y.shape, generator=g, dtype=dtype)
+    grad_mean, grad_var = torch.randn(mid, generator=g), torch.randn(mid, generator=g)
+    grad_mean, grad_var = grad_mean.to(mean.dtype), grad_var.to(mean.dtype)
+    gx, gw, gb = OPS.spatial_conv_backward(grad_y, x, w, y, mean, grad_mean, grad_var, [1, 1],
+                                           list(padding), [True, True, True])
+    want = _spatial_reference(x, w, b, padding, grad_y, grad_mean, grad_var)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for name, got, ref in zip(["y", "mean", "var", "grad x", "grad w", "grad b"],
+                              [y, mean, var, gx, gw, gb], want):
+        assert_close(got, ref, tol, name)
+
+
+@pytest.mark.parametrize("padding", [[1, 1, 1], [0, 2, 0]])
+def test_fused_eval_matches_pytorch(padding):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 5, 4, 9, 8, generator=g, dtype=torch.float64)
+    ws, bs = torch.randn(7, 5, 1, 3, 3, generator=g, dtype=torch.float64), torch.randn(7, generator=g, dtype=torch.float64)
+    wt, bt = torch.randn(6, 7, 3, 1, 1, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    out = ops.fused_eval(x, ws, bs, wt, bt, [1, 1, 1], padding)
+    z = F.relu(F.conv3d(x, ws, bs, padding=(0, *padding[1:])))
+    assert_close(out, F.conv3d(z, wt, bt, padding=(padding[0], 0, 0)), 1e-12, "fused_eval")
+
+
+def test_gradcheck_float64():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 2, 2, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 1, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b):
+        y, mean, var = ops.spatial_conv_stats(x, w, b, [1, 1], [1, 2])
+        return y, mean, var
+
+    assert gradcheck(f, (x, w, b))
+
+
+def test_statistics_with_large_mean():
+    """A DC offset 1000x the spread: a one-pass sum of squares would lose the variance in
+    float32; the per-batch two-pass moments (shifted first pass) keep it."""
+    g = torch.Generator().manual_seed(5)
+    x = 1000 + torch.randn(2, 4, 3, 10, 10, generator=g)
+    w = torch.randn(6, 4, 1, 3, 3, generator=g) / 6
+    y, mean, var = ops.spatial_conv_stats(x, w, None, [1, 1], [0, 0])
+    ref = F.conv3d(x.double(), w.double())
+    assert_close(mean, ref.mean((0, 2, 3, 4)), 1e-6, "mean")
+    assert_close(var, ref.var((0, 2, 3, 4), unbiased=False), 1e-3, "var")
+
+
+def test_concurrent_calls_share_scratch_safely():
+    """Ops running at once in several Python threads (the scratch pool is shared) give the
+    results of the same calls run one at a time."""
+    g = torch.Generator().manual_seed(6)
+    inputs = [(torch.randn(2, 8, 3, 20 + i, 17, generator=g), torch.randn(12, 8, 1, 3, 3, generator=g))
+              for i in range(4)]
+    serial = [ops.spatial_conv_stats(x, w, None, [1, 1], [1, 1]) for x, w in inputs]
+    results = [None] * len(inputs)
+
+    def work(i):
+        for _ in range(5):
+            results[i] = ops.spatial_conv_stats(*inputs[i], None, [1, 1], [1, 1])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, serial):
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
