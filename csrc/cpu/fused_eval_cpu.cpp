@@ -1,7 +1,8 @@
 // CPU inference kernel: spatial conv (BatchNorm folded in) + ReLU + temporal conv in one
-// pass. Work is split into (sample, run of output time steps) tiles; each tile computes
-// only the activated input frames its outputs read (its temporal halo included) into a
-// tile-local buffer, so the full intermediate tensor never exists.
+// pass. Work is split into units (runs of output time steps of one sample, or for 3x3
+// stride-1 convs groups of whole samples); each unit computes only the activated input
+// frames its outputs read (its temporal halo included) into a unit-local buffer, so the
+// full intermediate tensor of a large batch never exists.
 #include <torch/library.h>
 
 #include "frame_gemm.h"

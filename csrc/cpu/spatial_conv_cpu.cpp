@@ -1,5 +1,6 @@
 // CPU kernels of the spatial (1,kh,kw) convolution: forward with the BatchNorm batch
-// statistics computed per frame while the frame is in cache, and its backward.
+// statistics taken while the output is in cache, and its backward. 3x3 stride-1 convs take
+// the Winograd path (winograd.h); any other kernel or stride takes per-frame im2col.
 #include <torch/library.h>
 
 #include <numeric>
