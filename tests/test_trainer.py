@@ -1,5 +1,6 @@
 """Trainer and CLI end to end on a tiny synthetic set: logs, checkpoints, resume equivalence,
 signals, the 2-process DDP run (gloo), evaluation."""
+import importlib.util
 import json
 import os
 import signal
@@ -43,7 +44,8 @@ def test_cli_train_and_eval_end_to_end(data, tmp_path, capsys):
         assert key in metrics
     assert metrics["epoch"] == 1 and 0 <= metrics["val_top1"] <= 1
     assert (out / "log.csv").read_text().startswith("epoch,step,lr,train_loss")
-    assert (out / "curves.png").stat().st_size > 0 and (out / "confusion.png").stat().st_size > 0
+    if importlib.util.find_spec("matplotlib") is not None:  # optional: no PNGs without it
+        assert (out / "curves.png").stat().st_size > 0 and (out / "confusion.png").stat().st_size > 0
     state = torch.load(out / "checkpoint.pt", weights_only=True)  # the safe loader accepts it
     assert state["epoch"] == 1 and state["classes"] == ["left_fast", "rotate_cw"]
     assert not [f for f in os.listdir(out) if f.startswith(".tmp-")]
