@@ -111,6 +111,32 @@ def test_temporal_conv_bnrelu_gradcheck(device, stride, padding):
     assert gradcheck(fn, args[:6], eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (1, 0), (1, 2)])
+@pytest.mark.parametrize("shape", [(3, 6, 4, 5, 3), (1, 8, 72, 64, 64)], ids=["samples", "runs"])
+def test_temporal_backward_matches_pytorch(shape, stride, padding):
+    """Every gradient of the temporal op against autograd through plain PyTorch. The CPU
+    kernel works in units of whole samples whose activations fit in 16 MB, or in runs of
+    time steps of one larger sample: the second shape (18.9 MB per float64 sample) is split
+    into runs, with taps pairing frames across the run boundary."""
+    g = torch.Generator().manual_seed(7)
+    M = shape[1]
+    y = torch.randn(shape, generator=g, dtype=torch.float64)
+    mean, shift = torch.randn(M, generator=g, dtype=torch.float64) * 0.3, torch.randn(M, generator=g, dtype=torch.float64) * 0.3
+    scale = torch.rand(M, generator=g, dtype=torch.float64) + 0.5
+    w = torch.randn(5, M, 3, 1, 1, generator=g, dtype=torch.float64)
+    inputs = [t.requires_grad_() for t in (y, mean, scale, shift, w)]
+    out = ops.temporal_conv_bnrelu(*inputs, None, stride, padding)
+    grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad(out, inputs, grad_out)
+    view = lambda v: v.view(1, -1, 1, 1, 1)
+    z = F.relu((y - view(mean)) * view(scale) + view(shift))
+    ref = F.conv3d(z, w, None, (stride, 1, 1), (padding, 0, 0))
+    assert_close(out, ref, 1e-12, "out")
+    want = torch.autograd.grad(ref, inputs, grad_out)
+    for name, a, b in zip(["y", "mean", "scale", "shift", "weight"], got, want):
+        assert_close(a, b, 1e-12, name)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_block_gradcheck_through_both_ops(device):
     """The composition the module uses, BatchNorm's scale from the batch variance included."""

@@ -1,8 +1,12 @@
-"""The CPU Winograd F(2x2, 3x3) path (csrc/cpu/winograd.h), taken by every spatial (1,3,3)
-stride-1 convolution with padding <= 2: the module on random shapes of that family, each op
-against float64 PyTorch (paddings 0-2, odd sizes, batches spanning several tile batches),
-float64 gradcheck, statistics with |mean| >> std, and concurrent calls sharing the scratch
-pool. The general random-shape tests (test_module.py) reach this path only rarely."""
+"""The CPU Winograd path (csrc/cpu/winograd.h), F(2x2, 3x3) and F(4x4, 3x3), taken by every
+spatial (1,3,3) stride-1 convolution with padding <= 2: the module on random shapes of that
+family, each op against float64 PyTorch (paddings 0-2, odd sizes, batches spanning several
+tile batches), float64 gradcheck, statistics with |mean| >> std, concurrent calls sharing
+the scratch pool, and which tile size the automatic choice takes. Each runs with both tile
+sizes forced through R2P1D_WINOGRAD (read by the kernels at every call). The general
+random-shape tests (test_module.py) reach this path only rarely."""
+import contextlib
+import os
 import threading
 
 import pytest
@@ -19,6 +23,21 @@ from conftest import assert_close
 from test_module import _run
 
 OPS = torch.ops.r2p1d
+TILES = ["2", "4"]
+
+
+@contextlib.contextmanager
+def winograd(setting):
+    """Runs the block with R2P1D_WINOGRAD set to `setting` (2, 4, off or auto)."""
+    old = os.environ.get("R2P1D_WINOGRAD")
+    os.environ["R2P1D_WINOGRAD"] = setting
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["R2P1D_WINOGRAD"]
+        else:
+            os.environ["R2P1D_WINOGRAD"] = old
 
 
 @st.composite
@@ -39,11 +58,13 @@ def winograd_cases(draw):
                 channels_last=draw(st.booleans()))
 
 
+@pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @given(case=winograd_cases())
-def test_module_matches_reference(case, dtype, train):
-    _run(case, dtype, "cpu", train)
+def test_module_matches_reference(case, dtype, train, tile):
+    with winograd(tile):
+        _run(case, dtype, "cpu", train)
 
 
 def _spatial_reference(x, w, b, padding, grad_y, grad_mean, grad_var):
@@ -59,6 +80,7 @@ def _spatial_reference(x, w, b, padding, grad_y, grad_mean, grad_var):
     return y, mean, var, xd.grad, wd.grad, bd.grad if bd is not None else None
 
 
+@pytest.mark.parametrize("tile", TILES + ["off"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("shape,mid,padding", [
     ((2, 3, 3, 5, 7), 4, (1, 1)),
@@ -68,17 +90,19 @@ def _spatial_reference(x, w, b, padding, grad_y, grad_mean, grad_var):
     ((1, 4, 1, 1, 1), 3, (1, 1)),     # one pixel: every tap but the centre in the padding
     ((1, 16, 2, 112, 112), 160, (1, 1)),  # several tile batches per call
 ], ids=["p1", "p0", "p21", "p2", "pixel", "batches"])
-def test_spatial_ops_match_pytorch(shape, mid, padding, dtype):
+def test_spatial_ops_match_pytorch(shape, mid, padding, dtype, tile):
+    """F(4x4)'s float32 error is ~3e-6 of the norm on R(2+1)D-18 shapes, F(2x2)'s ~5e-7."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g, dtype=dtype)
     w = torch.randn(mid, shape[1], 1, 3, 3, generator=g, dtype=dtype)
     b = torch.randn(mid, generator=g, dtype=dtype)
-    y, mean, var = ops.spatial_conv_stats(x, w, b, [1, 1], list(padding))
-    grad_y = torch.randn(y.shape, generator=g, dtype=dtype)
-    grad_mean, grad_var = torch.randn(mid, generator=g), torch.randn(mid, generator=g)
-    grad_mean, grad_var = grad_mean.to(mean.dtype), grad_var.to(mean.dtype)
-    gx, gw, gb = OPS.spatial_conv_backward(grad_y, x, w, y, mean, grad_mean, grad_var, [1, 1],
-                                           list(padding), [True, True, True])
+    with winograd(tile):
+        y, mean, var = ops.spatial_conv_stats(x, w, b, [1, 1], list(padding))
+        grad_y = torch.randn(y.shape, generator=g, dtype=dtype)
+        grad_mean, grad_var = torch.randn(mid, generator=g), torch.randn(mid, generator=g)
+        grad_mean, grad_var = grad_mean.to(mean.dtype), grad_var.to(mean.dtype)
+        gx, gw, gb = OPS.spatial_conv_backward(grad_y, x, w, y, mean, grad_mean, grad_var,
+                                               [1, 1], list(padding), [True, True, True])
     want = _spatial_reference(x, w, b, padding, grad_y, grad_mean, grad_var)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     for name, got, ref in zip(["y", "mean", "var", "grad x", "grad w", "grad b"],
@@ -86,18 +110,21 @@ def test_spatial_ops_match_pytorch(shape, mid, padding, dtype):
         assert_close(got, ref, tol, name)
 
 
+@pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("padding", [[1, 1, 1], [0, 2, 0]])
-def test_fused_eval_matches_pytorch(padding):
+def test_fused_eval_matches_pytorch(padding, tile):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 5, 4, 9, 8, generator=g, dtype=torch.float64)
     ws, bs = torch.randn(7, 5, 1, 3, 3, generator=g, dtype=torch.float64), torch.randn(7, generator=g, dtype=torch.float64)
     wt, bt = torch.randn(6, 7, 3, 1, 1, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
-    out = ops.fused_eval(x, ws, bs, wt, bt, [1, 1, 1], padding)
+    with winograd(tile):
+        out = ops.fused_eval(x, ws, bs, wt, bt, [1, 1, 1], padding)
     z = F.relu(F.conv3d(x, ws, bs, padding=(0, *padding[1:])))
     assert_close(out, F.conv3d(z, wt, bt, padding=(padding[0], 0, 0)), 1e-12, "fused_eval")
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("tile", TILES)
+def test_gradcheck_float64(tile):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(2, 2, 2, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, 2, 1, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
@@ -107,16 +134,19 @@ def test_gradcheck_float64():
         y, mean, var = ops.spatial_conv_stats(x, w, b, [1, 1], [1, 2])
         return y, mean, var
 
-    assert gradcheck(f, (x, w, b))
+    with winograd(tile):
+        assert gradcheck(f, (x, w, b))
 
 
-def test_statistics_with_large_mean():
+@pytest.mark.parametrize("tile", TILES)
+def test_statistics_with_large_mean(tile):
     """A DC offset 1000x the spread: a one-pass sum of squares would lose the variance in
     float32; the per-batch two-pass moments (shifted first pass) keep it."""
     g = torch.Generator().manual_seed(5)
     x = 1000 + torch.randn(2, 4, 3, 10, 10, generator=g)
     w = torch.randn(6, 4, 1, 3, 3, generator=g) / 6
-    y, mean, var = ops.spatial_conv_stats(x, w, None, [1, 1], [0, 0])
+    with winograd(tile):
+        y, mean, var = ops.spatial_conv_stats(x, w, None, [1, 1], [0, 0])
     ref = F.conv3d(x.double(), w.double())
     assert_close(mean, ref.mean((0, 2, 3, 4)), 1e-6, "mean")
     assert_close(var, ref.var((0, 2, 3, 4), unbiased=False), 1e-3, "var")
@@ -143,3 +173,36 @@ def test_concurrent_calls_share_scratch_safely():
     for got, want in zip(results, serial):
         for a, b in zip(got, want):
             assert torch.equal(a, b)
+
+
+def _spatial_results(x, w, padding):
+    y, mean, var = ops.spatial_conv_stats(x, w, None, [1, 1], padding)
+    gy = torch.ones_like(y)
+    zero = torch.zeros_like(mean)
+    return (y, mean, var, *OPS.spatial_conv_backward(gy, x, w, y, mean, zero, zero, [1, 1], padding,
+                                                     [True, True, False])[:2])
+
+
+@pytest.mark.parametrize("frames,size,expected", [
+    (8, 28, "4"),   # 8 frames of 7x7 F(4x4) tiles: 392 >= 256
+    (8, 12, "2"),   # 72 tiles: too few for efficient F(4x4) GEMMs
+    (64, 5, "2"),   # 256 tiles, but 2x2 of them cover 8x8 for 5x5: no fewer products
+], ids=["many-tiles", "few-tiles", "no-saving"])
+def test_automatic_tile_choice(frames, size, expected):
+    """The automatic choice gives bitwise the results of the tile size it should pick
+    (training ops: F(4x4) from 256 tiles when it saves a quarter of the products)."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 3, frames, size, size, generator=g)
+    w = torch.randn(4, 3, 1, 3, 3, generator=g)
+    with winograd("auto"):
+        auto = _spatial_results(x, w, [1, 1])
+    with winograd(expected):
+        forced = _spatial_results(x, w, [1, 1])
+    for a, b in zip(auto, forced):
+        assert torch.equal(a, b)
+
+
+def test_bad_setting_is_an_error():
+    x, w = torch.randn(1, 2, 1, 5, 5), torch.randn(3, 2, 1, 3, 3)
+    with winograd("8"), pytest.raises(ValueError, match="R2P1D_WINOGRAD to be auto, 2, 4 or off"):
+        ops.spatial_conv_stats(x, w, None, [1, 1], [1, 1])

@@ -43,8 +43,11 @@ void winograd_eval(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
   const int64_t samples = std::clamp<int64_t>(budget / (frame_bytes * g.T), 1, g.N);
   const bool whole = frame_bytes * g.T <= budget;
   const int64_t run = whole ? To : std::clamp<int64_t>(budget / (frame_bytes * tg.st), 1, To);
-  const winograd::Filters U = winograd::filter_transform<T>(spatial_weight.reshape({g.M, g.C, 3, 3}), false);
   const int64_t unit_frames = whole ? samples * g.T : std::min<int64_t>(g.T, run * tg.st + tg.kt);
+  // One tile size for all units (the transformed filters are shared), chosen for a full one.
+  const int64_t R = winograd::tile_size(unit_frames, g.Ho, g.Wo, winograd::Use::kInference);
+  const winograd::Filters U =
+      winograd::filter_transform<T>(spatial_weight.reshape({g.M, g.C, 3, 3}), false, R);
   const Scratch zs = Scratch::of<T>(unit_frames * g.M * plane);
   T* zp = zs.data<T>();
   const auto opts = wk.options();
@@ -60,7 +63,7 @@ void winograd_eval(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
         continue;
       }
       const int64_t span = hi - lo, first = n0 * g.T + lo;  // the unit's first (n, t) frame
-      const winograd::Plan plan((n1 - n0) * span, g.C, g.H, g.W, g.M, g.ph, g.pw);
+      const winograd::Plan plan((n1 - n0) * span, g.C, g.H, g.W, g.M, g.ph, g.pw, R);
       winograd::forward<T>(
           plan, U, [&](int64_t f, int64_t c, int64_t ih, T* dst) { x_rows(first + f, c, ih, dst); },
           [&](int64_t f, int64_t m, int64_t oh, const T* row) {

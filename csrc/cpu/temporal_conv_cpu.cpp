@@ -5,6 +5,7 @@
 
 #include "frame_gemm.h"
 #include "row_kernels.h"
+#include "scratch.h"
 
 namespace r2p1d::cpu {
 namespace {
@@ -103,64 +104,105 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> temporal_conv_bnrelu_
   // Per input frame and channel: sum(gpre*(y-mean)) and sum(gpre), gpre = gz*[pre>0], for
   // the scale, shift and mean gradients.
   Tensor bn_part = at::zeros({frames, g.M, 2}, y.options().dtype(at::kDouble));
-  const int64_t chunks = reduction_chunks(frames);
-  Tensor gw_part = mask[4] ? at::zeros({chunks, g.kt, g.O, g.M}, y.options()) : Tensor();
+  Tensor gw = mask[4] ? at::empty({g.kt, g.O, g.M}, y.options()) : Tensor();
+  std::vector<char> tap_written(g.kt, 0);  // whether gw[k] holds a first product yet
 
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "temporal_conv_bnrelu_backward_cpu", [&] {
     const scalar_t* yp = yc.data_ptr<scalar_t>();
-    const scalar_t* gop = go.data_ptr<scalar_t>();
+    scalar_t* gop = const_cast<scalar_t*>(go.data_ptr<scalar_t>());
     const BnVectors<scalar_t> bn(mean, scale, shift, y.scalar_type());
     const scalar_t *mup = bn.mu(), *scp = bn.sc();
     double* bnp = bn_part.data_ptr<double>();
-    at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
-      Tensor z = at::empty({g.M, g.HW}, yc.options());
-      Tensor gz = at::empty({g.M, g.HW}, yc.options());
-      scalar_t *zp = z.data_ptr<scalar_t>(), *gzp = gz.data_ptr<scalar_t>();
-      for (int64_t c = cbegin; c < cend; ++c) {
-        const int64_t fbegin = c * frames / chunks, fend = (c + 1) * frames / chunks;
-        for (int64_t f = fbegin; f < fend; ++f) {
-          const int64_t n = f / g.T, ti = f % g.T;
-          const int64_t y_off = (n * g.M * g.T + ti) * g.HW;
-          activate_frame(yp + y_off, g.T * g.HW, bn, g.M, g.HW, zp);
-          auto go_frame = [&](int64_t to) {
-            return mat(const_cast<scalar_t*>(gop) + (n * g.O * g.To + to) * g.HW, g.O, g.HW,
-                       g.To * g.HW);
-          };
-          if (need_gz) {
-            // gz = sum over taps of W_k^T @ grad_out(to_k): the gradient reaching z.
+    // Units of whole samples (as many as keep their activations within ~16 MB) or, when
+    // one sample alone is larger, runs of its time steps. A unit's activated frames z are
+    // kept in scratch memory, channel-major (M rows of `span` frames), so that the weight
+    // gradient of a tap is one GEMM per sample over all its frames in the unit:
+    //   dW_k += grad_out[n, :, to range] (O, cnt*HW) @ z[n, :, ti range]^T
+    // run at the top level (multi-threaded), in a fixed order, with no partial buffers.
+    const int64_t frame_bytes = g.M * g.HW * static_cast<int64_t>(sizeof(scalar_t));
+    const int64_t budget = 16 << 20;
+    const int64_t samples = std::clamp<int64_t>(budget / (frame_bytes * g.T), 1, g.N);
+    const int64_t span = samples > 1 || frame_bytes * g.T <= budget
+                             ? g.T : std::clamp<int64_t>(budget / frame_bytes, 1, g.T);
+    const Scratch zs = Scratch::of<scalar_t>(samples * g.M * span * g.HW);
+    scalar_t* zp = zs.data<scalar_t>();
+    const int64_t ld = span * g.HW;  // z row stride: channel m of unit sample s at (s*M + m)*ld
+    auto go_mat = [&](int64_t n, int64_t to, int64_t cnt) {
+      return mat(gop + (n * g.O * g.To + to) * g.HW, g.O, cnt * g.HW, g.To * g.HW);
+    };
+    for (int64_t n0 = 0; n0 < g.N; n0 += samples) {
+      const int64_t n1 = std::min(g.N, n0 + samples);
+      for (int64_t t0 = 0; t0 < g.T; t0 += span) {
+        const int64_t t1 = std::min(g.T, t0 + span), len = t1 - t0;
+        // Per frame: z, gz = sum over taps of W_k^T @ grad_out(to_k), then the BN+ReLU
+        // backward (grad_y and the per-frame BN sums).
+        at::parallel_for(0, (n1 - n0) * len, 1, [&](int64_t begin, int64_t end) {
+          Tensor gz = need_gz ? at::empty({g.M, g.HW}, yc.options()) : Tensor();
+          for (int64_t item = begin; item < end; ++item) {
+            const int64_t n = n0 + item / len, ti = t0 + item % len, f = n * g.T + ti;
+            const int64_t y_off = (n * g.M * g.T + ti) * g.HW;
+            scalar_t* z = zp + (n - n0) * g.M * ld + (ti - t0) * g.HW;
+            for (int64_t m = 0; m < g.M; ++m)
+              rows::bn_relu(yp + y_off + m * g.T * g.HW, z + m * ld, mup[m], scp[m],
+                            bn.sh()[m], g.HW);
+            if (!need_gz) continue;
             bool written = false;
             for (int64_t k = 0; k < g.kt; ++k) {
               const int64_t to = tap_output(ti, k, g.st, g.pt, g.To);
               if (to < 0) continue;
               if (written) {
-                gz.addmm_(wk[k].t(), go_frame(to));
+                gz.addmm_(wk[k].t(), go_mat(n, to, 1));
               } else {
-                at::mm_out(gz, wk[k].t(), go_frame(to));
+                at::mm_out(gz, wk[k].t(), go_mat(n, to, 1));
                 written = true;
               }
             }
             if (!written) gz.zero_();
+            const scalar_t* gzp = gz.data_ptr<scalar_t>();
             for (int64_t m = 0; m < g.M; ++m) {
-              const scalar_t* yr = yp + y_off + m * g.T * g.HW;
-              const scalar_t* zr = zp + m * g.HW;
-              const scalar_t* gr = gzp + m * g.HW;
               scalar_t* gyr = mask[0] ? grad_y.data_ptr<scalar_t>() + y_off + m * g.T * g.HW
                                       : nullptr;
-              const auto [s_scale, s_shift] =
-                  rows::bn_relu_backward(yr, zr, gr, gyr, mup[m], scp[m], g.HW);
+              const auto [s_scale, s_shift] = rows::bn_relu_backward(
+                  yp + y_off + m * g.T * g.HW, z + m * ld, gzp + m * g.HW, gyr, mup[m], scp[m],
+                  g.HW);
               bnp[(f * g.M + m) * 2] = s_scale;
               bnp[(f * g.M + m) * 2 + 1] = s_shift;
             }
           }
-          if (mask[4]) {
-            for (int64_t k = 0; k < g.kt; ++k) {
-              const int64_t to = tap_output(ti, k, g.st, g.pt, g.To);
-              if (to >= 0) gw_part[c][k].addmm_(go_frame(to), z.t());
+        });
+        if (!mask[4]) continue;
+        // dW_k += grad_out(to) @ z(ti)^T over the unit's (to, ti = to*st - pt + k) pairs.
+        auto accumulate = [&](int64_t k, const Tensor& a, const Tensor& b) {
+          Tensor gwk = gw[k];
+          if (tap_written[k]) {
+            gwk.addmm_(a, b.t());
+          } else {
+            at::mm_out(gwk, a, b.t());
+            tap_written[k] = 1;
+          }
+        };
+        for (int64_t n = n0; n < n1; ++n) {
+          const scalar_t* zn = zp + (n - n0) * g.M * ld;
+          for (int64_t k = 0; k < g.kt; ++k) {
+            if (g.st == 1) {  // the unit's frames pair with a contiguous range of outputs
+              const int64_t to_lo = std::max<int64_t>(0, t0 + g.pt - k);
+              const int64_t to_hi = std::min<int64_t>(g.To, t1 + g.pt - k);
+              if (to_lo >= to_hi) continue;
+              const int64_t cnt = to_hi - to_lo, ti_lo = to_lo - g.pt + k;
+              accumulate(k, go_mat(n, to_lo, cnt),
+                         mat(const_cast<scalar_t*>(zn) + (ti_lo - t0) * g.HW, g.M, cnt * g.HW, ld));
+            } else {
+              for (int64_t ti = t0; ti < t1; ++ti) {
+                const int64_t to = tap_output(ti, k, g.st, g.pt, g.To);
+                if (to < 0) continue;
+                accumulate(k, go_mat(n, to, 1),
+                           mat(const_cast<scalar_t*>(zn) + (ti - t0) * g.HW, g.M, g.HW, ld));
+              }
             }
           }
         }
       }
-    });
+    }
   });
   const Tensor bn = bn_part.sum(0);
   Tensor grad_mean = mask[1] ? (-bn.select(1, 1) * scale.to(at::kDouble)).to(mean.scalar_type())
@@ -168,8 +210,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> temporal_conv_bnrelu_
   // Copies (copy=true), never views of `bn`: outputs must not alias each other.
   Tensor grad_scale = mask[2] ? bn.select(1, 0).to(scale.scalar_type(), false, true) : Tensor();
   Tensor grad_shift = mask[3] ? bn.select(1, 1).to(shift.scalar_type(), false, true) : Tensor();
-  Tensor grad_w = mask[4] ? gw_part.sum(0).permute({1, 2, 0}).reshape(weight.sizes()).contiguous()
-                          : Tensor();
+  for (int64_t k = 0; k < g.kt; ++k)
+    if (mask[4] && !tap_written[k]) gw[k].zero_();  // a tap that only ever reads the padding
+  Tensor grad_w = mask[4] ? gw.permute({1, 2, 0}).reshape(weight.sizes()).contiguous() : Tensor();
   Tensor grad_b = mask[5] ? go.sum(at::IntArrayRef{0, 2, 3, 4}) : Tensor();
   return {grad_y, grad_mean, grad_scale, grad_shift, grad_w, grad_b};
 }

@@ -1,25 +1,29 @@
-// Winograd F(2x2, 3x3) for the spatial (1,3,3) stride-1 convolution on the CPU: every
-// 2x2 output tile costs 16 multiply-adds per (in, out) channel pair instead of 36, so the
-// spatial products (three quarters of a (2+1)D block's FLOPs) take 2.25x fewer FLOPs.
-// The transforms only add, subtract and halve, so float32 results stay within ~1e-6 of
-// the direct convolution (tests/test_winograd.py measures it against the reference).
+// Winograd F(RxR, 3x3) for the spatial (1,3,3) stride-1 convolution on the CPU, with
+// output tiles of R = 2 or R = 4. Per output value and (in, out) channel pair a 3x3
+// convolution costs 9 multiply-adds directly, 4 with F(2x2) (16 points per 2x2 tile) and
+// 2.25 with F(4x4) (36 points per 4x4 tile). The spatial products are three quarters of a
+// (2+1)D block's FLOPs. F(2x2)'s transforms only add, subtract and halve (float32 error
+// ~1e-7 of the result's norm); F(4x4)'s multiply by up to 8 and by 1/6 and 1/24 (~1e-6,
+// measured in tests/test_winograd.py), the trade every Winograd library makes for it.
 //
-//   forward:  Y = A^T [ (G g G^T) (.) (B^T d B) ] A       d: 4x4 input tile, g: 3x3 filter
+//   forward:  Y = A^T [ (G g G^T) (.) (B^T d B) ] A       d: input tile, g: 3x3 filter
 //   weight gradient (the exact adjoint):  dg = G^T [ sum_tiles (A dY A^T) (.) (B^T d B) ] G
 //   input gradient: the forward transform applied to the output gradient with the flipped,
 //   transposed filter and padding 2-p.
 //
 // Tiles of all frames are processed in batches of whole tile rows. A batch runs in three
-// parallel phases: input transform into V[16][C][S], sixteen GEMMs (ATen matrix products,
-// one per Winograd point) into Y[16][M][S], and the output transform, which hands each
-// output row to an epilogue (bias, statistics, ReLU, store). The output phase runs per
-// channel and batches run in order, so anything an epilogue accumulates per channel is
-// summed in an order that does not depend on the thread count.
+// parallel phases: input transform into V[P][C][S], P GEMMs (ATen matrix products, one
+// per Winograd point) into Y[P][M][S], and the output transform, which hands each output
+// row to an epilogue (bias, statistics, ReLU, store). The output phase runs per channel
+// and batches run in order, so anything an epilogue accumulates per channel is summed in
+// an order that does not depend on the thread count.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "row_kernels.h"
@@ -27,23 +31,64 @@
 
 namespace r2p1d::cpu::winograd {
 
-constexpr int64_t kPoints = 16;  // 4x4 transformed tile
+// The R2P1D_WINOGRAD environment variable (read at every call, for benchmarks and
+// tests): "2" or "4" forces that tile size, "off" the im2col path; unset or "auto" lets
+// tile_size() choose.
+inline int64_t setting() {
+  const char* env = std::getenv("R2P1D_WINOGRAD");
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return 0;
+  if (std::strcmp(env, "2") == 0) return 2;
+  if (std::strcmp(env, "4") == 0) return 4;
+  if (std::strcmp(env, "off") == 0) return -1;
+  TORCH_CHECK_VALUE(false, "r2p1d: expected R2P1D_WINOGRAD to be auto, 2, 4 or off, but got '",
+                    env, "'");
+}
 
-// The shape of one spatial 3x3 stride-1 convolution of F frames.
+// Whether the spatial convolution can take the Winograd path.
+inline bool applies(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  return kh == 3 && kw == 3 && sh == 1 && sw == 1 && ph <= 2 && pw <= 2 && setting() >= 0;
+}
+
+// What a convolution is for: the training ops (forward with statistics, input and weight
+// gradients) or the inference op.
+enum class Use { kTraining, kInference };
+
+// The output tile size for F frames of Ho x Wo outputs. F(4x4) does 1.78x fewer
+// multiply-adds than F(2x2) on frames whose sides are multiples of 4, fewer on others (the
+// last tiles are part padding); it is taken where it saves at least a quarter of them and
+// has enough tiles (GEMM columns) for efficient GEMMs. Its transformed filters are 4x the
+// weights (F(2x2): 1.8x), rebuilt at every call, and in training there are also their
+// gradients: so training takes it from 256 tiles (R(2+1)D-18 conv2_x/conv3_x at batch 4),
+// inference from 128 (also conv4_x: 8 frames of 14x14). Measured in bench/NOTES.md.
+inline int64_t tile_size(int64_t F, int64_t Ho, int64_t Wo, Use use) {
+  if (const int64_t forced = setting(); forced > 0) return forced;
+  const int64_t tiles2 = F * ((Ho + 1) / 2) * ((Wo + 1) / 2);
+  const int64_t tiles4 = F * ((Ho + 3) / 4) * ((Wo + 3) / 4);
+  const int64_t min_tiles = use == Use::kTraining ? 256 : 128;
+  return tiles4 >= min_tiles && 4 * 36 * tiles4 <= 3 * 16 * tiles2 ? 4 : 2;
+}
+
+// The shape of one spatial 3x3 stride-1 convolution of F frames with R x R output tiles.
 struct Plan {
   int64_t F, C, H, W;  // input frames, channels, size
   int64_t M, ph, pw;   // output channels, padding
+  int64_t R, N, P;     // output tile size, input tile size R + 2, points N * N
   int64_t Ho, Wo;      // output size
   int64_t TH, TW;      // tiles per frame (rows, columns)
-  Plan(int64_t F_, int64_t C_, int64_t H_, int64_t W_, int64_t M_, int64_t ph_, int64_t pw_)
-      : F(F_), C(C_), H(H_), W(W_), M(M_), ph(ph_), pw(pw_), Ho(H_ + 2 * ph_ - 2),
-        Wo(W_ + 2 * pw_ - 2), TH((Ho + 1) / 2), TW((Wo + 1) / 2) {}
+  Plan(int64_t F_, int64_t C_, int64_t H_, int64_t W_, int64_t M_, int64_t ph_, int64_t pw_,
+       int64_t R_)
+      : F(F_), C(C_), H(H_), W(W_), M(M_), ph(ph_), pw(pw_), R(R_), N(R_ + 2),
+        P((R_ + 2) * (R_ + 2)), Ho(H_ + 2 * ph_ - 2), Wo(W_ + 2 * pw_ - 2),
+        TH((Ho + R_ - 1) / R_), TW((Wo + R_ - 1) / R_) {
+    TORCH_INTERNAL_ASSERT(R == 2 || R == 4, "r2p1d: Winograd tile size must be 2 or 4");
+  }
   int64_t tile_rows() const { return F * TH; }
+  int64_t padded_width() const { return R * TW + 2; }  // input columns of a tile row
   // Tile rows per batch: enough columns for efficient GEMMs, while the batch's
-  // transformed input and output (16*(C+M) values per tile) stay within ~24 MB; batches
+  // transformed input and output (P*(C+M) values per tile) stay within ~24 MB; batches
   // are made equal in size (no short last batch with inefficient GEMMs).
   int64_t rows_per_batch(int64_t elem_size) const {
-    const int64_t per_tile = kPoints * (C + M) * elem_size;
+    const int64_t per_tile = P * (C + M) * elem_size;
     const int64_t tiles = std::max<int64_t>(256, (24 << 20) / per_tile);
     const int64_t most = std::clamp<int64_t>(tiles / TW, 1, tile_rows());
     const int64_t batches = (tile_rows() + most - 1) / most;
@@ -51,11 +96,11 @@ struct Plan {
   }
 };
 
-// The distance between the 16 point planes of a transformed-tile buffer holding `n`
-// values per plane: rounded up to an odd number of 64-byte lines (for float). When the
-// planes are a multiple of 4 KiB apart, the 16 streams that every tile's transform reads
-// or writes share the same cache sets: measured here, conv2_x's weight gradient ran 2.7x
-// slower with S = 1792 tiles (144 x 1792 floats per plane, 252 pages) than with 1876.
+// The distance between the point planes of a transformed-tile buffer holding `n` values
+// per plane: rounded up to an odd number of 64-byte lines (for float). When the planes
+// are a multiple of 4 KiB apart, the streams that every tile's transform reads or writes
+// share the same cache sets: measured here, conv2_x's weight gradient ran 2.7x slower
+// with S = 1792 tiles (144 x 1792 floats per plane, 252 pages) than with 1876.
 inline int64_t plane_stride(int64_t n) {
   int64_t stride = (n + 15) / 16 * 16;
   if ((stride / 16) % 2 == 0) stride += 16;
@@ -79,151 +124,305 @@ inline std::vector<Batch> batches(const Plan& p, int64_t elem_size) {
   return out;
 }
 
-// Whether the spatial convolution can take the Winograd path.
-inline bool applies(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
-  return kh == 3 && kw == 3 && sh == 1 && sw == 1 && ph <= 2 && pw <= 2;
-}
-
 // The filter transform as a matrix: K[(a,b)][(i,j)] = G[a][i] * G[b][j], so that for
 // every filter g, (G g G^T)[a][b] = sum over taps (i,j) of K[(a,b)][(i,j)] * g[i][j]. The
-// transform of all filters at once is then one (16 x 9) x (9 x filters) matrix product.
-inline at::Tensor filter_matrix(const at::TensorOptions& opts) {
-  static const double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
-  at::Tensor K = at::empty({kPoints, 9}, at::TensorOptions().dtype(at::kDouble));
+// transform of all filters at once is then one (P x 9) x (9 x filters) matrix product.
+// Built in double and rounded once.
+inline at::Tensor filter_matrix(int64_t R, const at::TensorOptions& opts) {
+  static const double G2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  static const double G4[6][3] = {{1.0 / 4, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                  {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                  {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+  const int64_t n = R + 2;
+  auto G = [&](int64_t a, int64_t i) { return R == 2 ? G2[a][i] : G4[a][i]; };
+  at::Tensor K = at::empty({n * n, 9}, at::TensorOptions().dtype(at::kDouble));
   double* k = K.data_ptr<double>();
-  for (int a = 0; a < 4; ++a)
-    for (int b = 0; b < 4; ++b)
-      for (int i = 0; i < 3; ++i)
-        for (int j = 0; j < 3; ++j) k[(a * 4 + b) * 9 + i * 3 + j] = G[a][i] * G[b][j];
+  for (int64_t a = 0; a < n; ++a)
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t i = 0; i < 3; ++i)
+        for (int64_t j = 0; j < 3; ++j) k[(a * n + b) * 9 + i * 3 + j] = G(a, i) * G(b, j);
   return K.to(opts.dtype());
 }
 
 // The transformed filters: u[xi] (M x C) = G g G^T for each (m, c) filter g, a view of
 // scratch memory.
 struct Filters {
+  int64_t R;
   Scratch mem;
-  at::Tensor u;  // (16, M, C), possibly strided
+  at::Tensor u;  // (P, M, C), possibly strided
 };
 
-// The transformed filters of weight (M, C, 3, 3). `flip` gives those of the input-gradient
-// convolution: channels transposed and each filter rotated by 180 degrees, done by
-// reversing K's tap order and by a transposed view (no copy of the weight).
+// The transformed filters of weight (M, C, 3, 3) for R x R tiles. `flip` gives those of
+// the input-gradient convolution: channels transposed and each filter rotated by 180
+// degrees, done by reversing K's tap order and by a transposed view (no copy of the
+// weight).
 template <typename T>
-Filters filter_transform(const at::Tensor& weight, bool flip) {
+Filters filter_transform(const at::Tensor& weight, bool flip, int64_t R) {
   const at::TensorOptions opts = weight.options();
-  const int64_t M = weight.size(0), C = weight.size(1);
+  const int64_t M = weight.size(0), C = weight.size(1), P = (R + 2) * (R + 2);
   const at::Tensor w = weight.contiguous().view({M * C, 9});  // one filter per row
-  at::Tensor K = filter_matrix(opts);
+  at::Tensor K = filter_matrix(R, opts);
   if (flip) K = K.flip({1});
-  Filters f{Scratch::of<T>(kPoints * M * C), at::Tensor()};
-  at::Tensor u = at::from_blob(f.mem.template data<T>(), {kPoints, M * C}, opts);
+  Filters f{R, Scratch::of<T>(P * M * C), at::Tensor()};
+  at::Tensor u = at::from_blob(f.mem.template data<T>(), {P, M * C}, opts);
   at::mm_out(u, K, w.t());
-  f.u = flip ? u.view({kPoints, M, C}).transpose(1, 2) : u.view({kPoints, M, C});
+  f.u = flip ? u.view({P, M, C}).transpose(1, 2) : u.view({P, M, C});
   return f;
 }
 
 // dg = G^T D G for D[xi] = dU[xi] (M, C): the adjoint product; returns the (M, C, 1, 3, 3)
 // weight gradient.
-inline at::Tensor filter_transform_adjoint(const at::Tensor& dU) {
-  const int64_t M = dU.size(1), C = dU.size(2);
-  return at::mm(dU.reshape({kPoints, M * C}).t(), filter_matrix(dU.options()))
+inline at::Tensor filter_transform_adjoint(const at::Tensor& dU, int64_t R) {
+  const int64_t P = dU.size(0), M = dU.size(1), C = dU.size(2);
+  return at::mm(dU.reshape({P, M * C}).t(), filter_matrix(R, dU.options()))
       .view({M, C, 1, 3, 3});
 }
 
-// Input transform of one tile row: d holds the 4 zero-padded input rows (Wp = 2*TW + 2
-// columns each); writes point xi of tile b to v[xi * ld + b]. B^T d runs along the rows
-// (contiguous), then (B^T d) B along the columns, through the scratch rows e.
-template <typename T>
-R2P1D_MULTIVERSION void input_tile_row(const T* __restrict d, T* __restrict e, int64_t Wp,
-                                       int64_t TW, T* __restrict v, int64_t ld) {
-  const T *d0 = d, *d1 = d + Wp, *d2 = d + 2 * Wp, *d3 = d + 3 * Wp;
-  T *e0 = e, *e1 = e + Wp, *e2 = e + 2 * Wp, *e3 = e + 3 * Wp;
-  for (int64_t q = 0; q < Wp; ++q) {
-    e0[q] = d0[q] - d2[q];
-    e1[q] = d1[q] + d2[q];
-    e2[q] = d2[q] - d1[q];
-    e3[q] = d1[q] - d3[q];
+// The transforms, written out (factored) in the kernels below.
+// F(2x2, 3x3):
+//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]    A^T = [1 1 1 0; 0 1 -1 -1]
+// F(4x4, 3x3):
+//   B^T = [4  0 -5  0 1 0;      A^T = [1 1  1 1  1 0;      A = the transpose of A^T
+//          0 -4 -4  1 1 0;             0 1 -1 2 -2 0;
+//          0  4 -4 -1 1 0;             0 1  1 4  4 0;
+//          0 -2 -1  2 1 0;             0 1 -1 8 -8 1]
+//          0  2 -1 -2 1 0;
+//          0  4  0 -5 0 1]
+// (the interpolation points 0, 1, -1, 2, -2 and infinity).
+
+// The 1-D transforms of one column. F(2x2): B^T x (4 -> 4) and A g (2 -> 4).
+struct Bt4 {
+  template <typename T>
+  void operator()(const T (&x)[4], T (&y)[4]) const {
+    y[0] = x[0] - x[2];
+    y[1] = x[1] + x[2];
+    y[2] = x[2] - x[1];
+    y[3] = x[1] - x[3];
   }
-  for (int64_t i = 0; i < 4; ++i) {
-    const T* ei = e + i * Wp;
-    T* v0 = v + (4 * i) * ld;
-    T* v1 = v0 + ld;
-    T* v2 = v1 + ld;
-    T* v3 = v2 + ld;
-    for (int64_t b = 0; b < TW; ++b) {
-      const T x0 = ei[2 * b], x1 = ei[2 * b + 1], x2 = ei[2 * b + 2], x3 = ei[2 * b + 3];
-      v0[b] = x0 - x2;
-      v1[b] = x1 + x2;
-      v2[b] = x2 - x1;
-      v3[b] = x1 - x3;
+};
+struct A4 {
+  template <typename T>
+  void operator()(const T (&g)[2], T (&t)[4]) const {
+    t[0] = g[0];
+    t[1] = g[0] + g[1];
+    t[2] = g[0] - g[1];
+    t[3] = -g[1];
+  }
+};
+// F(4x4): B^T x (6 -> 6), A^T y (6 -> 4) and A g (4 -> 6).
+struct Bt6 {
+  template <typename T>
+  void operator()(const T (&x)[6], T (&y)[6]) const {
+    const T s = x[4] - x[2], d = x[3] - x[1];
+    y[0] = T(4) * x[0] - T(5) * x[2] + x[4];
+    y[1] = (x[3] + x[4]) - T(4) * (x[1] + x[2]);
+    y[2] = (x[4] - x[3]) + T(4) * (x[1] - x[2]);
+    y[3] = s + T(2) * d;
+    y[4] = s - T(2) * d;
+    y[5] = T(4) * x[1] - T(5) * x[3] + x[5];
+  }
+};
+struct At6 {
+  template <typename T>
+  void operator()(const T (&y)[6], T (&o)[4]) const {
+    const T s12 = y[1] + y[2], d12 = y[1] - y[2], s34 = y[3] + y[4], d34 = y[3] - y[4];
+    o[0] = y[0] + s12 + s34;
+    o[1] = d12 + T(2) * d34;
+    o[2] = s12 + T(4) * s34;
+    o[3] = d12 + T(8) * d34 + y[5];
+  }
+};
+struct A6 {
+  template <typename T>
+  void operator()(const T (&g)[4], T (&t)[6]) const {
+    const T s02 = g[0] + g[2], s13 = g[1] + g[3], u = g[0] + T(4) * g[2],
+            w = T(2) * g[1] + T(8) * g[3];
+    t[0] = g[0];
+    t[1] = s02 + s13;
+    t[2] = s02 - s13;
+    t[3] = u + w;
+    t[4] = u - w;
+    t[5] = g[3];
+  }
+};
+
+// Applies a 1-D transform f (In -> Out values) to n columns t: input k of column t is
+// x[off[k] + Step*t], output j goes to y[j*ys + t]. The loop over columns is the one that
+// vectorises: the caller passes pointers to distinct rows, which GCC cannot prove, hence
+// ivdep (without it, the alias checks of six streams exceed its limit and it gives up).
+template <int In, int Out, int Step, typename T, typename F>
+inline __attribute__((always_inline)) void transform_columns(
+    const T* __restrict x, const int64_t (&off)[In], T* __restrict y, int64_t ys, int64_t n,
+    F f) {
+#pragma GCC ivdep
+  for (int64_t t = 0; t < n; ++t) {
+    T in[In], out[Out];
+    for (int k = 0; k < In; ++k) in[k] = x[off[k] + Step * t];
+    f(in, out);
+    for (int j = 0; j < Out; ++j) y[j * ys + t] = out[j];
+  }
+}
+
+// Tile rows per work item of the input and output-gradient transforms: enough that the
+// loops over the item's tiles (G*TW of them) fill AVX-512 vectors. One tile row alone has
+// only TW tiles: 7 at R(2+1)D-18's conv3_x with F(4x4), which left the loops in their
+// scalar remainders.
+inline int64_t rows_per_item(int64_t TW, int64_t rows) {
+  return std::clamp<int64_t>((64 + TW - 1) / TW, 1, rows);
+}
+
+// The F(RxR) input transform of G tile rows, N = R + 2. d holds each tile row's N
+// zero-padded input rows (row i of tile row g at d + (g*N + i)*Wp, Wp = R*TW + 2); writes
+// point xi = N*a + b of tile u = g*TW + t to v[xi*ld + u]. Three passes, each a loop over
+// the U = G*TW tiles with unit-stride loads and stores:
+//   split: e[(i*N + k)*U + u] = d[row i of tile row g][R*t + k], the N columns of tile u;
+//   B^T down the columns: f[(a*N + k)*U + u] = sum_i B^T[a][i] e[(i*N + k)*U + u];
+//   B along the rows:     v[(a*N + b)*ld + u] = sum_k B^T[b][k] f[(a*N + k)*U + u].
+// e and f hold N*N*U values each.
+template <int R, typename T, typename Bt>
+inline __attribute__((always_inline)) void input_tile_rows_impl(
+    int64_t G, const T* __restrict d, T* __restrict e, T* __restrict f, int64_t Wp, int64_t TW,
+    T* __restrict v, int64_t ld, Bt bt) {
+  constexpr int N = R + 2;
+  const int64_t U = G * TW;
+  for (int64_t g = 0; g < G; ++g)
+    for (int i = 0; i < N; ++i) {
+      const T* __restrict x = d + (g * N + i) * Wp;
+      for (int k = 0; k < N; ++k) {
+        T* __restrict p = e + (i * N + k) * U + g * TW;
+        for (int64_t t = 0; t < TW; ++t) p[t] = x[R * t + k];
+      }
     }
+  int64_t rows[N], cols[N];
+  for (int i = 0; i < N; ++i) rows[i] = i * N * U, cols[i] = i * U;
+  for (int k = 0; k < N; ++k) transform_columns<N, N, 1>(e + k * U, rows, f + k * U, N * U, U, bt);
+  for (int a = 0; a < N; ++a) transform_columns<N, N, 1>(f + a * N * U, cols, v + a * N * ld, ld, U, bt);
+}
+
+template <typename T>
+R2P1D_MULTIVERSION void input_tile_rows(int64_t R, int64_t G, const T* __restrict d,
+                                        T* __restrict e, T* __restrict f, int64_t Wp,
+                                        int64_t TW, T* __restrict v, int64_t ld) {
+  if (R == 2) {
+    input_tile_rows_impl<2>(G, d, e, f, Wp, TW, v, ld, Bt4{});
+  } else {
+    input_tile_rows_impl<4>(G, d, e, f, Wp, TW, v, ld, Bt6{});
+  }
+}
+
+// Output transform of S tiles in a row: y[xi * ld + t] holds point xi of tile t; writes
+// the R output rows (R*S values each) to out. The R*R outputs of each tile are first
+// computed into separate contiguous arrays (quad, R*R*S values), so the loops vectorise;
+// for R = 4 in two passes (A^T along the point rows into r, R*6*S values, then along
+// the columns), each a loop over tiles with unit-stride loads.
+template <typename T>
+R2P1D_MULTIVERSION void output_tile_row(int64_t R, const T* __restrict y, int64_t ld, int64_t S,
+                                        T* __restrict quad, T* __restrict r, T* __restrict out) {
+  if (R == 2) {
+    for (int64_t t = 0; t < S; ++t) {
+      // A^T Y: two rows of four; then (A^T Y) A: two columns.
+      T r0[4], r1[4];
+      for (int j = 0; j < 4; ++j) {
+        const T y0 = y[j * ld + t], y1 = y[(4 + j) * ld + t], y2 = y[(8 + j) * ld + t],
+                y3 = y[(12 + j) * ld + t];
+        r0[j] = y0 + y1 + y2;
+        r1[j] = y1 - y2 - y3;
+      }
+      quad[t] = r0[0] + r0[1] + r0[2];
+      quad[S + t] = r0[1] - r0[2] - r0[3];
+      quad[2 * S + t] = r1[0] + r1[1] + r1[2];
+      quad[3 * S + t] = r1[1] - r1[2] - r1[3];
+    }
+  } else {
+    // r[(i*6 + j)*S + t] = (A^T Y)[i][j] of tile t, then quad[(i*4 + j')*S + t].
+    const int64_t points[6] = {0, 6 * ld, 12 * ld, 18 * ld, 24 * ld, 30 * ld};
+    for (int64_t j = 0; j < 6; ++j)
+      transform_columns<6, 4, 1>(y + j * ld, points, r + j * S, 6 * S, S, At6{});
+    const int64_t cols[6] = {0, S, 2 * S, 3 * S, 4 * S, 5 * S};
+    for (int64_t i = 0; i < 4; ++i)
+      transform_columns<6, 4, 1>(r + 6 * i * S, cols, quad + 4 * i * S, S, S, At6{});
+  }
+  // Interleave: output row i of tile t is quad[(R*i + j)*S + t] for j < R.
+  for (int64_t i = 0; i < R; ++i) {
+    const T* __restrict q0 = quad + R * i * S;
+    T* __restrict o = out + i * R * S;
+    if (R == 2) {
+#pragma GCC ivdep
+      for (int64_t t = 0; t < S; ++t) {
+        o[2 * t] = q0[t];
+        o[2 * t + 1] = q0[S + t];
+      }
+    } else {
+#pragma GCC ivdep
+      for (int64_t t = 0; t < S; ++t)
+        for (int j = 0; j < 4; ++j) o[4 * t + j] = q0[j * S + t];
+    }
+  }
+}
+
+// The output-gradient transform (A dY A^T) of G tile rows for the weight gradient. Row rr
+// of tile row g's R zero-padded output-gradient rows is at g + (rr*G + g)*W, W = R*TW, so
+// that value j of tile u = g*TW + t in it is at rr*G*W + R*u + j; writes point xi of tile
+// u to v[xi*ld + u]. A down the columns into c (R*N*U values), then along the rows.
+template <int R, typename T, typename A>
+inline __attribute__((always_inline)) void grad_tile_rows_impl(
+    int64_t G, const T* __restrict g, int64_t TW, T* __restrict c, T* __restrict v,
+    int64_t ld, A a) {
+  constexpr int N = R + 2;
+  const int64_t U = G * TW, W = R * TW;
+  int64_t rows[R], cols[R];
+  for (int r = 0; r < R; ++r) rows[r] = r * G * W, cols[r] = r * U;
+  // c[(i*R + j)*U + u] = (A dY)[i][j] of tile u.
+  for (int j = 0; j < R; ++j) transform_columns<R, N, R>(g + j, rows, c + j * U, R * U, U, a);
+  for (int i = 0; i < N; ++i) transform_columns<R, N, 1>(c + i * R * U, cols, v + i * N * ld, ld, U, a);
+}
+
+template <typename T>
+R2P1D_MULTIVERSION void grad_tile_rows(int64_t R, int64_t G, const T* __restrict g,
+                                       int64_t TW, T* __restrict c, T* __restrict v,
+                                       int64_t ld) {
+  if (R == 2) {
+    grad_tile_rows_impl<2>(G, g, TW, c, v, ld, A4{});
+  } else {
+    grad_tile_rows_impl<4>(G, g, TW, c, v, ld, A6{});
   }
 }
 
 // Input transform of a batch's tile rows [r0, r1) (global tile row r = frame * TH + tile
-// row): V[xi * pv + c * S + (r - r0) * TW + b] = (B^T d B)[xi] for the 4x4 input patch d of tile (r, b).
-// in_row(f, c, ih, dst) writes the W values of row ih of channel c of frame f to dst.
+// row): V[xi * pv + c * S + (r - r0) * TW + t] = (B^T d B)[xi] for the input patch d of
+// tile (r, t). in_row(f, c, ih, dst) writes the W values of row ih of channel c of frame
+// f to dst.
 template <typename T, typename InRow>
 void input_transform(const Plan& p, const Batch& batch, InRow&& in_row, T* V) {
-  const int64_t r0 = batch.r0, r1 = batch.r1, ld = batch.S;
-  const int64_t Wp = 2 * p.TW + 2;
-  at::parallel_for(0, (r1 - r0) * p.C, 16, [&](int64_t begin, int64_t end) {
-    std::vector<T> rows(4 * Wp), comb(4 * Wp);
+  const int64_t r0 = batch.r0, nr = batch.r1 - batch.r0, ld = batch.S;
+  const int64_t Wp = p.padded_width(), G = rows_per_item(p.TW, nr);
+  const int64_t groups = (nr + G - 1) / G;
+  at::parallel_for(0, groups * p.C, 4, [&](int64_t begin, int64_t end) {
+    std::vector<T> rows(G * p.N * Wp), e(p.N * p.N * G * p.TW), f(e.size());
     for (int64_t item = begin; item < end; ++item) {
       // Channel-major items: consecutive items read consecutive rows of one plane and
       // write consecutive columns of V (sequential memory, few TLB misses).
-      const int64_t c = item / (r1 - r0), r = r0 + item % (r1 - r0);
-      const int64_t f = r / p.TH, a = r % p.TH;
-      // The 4 input rows of this tile row, zero-padded to Wp columns.
-      for (int64_t i = 0; i < 4; ++i) {
-        T* row = rows.data() + i * Wp;
-        const int64_t ih = 2 * a - p.ph + i;
-        if (ih >= 0 && ih < p.H) {
-          std::fill(row, row + p.pw, T(0));
-          in_row(f, c, ih, row + p.pw);
-          std::fill(row + p.pw + p.W, row + Wp, T(0));
-        } else {
-          std::fill(row, row + Wp, T(0));
+      const int64_t c = item / groups, first = (item % groups) * G;
+      const int64_t count = std::min(G, nr - first);
+      for (int64_t g = 0; g < count; ++g) {
+        const int64_t r = r0 + first + g, fr = r / p.TH, a = r % p.TH;
+        // The N input rows of this tile row, zero-padded to Wp columns.
+        for (int64_t i = 0; i < p.N; ++i) {
+          T* row = rows.data() + (g * p.N + i) * Wp;
+          const int64_t ih = p.R * a - p.ph + i;
+          if (ih >= 0 && ih < p.H) {
+            std::fill(row, row + p.pw, T(0));
+            in_row(fr, c, ih, row + p.pw);
+            std::fill(row + p.pw + p.W, row + Wp, T(0));
+          } else {
+            std::fill(row, row + Wp, T(0));
+          }
         }
       }
-      input_tile_row<T>(rows.data(), comb.data(), Wp, p.TW,
-                        V + c * ld + (r - r0) * p.TW, batch.pv);
+      input_tile_rows<T>(p.R, count, rows.data(), e.data(), f.data(), Wp, p.TW,
+                         V + c * ld + first * p.TW, batch.pv);
     }
   });
-}
-
-// Output transform of one tile row: y[xi * ld + b] holds point xi of tile b; writes the
-// two output rows (2*TW values each) to out. The four outputs of each tile are first
-// computed into separate contiguous arrays (quad), so the loops vectorise.
-template <typename T>
-R2P1D_MULTIVERSION void output_tile_row(const T* __restrict y, int64_t ld, int64_t TW, T* __restrict quad,
-                     T* __restrict out) {
-  T* __restrict q00 = quad;
-  T* __restrict q01 = quad + TW;
-  T* __restrict q10 = quad + 2 * TW;
-  T* __restrict q11 = quad + 3 * TW;
-  for (int64_t b = 0; b < TW; ++b) {
-    // A^T Y: two rows of four; then (A^T Y) A: two columns.
-    T t0[4], t1[4];
-    for (int j = 0; j < 4; ++j) {
-      const T y0 = y[j * ld + b], y1 = y[(4 + j) * ld + b], y2 = y[(8 + j) * ld + b],
-              y3 = y[(12 + j) * ld + b];
-      t0[j] = y0 + y1 + y2;
-      t1[j] = y1 - y2 - y3;
-    }
-    q00[b] = t0[0] + t0[1] + t0[2];
-    q01[b] = t0[1] - t0[2] - t0[3];
-    q10[b] = t1[0] + t1[1] + t1[2];
-    q11[b] = t1[1] - t1[2] - t1[3];
-  }
-  T* __restrict o0 = out;
-  T* __restrict o1 = out + 2 * TW;
-  for (int64_t b = 0; b < TW; ++b) {
-    o0[2 * b] = q00[b];
-    o0[2 * b + 1] = q01[b];
-    o1[2 * b] = q10[b];
-    o1[2 * b + 1] = q11[b];
-  }
 }
 
 // Runs the forward convolution of all frames: for every output row, out_row(f, m, oh, row)
@@ -234,31 +433,33 @@ R2P1D_MULTIVERSION void output_tile_row(const T* __restrict y, int64_t ld, int64
 template <typename T, typename InRow, typename OutRow, typename OutChannel>
 void forward(const Plan& p, const Filters& U, InRow&& in_row, OutRow&& out_row,
              OutChannel&& out_channel, const at::TensorOptions& opts) {
+  TORCH_INTERNAL_ASSERT(U.R == p.R, "r2p1d: Winograd filters and plan disagree on the tile");
   const std::vector<Batch> all = batches(p, sizeof(T));
-  const Scratch Vs = Scratch::of<T>(kPoints * all[0].pv), Ys = Scratch::of<T>(kPoints * all[0].py);
+  const Scratch Vs = Scratch::of<T>(p.P * all[0].pv), Ys = Scratch::of<T>(p.P * all[0].py);
   T* V = Vs.data<T>();
   T* Y = Ys.data<T>();
   for (const Batch& batch : all) {
     const int64_t r0 = batch.r0, r1 = batch.r1, S = batch.S, ld = S, pv = batch.pv, py = batch.py;
     input_transform<T>(p, batch, in_row, V);
-    at::parallel_for(0, kPoints, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, p.P, 1, [&](int64_t begin, int64_t end) {
       for (int64_t xi = begin; xi < end; ++xi) {
         at::Tensor y = at::from_blob(Y + xi * py, {p.M, S}, {ld, 1}, opts);
         at::mm_out(y, U.u[xi], at::from_blob(V + xi * pv, {p.C, S}, {ld, 1}, opts));
       }
     });
     at::parallel_for(0, p.M, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> out(4 * S), quad(4 * S), chan(2 * (r1 - r0) * p.Wo);
+      std::vector<T> out(p.R * p.R * S), quad(p.R * p.R * S), rt(p.R * p.N * S),
+          chan(p.R * (r1 - r0) * p.Wo);
       for (int64_t m = begin; m < end; ++m) {
         // All of the channel's tiles in this batch in one call (its S tiles are contiguous
-        // in Y): two "rows" of 2*S values, the upper and lower halves of every tile.
-        output_tile_row<T>(Y + m * ld, py, S, quad.data(), out.data());
+        // in Y): R "rows" of R*S values, the rows of every tile side by side.
+        output_tile_row<T>(p.R, Y + m * ld, py, S, quad.data(), rt.data(), out.data());
         int64_t n = 0;  // values of channel m so far in this batch
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t f = r / p.TH, a = r % p.TH;
-          for (int64_t i = 0; i < 2 && 2 * a + i < p.Ho; ++i, n += p.Wo) {
-            std::copy_n(out.data() + i * 2 * S + 2 * (r - r0) * p.TW, p.Wo, chan.data() + n);
-            out_row(f, m, 2 * a + i, static_cast<const T*>(chan.data() + n));
+          for (int64_t i = 0; i < p.R && p.R * a + i < p.Ho; ++i, n += p.Wo) {
+            std::copy_n(out.data() + i * p.R * S + p.R * (r - r0) * p.TW, p.Wo, chan.data() + n);
+            out_row(f, m, p.R * a + i, static_cast<const T*>(chan.data() + n));
           }
         }
         out_channel(m, static_cast<const T*>(chan.data()), n);
@@ -269,45 +470,39 @@ void forward(const Plan& p, const Filters& U, InRow&& in_row, OutRow&& out_row,
 
 // Weight gradient: dU[xi] = sum over tiles of (A dY A^T)[xi] (M x S) times V[xi]^T, then
 // G^T dU G. in_row as in forward; grad_row(f, m, oh, dst) writes the Wo values of row oh
-// of channel m of frame f of the output gradient. Batches run in order and each point's product is
-// one GEMM, so the sum's order does not depend on the thread count.
+// of channel m of frame f of the output gradient. Batches run in order and each point's
+// product is one GEMM, so the sum's order does not depend on the thread count.
 template <typename T, typename InRow, typename GradRow>
 at::Tensor weight_grad(const Plan& p, InRow&& in_row, GradRow&& grad_row,
                        const at::TensorOptions& opts) {
   const std::vector<Batch> all = batches(p, sizeof(T));
-  const Scratch Vs = Scratch::of<T>(kPoints * all[0].pv), Gs = Scratch::of<T>(kPoints * all[0].py);
-  const Scratch dUs = Scratch::of<T>(kPoints * p.M * p.C);
-  at::Tensor dU = at::from_blob(dUs.data<T>(), {kPoints, p.M, p.C}, opts);
+  const Scratch Vs = Scratch::of<T>(p.P * all[0].pv), Gs = Scratch::of<T>(p.P * all[0].py);
+  const Scratch dUs = Scratch::of<T>(p.P * p.M * p.C);
+  at::Tensor dU = at::from_blob(dUs.data<T>(), {p.P, p.M, p.C}, opts);
   T* V = Vs.data<T>();
   T* Gh = Gs.data<T>();
   for (const Batch& batch : all) {
     const int64_t r0 = batch.r0, r1 = batch.r1, S = batch.S, ld = S, pv = batch.pv, py = batch.py;
     input_transform<T>(p, batch, in_row, V);
-    at::parallel_for(0, (r1 - r0) * p.M, 16, [&](int64_t begin, int64_t end) {
-      std::vector<T> rows(2 * 2 * p.TW);
+    const int64_t nr = r1 - r0, G = rows_per_item(p.TW, nr), groups = (nr + G - 1) / G;
+    const int64_t W = p.R * p.TW;
+    at::parallel_for(0, groups * p.M, 4, [&](int64_t begin, int64_t end) {
+      // The group's R output rows per tile row, zero-padded: row i of tile row g at (i*G + g)*W.
+      std::vector<T> rows(p.R * G * W), comb(p.R * p.N * G * p.TW);
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t m = item / (r1 - r0), r = r0 + item % (r1 - r0);  // channel-major
-        const int64_t f = r / p.TH, a = r % p.TH;
-        T *g0 = rows.data(), *g1 = g0 + 2 * p.TW;  // the tile row's two output rows, zero-padded
+        const int64_t m = item / groups, first = (item % groups) * G;  // channel-major
+        const int64_t count = std::min(G, nr - first);
         std::fill(rows.begin(), rows.end(), T(0));
-        grad_row(f, m, 2 * a, g0);
-        if (2 * a + 1 < p.Ho) grad_row(f, m, 2 * a + 1, g1);
-        const int64_t base = m * ld + (r - r0) * p.TW;
-        for (int64_t b = 0; b < p.TW; ++b) {
-          // A g A^T with A = [[1,0],[1,1],[1,-1],[0,-1]].
-          const T a00 = g0[2 * b], a01 = g0[2 * b + 1], a10 = g1[2 * b], a11 = g1[2 * b + 1];
-          const T t[4][2] = {{a00, a01}, {a00 + a10, a01 + a11}, {a00 - a10, a01 - a11},
-                             {-a10, -a11}};
-          for (int i = 0; i < 4; ++i) {
-            Gh[(4 * i + 0) * py + base + b] = t[i][0];
-            Gh[(4 * i + 1) * py + base + b] = t[i][0] + t[i][1];
-            Gh[(4 * i + 2) * py + base + b] = t[i][0] - t[i][1];
-            Gh[(4 * i + 3) * py + base + b] = -t[i][1];
-          }
+        for (int64_t g = 0; g < count; ++g) {
+          const int64_t r = r0 + first + g, f = r / p.TH, a = r % p.TH;
+          for (int64_t i = 0; i < p.R && p.R * a + i < p.Ho; ++i)
+            grad_row(f, m, p.R * a + i, rows.data() + (i * count + g) * W);
         }
+        grad_tile_rows<T>(p.R, count, rows.data(), p.TW, comb.data(),
+                          Gh + m * ld + first * p.TW, py);
       }
     });
-    at::parallel_for(0, kPoints, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, p.P, 1, [&](int64_t begin, int64_t end) {
       for (int64_t xi = begin; xi < end; ++xi) {
         at::Tensor g = at::from_blob(Gh + xi * py, {p.M, S}, {ld, 1}, opts);
         at::Tensor v = at::from_blob(V + xi * pv, {p.C, S}, {ld, 1}, opts);
@@ -320,7 +515,7 @@ at::Tensor weight_grad(const Plan& p, InRow&& in_row, GradRow&& grad_row,
       }
     });
   }
-  return filter_transform_adjoint(dU);
+  return filter_transform_adjoint(dU, p.R);
 }
 
 }  // namespace r2p1d::cpu::winograd
