@@ -157,7 +157,9 @@ inline at::Tensor to_dtype(const at::Tensor& t, at::ScalarType dt) {
 }
 
 // Fixed-size chunks of frames for reductions (weight gradients): the partition, and so
-// the summation order, does not depend on the thread count, so results are reproducible.
+// our part of the summation order, does not depend on the thread count. (MKL's products
+// may still round differently under another thread count: measured, a weight gradient
+// differs in its last bits between 1 and 2 threads.)
 inline int64_t reduction_chunks(int64_t frames) { return std::min<int64_t>(frames, 32); }
 
 }  // namespace r2p1d::cpu
