@@ -15,6 +15,14 @@
 #define R2P1D_MULTIVERSION
 #endif
 
+// For helpers called from multiversioned functions: inlined, they are compiled for each
+// of the caller's targets (a call would run the baseline version).
+#if defined(__GNUC__)
+#define R2P1D_INLINE inline __attribute__((always_inline))
+#else
+#define R2P1D_INLINE inline
+#endif
+
 namespace r2p1d::cpu::rows {
 
 // z = relu((y - mean) * scale + shift).

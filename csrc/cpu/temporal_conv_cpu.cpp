@@ -23,13 +23,14 @@ struct BnVectors {
   const T* sh() const { return shift.data_ptr<T>(); }
 };
 
-// z = relu((y - mean)*scale + shift) for one frame (M channels of `plane` values, channel
-// stride ld).
+// z = relu((y - mean)*scale + shift) for one frame: M channels of `plane` values, channel
+// strides y_ld in y and z_ld in z.
 template <typename T>
-void activate_frame(const T* y, int64_t ld, const BnVectors<T>& bn, int64_t M, int64_t plane,
-                    T* z) {
+void activate_frame(const T* y, int64_t y_ld, const BnVectors<T>& bn, int64_t M, int64_t plane,
+                    T* z, int64_t z_ld) {
   const T *mu = bn.mu(), *sc = bn.sc(), *sh = bn.sh();
-  for (int64_t m = 0; m < M; ++m) rows::bn_relu(y + m * ld, z + m * plane, mu[m], sc[m], sh[m], plane);
+  for (int64_t m = 0; m < M; ++m)
+    rows::bn_relu(y + m * y_ld, z + m * z_ld, mu[m], sc[m], sh[m], plane);
 }
 
 Tensor temporal_conv_bnrelu_cpu(const Tensor& y, const Tensor& mean, const Tensor& scale,
@@ -66,7 +67,7 @@ Tensor temporal_conv_bnrelu_cpu(const Tensor& y, const Tensor& mean, const Tenso
           const int64_t slot = ti % g.kt;
           if (held[slot] != n * g.T + ti) {
             activate_frame(yp + (n * g.M * g.T + ti) * g.HW, g.T * g.HW, bn, g.M, g.HW,
-                           z[slot].data_ptr<scalar_t>());
+                           z[slot].data_ptr<scalar_t>(), g.HW);
             held[slot] = n * g.T + ti;
           }
           return z[slot];
@@ -142,9 +143,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> temporal_conv_bnrelu_
             const int64_t n = n0 + item / len, ti = t0 + item % len, f = n * g.T + ti;
             const int64_t y_off = (n * g.M * g.T + ti) * g.HW;
             scalar_t* z = zp + (n - n0) * g.M * ld + (ti - t0) * g.HW;
-            for (int64_t m = 0; m < g.M; ++m)
-              rows::bn_relu(yp + y_off + m * g.T * g.HW, z + m * ld, mup[m], scp[m],
-                            bn.sh()[m], g.HW);
+            activate_frame(yp + y_off, g.T * g.HW, bn, g.M, g.HW, z, ld);
             if (!need_gz) continue;
             bool written = false;
             for (int64_t k = 0; k < g.kt; ++k) {

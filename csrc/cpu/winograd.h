@@ -3,8 +3,9 @@
 // convolution costs 9 multiply-adds directly, 4 with F(2x2) (16 points per 2x2 tile) and
 // 2.25 with F(4x4) (36 points per 4x4 tile). The spatial products are three quarters of a
 // (2+1)D block's FLOPs. F(2x2)'s transforms only add, subtract and halve (float32 error
-// ~1e-7 of the result's norm); F(4x4)'s multiply by up to 8 and by 1/6 and 1/24 (~1e-6,
-// measured in tests/test_winograd.py), the trade every Winograd library makes for it.
+// ~5e-7 of the result's norm on R(2+1)D-18 shapes, against ~3e-7 for the direct path);
+// F(4x4)'s multiply by up to 8 and by 1/6 and 1/24 (~3e-6), the trade every Winograd
+// library makes for it. tests/test_winograd.py holds both to 1e-5.
 //
 //   forward:  Y = A^T [ (G g G^T) (.) (B^T d B) ] A       d: input tile, g: 3x3 filter
 //   weight gradient (the exact adjoint):  dg = G^T [ sum_tiles (A dY A^T) (.) (B^T d B) ] G
@@ -251,7 +252,7 @@ struct A6 {
 // vectorises: the caller passes pointers to distinct rows, which GCC cannot prove, hence
 // ivdep (without it, the alias checks of six streams exceed its limit and it gives up).
 template <int In, int Out, int Step, typename T, typename F>
-inline __attribute__((always_inline)) void transform_columns(
+R2P1D_INLINE void transform_columns(
     const T* __restrict x, const int64_t (&off)[In], T* __restrict y, int64_t ys, int64_t n,
     F f) {
 #pragma GCC ivdep
@@ -280,7 +281,7 @@ inline int64_t rows_per_item(int64_t TW, int64_t rows) {
 //   B along the rows:     v[(a*N + b)*ld + u] = sum_k B^T[b][k] f[(a*N + k)*U + u].
 // e and f hold N*N*U values each.
 template <int R, typename T, typename Bt>
-inline __attribute__((always_inline)) void input_tile_rows_impl(
+R2P1D_INLINE void input_tile_rows_impl(
     int64_t G, const T* __restrict d, T* __restrict e, T* __restrict f, int64_t Wp, int64_t TW,
     T* __restrict v, int64_t ld, Bt bt) {
   constexpr int N = R + 2;
@@ -295,8 +296,10 @@ inline __attribute__((always_inline)) void input_tile_rows_impl(
     }
   int64_t rows[N], cols[N];
   for (int i = 0; i < N; ++i) rows[i] = i * N * U, cols[i] = i * U;
-  for (int k = 0; k < N; ++k) transform_columns<N, N, 1>(e + k * U, rows, f + k * U, N * U, U, bt);
-  for (int a = 0; a < N; ++a) transform_columns<N, N, 1>(f + a * N * U, cols, v + a * N * ld, ld, U, bt);
+  for (int k = 0; k < N; ++k)
+    transform_columns<N, N, 1>(e + k * U, rows, f + k * U, N * U, U, bt);
+  for (int a = 0; a < N; ++a)
+    transform_columns<N, N, 1>(f + a * N * U, cols, v + a * N * ld, ld, U, bt);
 }
 
 template <typename T>
@@ -360,12 +363,13 @@ R2P1D_MULTIVERSION void output_tile_row(int64_t R, const T* __restrict y, int64_
   }
 }
 
-// The output-gradient transform (A dY A^T) of G tile rows for the weight gradient. Row rr
-// of tile row g's R zero-padded output-gradient rows is at g + (rr*G + g)*W, W = R*TW, so
-// that value j of tile u = g*TW + t in it is at rr*G*W + R*u + j; writes point xi of tile
-// u to v[xi*ld + u]. A down the columns into c (R*N*U values), then along the rows.
+// The output-gradient transform (A dY A^T) of G tile rows for the weight gradient. g holds
+// the R zero-padded output-gradient rows of each tile row, row rr of tile row q at
+// g + (rr*G + q)*W (W = R*TW), so that value j of tile u = q*TW + t of that row is at
+// rr*G*W + R*u + j; writes point xi of tile u to v[xi*ld + u]. A down the columns into c
+// (R*N*U values), then along the rows.
 template <int R, typename T, typename A>
-inline __attribute__((always_inline)) void grad_tile_rows_impl(
+R2P1D_INLINE void grad_tile_rows_impl(
     int64_t G, const T* __restrict g, int64_t TW, T* __restrict c, T* __restrict v,
     int64_t ld, A a) {
   constexpr int N = R + 2;
@@ -373,8 +377,10 @@ inline __attribute__((always_inline)) void grad_tile_rows_impl(
   int64_t rows[R], cols[R];
   for (int r = 0; r < R; ++r) rows[r] = r * G * W, cols[r] = r * U;
   // c[(i*R + j)*U + u] = (A dY)[i][j] of tile u.
-  for (int j = 0; j < R; ++j) transform_columns<R, N, R>(g + j, rows, c + j * U, R * U, U, a);
-  for (int i = 0; i < N; ++i) transform_columns<R, N, 1>(c + i * R * U, cols, v + i * N * ld, ld, U, a);
+  for (int j = 0; j < R; ++j)
+    transform_columns<R, N, R>(g + j, rows, c + j * U, R * U, U, a);
+  for (int i = 0; i < N; ++i)
+    transform_columns<R, N, 1>(c + i * R * U, cols, v + i * N * ld, ld, U, a);
 }
 
 template <typename T>
@@ -487,7 +493,8 @@ at::Tensor weight_grad(const Plan& p, InRow&& in_row, GradRow&& grad_row,
     const int64_t nr = r1 - r0, G = rows_per_item(p.TW, nr), groups = (nr + G - 1) / G;
     const int64_t W = p.R * p.TW;
     at::parallel_for(0, groups * p.M, 4, [&](int64_t begin, int64_t end) {
-      // The group's R output rows per tile row, zero-padded: row i of tile row g at (i*G + g)*W.
+      // The item's R output rows per tile row, zero-padded: row i of tile row g at
+      // (i*count + g)*W, the layout grad_tile_rows reads.
       std::vector<T> rows(p.R * G * W), comb(p.R * p.N * G * p.TW);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t m = item / groups, first = (item % groups) * G;  // channel-major
