@@ -45,6 +45,7 @@ demo: install
 
 bench: install
 	$(PY) bench/bench_block.py
+	$(PY) bench/bench_network.py
 
 clean:
 	rm -rf build *.egg-info r2p1d_ext/_C*.so
