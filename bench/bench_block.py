@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
-import time
 
 import torch
 from torch import nn
@@ -30,10 +26,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import r2p1d_ext  # noqa: E402
+from common import (RESULTS, add_run_options, commit, configure, device_name,  # noqa: E402
+                    peak_in_child, pyplot, resident_growth_mb, save, save_figure, timer)
 from r2p1d_ext import reference  # noqa: E402
 from r2p1d_ext.measure import saved_activation_bytes  # noqa: E402
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def stage_shapes(batch, clip_len, crop):
@@ -49,23 +45,6 @@ def block_flops(block, shape):
     n, c, t, h, w = shape
     m, o, (kt, kh, kw) = block.mid_channels, block.out_channels, block.kernel_size
     return 2 * n * t * h * w * (m * c * kh * kw + o * m * kt)  # stride 1, 'same' padding
-
-
-def timer(device, warmup, repeats):
-    def run(fn):
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            if device == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record(); fn(); end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end) / 1e3)
-            else:
-                t0 = time.perf_counter(); fn(); times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-    return run
 
 
 def train_step(module, x):
@@ -99,48 +78,11 @@ def build_impls(c, dev, dtype, compile_=False, channels_last=True, shape=None):
     return impls
 
 
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def peak_child(impl, c, shape, dtype):
-    """Runs in a fresh process: how far one training step raises the resident set above
-    where it starts (the step's activations, gradients, temporaries and any kernel
-    scratch, plus first-call library buffers), in MB. Linux: writing 5 to
-    /proc/self/clear_refs resets the high-water mark VmHWM to the current VmRSS."""
+    """In a fresh process: the resident growth of one training step, in MB, printed."""
     module, x = build_impls(c, "cpu", getattr(torch, dtype), shape=shape)[impl]
     module.train()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status_kib("VmRSS")
-    train_step(module, x)()
-    print((_status_kib("VmHWM") - before) / 1024)
-
-
-def cpu_peak_train_mb(impl, c, shape, dtype):
-    """There is no CPU allocator high-water mark in PyTorch, so each measurement runs in its
-    own process and reads the kernel's (Linux /proc)."""
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--peak-child", impl, str(c),
-                          ",".join(map(str, shape)), dtype], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
-
-
-def commit():
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                       stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def device_name(device):
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    print(resident_growth_mb(train_step(module, x)))
 
 
 def main(argv=None):
@@ -149,34 +91,17 @@ def main(argv=None):
         impl, c, shape, dtype = argv[1:5]
         return peak_child(impl, int(c), tuple(int(v) for v in shape.split(",")), dtype)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
-    p.add_argument("--batch", type=int, default=None, help="default 4 on CPU, 16 on CUDA")
-    p.add_argument("--clip-len", type=int, default=None, help="default 8 on CPU, 16 on CUDA")
-    p.add_argument("--crop", type=int, default=112)
+    add_run_options(p, warmup="default 2 on CPU, 10 on CUDA", repeats="default 9 on CPU, 50 on CUDA")
     p.add_argument("--stages", default="conv2_x,conv3_x,conv4_x,conv5_x")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--compile", action="store_true", help="also time the eager block under torch.compile")
     p.add_argument("--no-channels-last", action="store_true", help="skip the channels_last_3d eager baseline")
-    p.add_argument("--no-memory", action="store_true", help="CPU: skip the per-process peak-memory runs")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<date>-<device>.json)")
     args = p.parse_args(argv)
 
     dev = args.device
-    on_gpu = dev == "cuda"
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    batch = args.batch or (16 if on_gpu else 4)
-    clip_len = args.clip_len or (16 if on_gpu else 8)
-    warmup = args.warmup if args.warmup is not None else (10 if on_gpu else 2)
-    repeats = args.repeats if args.repeats is not None else (50 if on_gpu else 9)
+    on_gpu = configure(args, warmup=(2, 10), repeats=(9, 50))
+    batch, clip_len, warmup, repeats = args.batch, args.clip_len, args.warmup, args.repeats
     dtype = getattr(torch, args.dtype)
-    if on_gpu:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
     run = timer(dev, warmup, repeats)
     wanted = set(args.stages.split(","))
     shapes = [s for s in stage_shapes(batch, clip_len, args.crop) if s[0] in wanted]
@@ -193,13 +118,14 @@ def main(argv=None):
             row[f"{impl}_train_ms"] = 1e3 * run(train_step(module, inp))
             module.eval()
             row[f"{impl}_eval_ms"] = 1e3 * run(eval_step(module, inp))
-            if on_gpu:
+            if on_gpu and not args.no_memory:
                 torch.cuda.reset_peak_memory_stats()
                 module.train()
                 train_step(module, inp)()
                 row[f"{impl}_train_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-            elif impl != "compiled" and not args.no_memory:
-                row[f"{impl}_train_peak_mb"] = cpu_peak_train_mb(impl, c, shape, args.dtype)
+            elif not args.no_memory and impl != "compiled":
+                row[f"{impl}_train_peak_mb"] = peak_in_child(
+                    __file__, impl, c, ",".join(map(str, shape)), args.dtype)
         fused.train(); ref.train()
         row["fused_saved_mb"] = saved_activation_bytes(lambda: fused(x), fused.parameters())[0] / 2**20
         row["eager_saved_mb"] = saved_activation_bytes(lambda: ref(x), ref.parameters())[0] / 2**20
@@ -229,10 +155,7 @@ def main(argv=None):
     }
     print_table(result)
     out = args.out or os.path.join(RESULTS, f"{result['date']}-{'gpu' if on_gpu else 'cpu'}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {out}")
+    save(result, out)
     plot(result, out.replace(".json", ".png"))
     return result
 
@@ -257,12 +180,8 @@ def print_table(result):
 
 
 def plot(result, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no chart")
+    plt = pyplot()
+    if plt is None:
         return
     impls = [k[:-9] for k in result["rows"][0] if k.endswith("_train_ms")]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -276,11 +195,8 @@ def plot(result, path):
         ax.set_ylabel("ms (median)")
         ax.set_title(f"{mode}: {'forward+backward' if mode == 'train' else 'forward, no grad'}")
         ax.legend(fontsize=8)
-    fig.suptitle(f"(2+1)D block, {result['device']}, torch {result['torch']}, {result['dtype']}, "
-                 f"batch {result['batch']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    save_figure(fig, f"(2+1)D block, {result['device']}, torch {result['torch']}, "
+                     f"{result['dtype']}, batch {result['batch']}", path)
 
 
 if __name__ == "__main__":

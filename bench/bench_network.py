@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shlex
-import subprocess
 import sys
 
 import torch
@@ -28,7 +26,8 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_block import RESULTS, _status_kib, commit, device_name, timer  # noqa: E402
+from common import (RESULTS, add_run_options, commit, configure, device_name,  # noqa: E402
+                    peak_in_child, pyplot, resident_growth_mb, save, save_figure, timer)
 from r2p1d_ext import network, reference  # noqa: E402
 
 IMPLS = ("fused", "eager", "eager_cl")
@@ -64,21 +63,10 @@ def eval_step(model, x):
 
 
 def peak_child(impl, arch, shape, dtype):
-    """In a fresh process: how far the first training step raises the resident set (MB).
-    Writing 5 to /proc/self/clear_refs resets the high-water mark VmHWM to VmRSS."""
+    """In a fresh process: the resident growth of the first training step, in MB, printed."""
     model, x, labels = build(impl, arch, "cpu", getattr(torch, dtype), shape)
     model.train()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status_kib("VmRSS")
-    train_step(model, x, labels)()
-    print((_status_kib("VmHWM") - before) / 1024)
-
-
-def cpu_peak_mb(impl, arch, shape, dtype):
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--peak-child", impl, arch,
-                          ",".join(map(str, shape)), dtype], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    print(resident_growth_mb(train_step(model, x, labels)))
 
 
 def main(argv=None):
@@ -87,34 +75,17 @@ def main(argv=None):
         impl, arch, shape, dtype = argv[1:5]
         return peak_child(impl, arch, tuple(int(v) for v in shape.split(",")), dtype)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
+    add_run_options(p, warmup="default 1 on CPU, 5 on CUDA", repeats="default 5 on CPU, 20 on CUDA")
     p.add_argument("--arch", default="r2plus1d_18", choices=sorted(ARCHS))
-    p.add_argument("--batch", type=int, default=None, help="default 4 on CPU, 16 on CUDA")
-    p.add_argument("--clip-len", type=int, default=None, help="default 8 on CPU, 16 on CUDA")
-    p.add_argument("--crop", type=int, default=112)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     p.add_argument("--out", default=None,
                    help="JSON path (default bench/results/<date>-<device>-network.json)")
     args = p.parse_args(argv)
 
     dev = args.device
-    on_gpu = dev == "cuda"
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    batch = args.batch or (16 if on_gpu else 4)
-    clip_len = args.clip_len or (16 if on_gpu else 8)
-    warmup = args.warmup if args.warmup is not None else (5 if on_gpu else 1)
-    repeats = args.repeats if args.repeats is not None else (20 if on_gpu else 5)
+    on_gpu = configure(args, warmup=(1, 5), repeats=(5, 20))
+    warmup, repeats = args.warmup, args.repeats
     dtype = getattr(torch, args.dtype)
-    if on_gpu:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    shape = (batch, 3, clip_len, args.crop, args.crop)
+    shape = (args.batch, 3, args.clip_len, args.crop, args.crop)
     run = timer(dev, warmup, repeats)
 
     rows = {}
@@ -130,7 +101,8 @@ def main(argv=None):
             train_step(model, x, labels)()
             row["train_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         elif not args.no_memory:
-            row["train_peak_mb"] = cpu_peak_mb(impl, args.arch, shape, args.dtype)
+            row["train_peak_mb"] = peak_in_child(__file__, impl, args.arch, ",".join(map(str, shape)),
+                                                 args.dtype)
         rows[impl] = row
         del model, x
 
@@ -149,10 +121,7 @@ def main(argv=None):
     print_table(result)
     suffix = "gpu" if on_gpu else "cpu"
     out = args.out or os.path.join(RESULTS, f"{result['date']}-{suffix}-network.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {out}")
+    save(result, out)
     plot(result, out.replace(".json", ".png"))
     return result
 
@@ -172,12 +141,8 @@ def print_table(result):
 
 
 def plot(result, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no chart")
+    plt = pyplot()
+    if plt is None:
         return
     impls = list(result["rows"])
     keys = [k for k in ("train_ms", "eval_ms", "train_peak_mb") if k in result["rows"][impls[0]]]
@@ -186,11 +151,8 @@ def plot(result, path):
         ax.bar(impls, [result["rows"][i][key] for i in impls], color=["C0", "C1", "C2"])
         ax.set_title({"train_ms": "training step (ms)", "eval_ms": "inference (ms)",
                       "train_peak_mb": "peak memory, training (MB)"}[key])
-    fig.suptitle(f"{result['arch']} {tuple(result['shape'])}, {result['device']}, "
-                 f"torch {result['torch']}, {result['dtype']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    save_figure(fig, f"{result['arch']} {tuple(result['shape'])}, {result['device']}, "
+                     f"torch {result['torch']}, {result['dtype']}", path)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,136 @@
+"""What the benchmarks share: the command-line options and their device defaults, timing
+(medians after warm-up), the CPU peak-memory measurement in a fresh process, run metadata
+and the results folder."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def add_run_options(p: argparse.ArgumentParser, warmup: str, repeats: str) -> None:
+    """The options every benchmark takes; `warmup`/`repeats` describe their defaults."""
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
+    p.add_argument("--batch", type=int, default=None, help="default 4 on CPU, 16 on CUDA")
+    p.add_argument("--clip-len", type=int, default=None, help="default 8 on CPU, 16 on CUDA")
+    p.add_argument("--crop", type=int, default=112)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--warmup", type=int, default=None, help=warmup)
+    p.add_argument("--repeats", type=int, default=None, help=repeats)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+
+
+def configure(args, warmup: tuple, repeats: tuple):
+    """Applies --threads and the GPU numerics (cudnn.benchmark, no TF32), and fills in the
+    device defaults: batch, clip_len, warmup and repeats ((cpu, gpu) pairs for the last two)."""
+    on_gpu = args.device == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    args.batch = args.batch or (16 if on_gpu else 4)
+    args.clip_len = args.clip_len or (16 if on_gpu else 8)
+    args.warmup = args.warmup if args.warmup is not None else warmup[on_gpu]
+    args.repeats = args.repeats if args.repeats is not None else repeats[on_gpu]
+    return on_gpu
+
+
+def timer(device, warmup, repeats):
+    """run(fn): the median of `repeats` timed calls after `warmup` untimed ones (CUDA events
+    on a GPU), in seconds."""
+    def run(fn):
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            if device == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record(); fn(); end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter(); fn(); times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+    return run
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def resident_growth_mb(fn):
+    """How far fn() raises this process's resident high-water mark above where it starts,
+    in MB: its activations, gradients, temporaries and kernel scratch, plus first-call
+    library buffers. Linux: writing 5 to /proc/self/clear_refs resets VmHWM to VmRSS. Run
+    it in a fresh process (peak_in_child) so earlier work does not hide the peak."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def peak_in_child(script, *args):
+    """There is no CPU allocator high-water mark in PyTorch, so each measurement runs
+    `script --peak-child args...` in its own process, which prints the MB last."""
+    out = subprocess.run([sys.executable, os.path.abspath(script), "--peak-child", *map(str, args)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def commit():
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                       stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name(device):
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def pyplot():
+    """matplotlib.pyplot with the file backend, or None (matplotlib is optional)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no chart")
+        return None
+    return plt
+
+
+def save(result, out):
+    """Writes the result as JSON to `out` (creating its folder) and says so."""
+    import json
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {out}")
+
+
+def save_figure(fig, title, path):
+    """Titles, lays out and writes a chart, and says so."""
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
