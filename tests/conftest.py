@@ -100,3 +100,17 @@ def assert_results_close(got, want, tol, floors=None):
     """Each tensor within `tol` of the float64 reference (relative 2-norm error)."""
     for name, err in _errors(got, want, floors or {}).items():
         assert err <= tol, f"{name}: relative error {err:.3g} > {tol:.3g}"
+
+
+def spatial_reference(x, w, b, stride, padding, grad_y, grad_mean, grad_var):
+    """y, mean, var of the float64 PyTorch (1,kh,kw) conv, and the gradients (x, w, b) of
+    sum(y*grad_y) + mean.grad_mean + var.grad_var: what spatial_conv_stats and
+    spatial_conv_backward compute."""
+    xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+    bd = b.double().requires_grad_() if b is not None else None
+    y = torch.nn.functional.conv3d(xd, wd, bd, (1, *stride), (0, *padding))
+    mean, var = y.mean((0, 2, 3, 4)), y.var((0, 2, 3, 4), unbiased=False)
+    loss = (y * grad_y.double()).sum() + (mean * grad_mean.double()).sum() + \
+        (var * grad_var.double()).sum()
+    loss.backward()
+    return y, mean, var, xd.grad, wd.grad, bd.grad if bd is not None else None

@@ -19,7 +19,7 @@ from torch.autograd import gradcheck
 from r2p1d_ext import ops
 from r2p1d_ext._args import default_mid_channels
 
-from conftest import assert_close
+from conftest import assert_close, spatial_reference
 from test_module import _run
 
 OPS = torch.ops.r2p1d
@@ -67,19 +67,6 @@ def test_module_matches_reference(case, dtype, train, tile):
         _run(case, dtype, "cpu", train)
 
 
-def _spatial_reference(x, w, b, padding, grad_y, grad_mean, grad_var):
-    """y, mean, var of the float64 PyTorch conv, and the gradients of
-    sum(y*grad_y) + mean.grad_mean + var.grad_var."""
-    xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
-    bd = b.double().requires_grad_() if b is not None else None
-    y = F.conv3d(xd, wd, bd, padding=(0, *padding))
-    mean, var = y.mean((0, 2, 3, 4)), y.var((0, 2, 3, 4), unbiased=False)
-    loss = (y * grad_y.double()).sum() + (mean * grad_mean.double()).sum() + \
-        (var * grad_var.double()).sum()
-    loss.backward()
-    return y, mean, var, xd.grad, wd.grad, bd.grad if bd is not None else None
-
-
 @pytest.mark.parametrize("tile", TILES + ["off"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("shape,mid,padding", [
@@ -103,7 +90,7 @@ def test_spatial_ops_match_pytorch(shape, mid, padding, dtype, tile):
         grad_mean, grad_var = grad_mean.to(mean.dtype), grad_var.to(mean.dtype)
         gx, gw, gb = OPS.spatial_conv_backward(grad_y, x, w, y, mean, grad_mean, grad_var,
                                                [1, 1], list(padding), [True, True, True])
-    want = _spatial_reference(x, w, b, padding, grad_y, grad_mean, grad_var)
+    want = spatial_reference(x, w, b, (1, 1), padding, grad_y, grad_mean, grad_var)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     for name, got, ref in zip(["y", "mean", "var", "grad x", "grad w", "grad b"],
                               [y, mean, var, gx, gw, gb], want):

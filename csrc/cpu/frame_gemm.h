@@ -41,57 +41,57 @@ inline auto frame_rows(const T* base, int64_t C, int64_t T_, int64_t H, int64_t 
   };
 }
 
-// col[(c,i,j), (oh,ow)] = x[c, oh*sh-ph+i, ow*sw-pw+j] (zero outside), for one frame whose
-// channel c starts at x + c*chan_stride.
+// col[(i,j), (oh,ow)] = x[oh*sh-ph+i, ow*sw-pw+j] (zero outside) for one channel plane x:
+// kh*kw rows of Ho*Wo values, row r at col + r*ld.
 template <typename T>
-void im2col_frame(const T* x, int64_t chan_stride, const SpatialGeom& g, T* col) {
-  const int64_t plane = g.out_plane();
-  for (int64_t c = 0; c < g.C; ++c) {
-    const T* xc = x + c * chan_stride;
-    for (int64_t i = 0; i < g.kh; ++i) {
-      for (int64_t j = 0; j < g.kw; ++j) {
-        T* row = col + ((c * g.kh + i) * g.kw + j) * plane;
-        for (int64_t oh = 0; oh < g.Ho; ++oh) {
-          const int64_t ih = oh * g.sh - g.ph + i;
-          T* out = row + oh * g.Wo;
-          if (ih < 0 || ih >= g.H) {
-            std::fill(out, out + g.Wo, T(0));
-            continue;
-          }
-          const T* xrow = xc + ih * g.W;
-          for (int64_t ow = 0; ow < g.Wo; ++ow) {
-            const int64_t iw = ow * g.sw - g.pw + j;
-            out[ow] = (iw >= 0 && iw < g.W) ? xrow[iw] : T(0);
-          }
+void im2col_channel(const T* x, const SpatialGeom& g, T* col, int64_t ld) {
+  for (int64_t i = 0; i < g.kh; ++i) {
+    for (int64_t j = 0; j < g.kw; ++j) {
+      T* row = col + (i * g.kw + j) * ld;
+      for (int64_t oh = 0; oh < g.Ho; ++oh) {
+        const int64_t ih = oh * g.sh - g.ph + i;
+        T* out = row + oh * g.Wo;
+        if (ih < 0 || ih >= g.H) {
+          std::fill(out, out + g.Wo, T(0));
+          continue;
+        }
+        const T* xrow = x + ih * g.W;
+        for (int64_t ow = 0; ow < g.Wo; ++ow) {
+          const int64_t iw = ow * g.sw - g.pw + j;
+          out[ow] = (iw >= 0 && iw < g.W) ? xrow[iw] : T(0);
         }
       }
     }
   }
 }
 
-// The adjoint of im2col_frame: adds col's entries back onto the frame gx (which the
-// caller zeroes first).
+// The adjoint of im2col_channel: adds col's entries back onto the channel plane gx (which
+// the caller zeroes first).
 template <typename T>
-void col2im_frame(const T* col, int64_t chan_stride, const SpatialGeom& g, T* gx) {
-  const int64_t plane = g.out_plane();
-  for (int64_t c = 0; c < g.C; ++c) {
-    T* gc = gx + c * chan_stride;
-    for (int64_t i = 0; i < g.kh; ++i) {
-      for (int64_t j = 0; j < g.kw; ++j) {
-        const T* row = col + ((c * g.kh + i) * g.kw + j) * plane;
-        for (int64_t oh = 0; oh < g.Ho; ++oh) {
-          const int64_t ih = oh * g.sh - g.ph + i;
-          if (ih < 0 || ih >= g.H) continue;
-          T* grow = gc + ih * g.W;
-          const T* in = row + oh * g.Wo;
-          for (int64_t ow = 0; ow < g.Wo; ++ow) {
-            const int64_t iw = ow * g.sw - g.pw + j;
-            if (iw >= 0 && iw < g.W) grow[iw] += in[ow];
-          }
+void col2im_channel(const T* col, int64_t ld, const SpatialGeom& g, T* gx) {
+  for (int64_t i = 0; i < g.kh; ++i) {
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const T* row = col + (i * g.kw + j) * ld;
+      for (int64_t oh = 0; oh < g.Ho; ++oh) {
+        const int64_t ih = oh * g.sh - g.ph + i;
+        if (ih < 0 || ih >= g.H) continue;
+        T* grow = gx + ih * g.W;
+        const T* in = row + oh * g.Wo;
+        for (int64_t ow = 0; ow < g.Wo; ++ow) {
+          const int64_t iw = ow * g.sw - g.pw + j;
+          if (iw >= 0 && iw < g.W) grow[iw] += in[ow];
         }
       }
     }
   }
+}
+
+// im2col of a whole frame whose channel c starts at x + c*chan_stride: the (C*kh*kw,
+// Ho*Wo) matrix col, contiguous.
+template <typename T>
+void im2col_frame(const T* x, int64_t chan_stride, const SpatialGeom& g, T* col) {
+  const int64_t plane = g.out_plane();
+  for (int64_t c = 0; c < g.C; ++c) im2col_channel(x + c * chan_stride, g, col + c * g.kh * g.kw * plane, plane);
 }
 
 // The input time step that tap k of output step `to` reads, or -1 in the zero padding.
@@ -155,11 +155,5 @@ inline std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
 inline at::Tensor to_dtype(const at::Tensor& t, at::ScalarType dt) {
   return t.defined() ? t.to(dt) : t;
 }
-
-// Fixed-size chunks of frames for reductions (weight gradients): the partition, and so
-// our part of the summation order, does not depend on the thread count. (MKL's products
-// may still round differently under another thread count: measured, a weight gradient
-// differs in its last bits between 1 and 2 threads.)
-inline int64_t reduction_chunks(int64_t frames) { return std::min<int64_t>(frames, 32); }
 
 }  // namespace r2p1d::cpu

@@ -27,70 +27,110 @@ struct Moments {
   }
 };
 
-// The general (any kernel, stride) path: per frame, im2col and one GEMM; the epilogue
-// adds the bias and takes the frame's per-channel mean and M2 (exact two-pass), merged
-// into `moments` in frame order.
+// The general (any kernel, stride) path works on groups of consecutive (n, t) frames: the
+// group's im2col matrices side by side (C*kh*kw rows of G*Ho*Wo columns) and one GEMM for
+// all of them, run at the top level. One frame alone gives GEMMs only Ho*Wo columns wide
+// (16 at a downsampling conv4_x of 56x56 clips) and, for the weight gradient, needed
+// per-thread partial sums: zeroing those (136 MB at such a conv5_x, 64 MB at conv4_x) took
+// more time than their products. Groups hold as many frames as keep the two buffers
+// within ~16 MB.
+int64_t frames_per_group(const SpatialGeom& g, int64_t elem_size) {
+  const int64_t per_frame = (g.C * g.kh * g.kw + g.M) * g.out_plane() * elem_size;
+  return std::clamp<int64_t>((16 << 20) / std::max<int64_t>(per_frame, 1), 1, g.frames());
+}
+
+// col (kdim rows, row stride ld) = im2col of frames [f0, f0 + cnt), frame j in the
+// column block at j*Ho*Wo.
+template <typename T>
+void im2col_group(const SpatialGeom& g, const T* xp, int64_t f0, int64_t cnt, T* col,
+                  int64_t ld) {
+  at::parallel_for(0, cnt * g.C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t j = item / g.C, c = item % g.C;
+      im2col_channel(frame_channel(xp, g.C, g.T, g.in_plane(), f0 + j, c), g,
+                     col + c * g.kh * g.kw * ld + j * g.out_plane(), ld);
+    }
+  });
+}
+
+// The forward of the general path; the epilogue adds the bias, stores the rows and takes
+// each (frame, channel)'s mean and M2 (exact two-pass), merged into `moments` in frame
+// order.
 template <typename T>
 void im2col_forward_stats(const SpatialGeom& g, const T* xp, const T* w2p, const T* bp, T* yp,
-                          std::vector<Moments>& moments, const at::TensorOptions& opts) {
-  const int64_t plane = g.out_plane(), kdim = g.C * g.kh * g.kw;
+                          std::vector<Moments>& moments) {
+  const int64_t plane = g.out_plane(), kdim = g.C * g.kh * g.kw, G = frames_per_group(g, sizeof(T));
   const Tensor w2 = mat(const_cast<T*>(w2p), g.M, kdim, kdim);
+  const Scratch cols = Scratch::of<T>(kdim * G * plane), outs = Scratch::of<T>(g.M * G * plane);
+  T *col = cols.data<T>(), *out = outs.data<T>();
   std::vector<double> part(g.frames() * g.M * 2);
-  at::parallel_for(0, g.frames(), 1, [&](int64_t begin, int64_t end) {
-    Tensor col = at::empty({kdim, plane}, opts);
-    T* colp = col.data_ptr<T>();
-    for (int64_t f = begin; f < end; ++f) {
-      im2col_frame(frame_channel(xp, g.C, g.T, g.in_plane(), f, 0), g.T * g.in_plane(), g, colp);
-      T* yf = frame_channel(yp, g.M, g.T, plane, f, 0);
-      Tensor yf_mat = mat(yf, g.M, plane, g.T * plane);
-      at::mm_out(yf_mat, w2, col);
-      for (int64_t m = 0; m < g.M; ++m) {
-        T* row = yf + m * g.T * plane;
-        const T bm = bp ? bp[m] : T(0);
-        for (int64_t q = 0; q < plane; ++q) row[q] += bm;
+  for (int64_t f0 = 0; f0 < g.frames(); f0 += G) {
+    const int64_t cnt = std::min(G, g.frames() - f0), ld = cnt * plane;
+    im2col_group(g, xp, f0, cnt, col, ld);
+    Tensor o = mat(out, g.M, ld, ld);
+    at::mm_out(o, w2, mat(col, kdim, ld, ld));
+    at::parallel_for(0, cnt * g.M, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t f = f0 + item / g.M, m = item % g.M;
+        T* row = frame_channel(yp, g.M, g.T, plane, f, m);
+        rows::add_bias(static_cast<const T*>(out + m * ld + (f - f0) * plane), row,
+                       bp ? bp[m] : T(0), plane);
         const auto [mean, m2] = rows::moments(static_cast<const T*>(row), plane);
         part[(f * g.M + m) * 2] = mean;
         part[(f * g.M + m) * 2 + 1] = m2;
       }
-    }
-  });
+    });
+  }
   for (int64_t f = 0; f < g.frames(); ++f)
     for (int64_t m = 0; m < g.M; ++m)
       moments[m].merge(plane, part[(f * g.M + m) * 2], part[(f * g.M + m) * 2 + 1]);
 }
 
-// The general path of the backward: per frame, the input gradient by one GEMM and col2im,
-// the weight gradient by im2col and one GEMM accumulated over a fixed number of frame
-// chunks (the same partition whatever the thread count).
-template <typename T>
+// The backward of the general path, per group of frames: gy_total(f, m, off, len, dst)
+// into a (M, group) buffer; the input gradient by one GEMM (col = W^T gy) and col2im, the
+// weight gradient by im2col and one GEMM accumulated over the groups in order.
+template <typename T, typename GyTotal>
 std::pair<Tensor, Tensor> im2col_backward(const SpatialGeom& g, const Tensor& xc,
-                                          const Tensor& weight, const Tensor& gyt, bool need_x,
+                                          const Tensor& weight, GyTotal&& gy_total, bool need_x,
                                           bool need_w) {
   const Tensor w2 = weight.reshape({g.M, g.C * g.kh * g.kw}).contiguous();
-  const int64_t plane = g.out_plane(), kdim = w2.size(1), frames = g.frames();
-  const int64_t chunks = reduction_chunks(frames);
+  const int64_t plane = g.out_plane(), kdim = w2.size(1), G = frames_per_group(g, sizeof(T));
+  const Scratch cols = Scratch::of<T>(kdim * G * plane), gys = Scratch::of<T>(g.M * G * plane);
+  T *col = cols.data<T>(), *gy = gys.data<T>();
   Tensor grad_x = need_x ? at::zeros_like(xc) : Tensor();
-  Tensor gw_part = need_w ? at::zeros({chunks, g.M, kdim}, xc.options()) : Tensor();
-  T* gtp = gyt.data_ptr<T>();
+  Tensor grad_w = need_w ? at::empty({g.M, kdim}, xc.options()) : Tensor();
   const T* xp = xc.data_ptr<T>();
-  at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
-    Tensor col = at::empty({kdim, plane}, xc.options());
-    for (int64_t c = cbegin; c < cend; ++c) {
-      for (int64_t f = c * frames / chunks; f < (c + 1) * frames / chunks; ++f) {
-        const Tensor gy_f = mat(frame_channel(gtp, g.M, g.T, plane, f, 0), g.M, plane, g.T * plane);
-        const int64_t x_off = frame_channel(xp, g.C, g.T, g.in_plane(), f, 0) - xp;
-        if (need_x) {
-          at::mm_out(col, w2.t(), gy_f);
-          col2im_frame(col.data_ptr<T>(), g.T * g.in_plane(), g, grad_x.data_ptr<T>() + x_off);
+  for (int64_t f0 = 0; f0 < g.frames(); f0 += G) {
+    const int64_t cnt = std::min(G, g.frames() - f0), ld = cnt * plane;
+    at::parallel_for(0, cnt * g.M, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t j = item / g.M, m = item % g.M;
+        gy_total(f0 + j, m, 0, plane, gy + m * ld + j * plane);
+      }
+    });
+    const Tensor gy_mat = mat(gy, g.M, ld, ld);
+    Tensor col_mat = mat(col, kdim, ld, ld);
+    if (need_x) {
+      at::mm_out(col_mat, w2.t(), gy_mat);
+      T* gxp = grad_x.data_ptr<T>();
+      at::parallel_for(0, cnt * g.C, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t j = item / g.C, c = item % g.C;
+          col2im_channel(static_cast<const T*>(col + c * g.kh * g.kw * ld + j * plane), ld, g,
+                         frame_channel(gxp, g.C, g.T, g.in_plane(), f0 + j, c));
         }
-        if (need_w) {
-          im2col_frame(xp + x_off, g.T * g.in_plane(), g, col.data_ptr<T>());
-          gw_part[c].addmm_(gy_f, col.t());
-        }
+      });
+    }
+    if (need_w) {
+      im2col_group(g, xp, f0, cnt, col, ld);
+      if (f0 == 0) {
+        at::mm_out(grad_w, gy_mat, col_mat.t());
+      } else {
+        grad_w.addmm_(gy_mat, col_mat.t());
       }
     }
-  });
-  return {grad_x, need_w ? gw_part.sum(0).view(weight.sizes()) : Tensor()};
+  }
+  return {grad_x, need_w ? grad_w.view(weight.sizes()) : Tensor()};
 }
 
 std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats_cpu(const Tensor& x, const Tensor& weight,
@@ -135,7 +175,7 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats_cpu(const Tensor& x, const
           xc.options());
       return;
     }
-    im2col_forward_stats(g, xp, w2.data_ptr<scalar_t>(), bp, yp, moments, xc.options());
+    im2col_forward_stats(g, xp, w2.data_ptr<scalar_t>(), bp, yp, moments);
   });
 
   const auto stats_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -218,14 +258,7 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cpu(
     if (!mask[0] && !mask[1]) return;
     const scalar_t* xp = xc.data_ptr<scalar_t>();
     if (!winograd::applies(g.kh, g.kw, g.sh, g.sw, g.ph, g.pw)) {
-      Tensor gyt = at::empty_like(yc);
-      at::parallel_for(0, g.frames() * g.M, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t fm = begin; fm < end; ++fm) {
-          const int64_t f = fm / g.M, m = fm % g.M;
-          gy_total(f, m, 0, plane, frame_channel(gyt.data_ptr<scalar_t>(), g.M, g.T, plane, f, m));
-        }
-      });
-      std::tie(grad_x, grad_w) = im2col_backward<scalar_t>(g, xc, weight, gyt, mask[0], mask[1]);
+      std::tie(grad_x, grad_w) = im2col_backward<scalar_t>(g, xc, weight, gy_total, mask[0], mask[1]);
       return;
     }
     if (mask[0]) {
