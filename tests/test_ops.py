@@ -78,6 +78,21 @@ def test_fused_eval_values(device):
     assert_close(out, ref, 1e-12, "out")
 
 
+@pytest.mark.parametrize("kernel,T,t_stride", [(5, 12, 1), (5, 12, 2), (3, 60, 1)],
+                         ids=["im2col", "im2col-stride2", "winograd"])
+def test_fused_eval_large_sample_in_runs(kernel, T, t_stride):
+    """The CPU inference op works in units of whole samples within 32 MB; a larger sample
+    is split into runs of output steps, each with its temporal halo. Here one float64
+    sample is 80 MB (im2col: the frame's matrix, output and z) or 35 MB (Winograd: z)."""
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(1, 3, T, 96, 96, generator=g, dtype=torch.float64)
+    ws, bs = torch.randn(8, 3, 1, kernel, kernel, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
+    wt, bt = torch.randn(5, 8, 3, 1, 1, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    out = ops.fused_eval(x, ws, bs, wt, bt, [t_stride, 1, 1], [1, kernel // 2, kernel // 2])
+    z = F.relu(F.conv3d(x, ws, bs, padding=(0, kernel // 2, kernel // 2)))
+    assert_close(out, F.conv3d(z, wt, bt, (t_stride, 1, 1), (1, 0, 0)), 1e-12, "out")
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_update_running_stats_matches_batchnorm(device, momentum):

@@ -94,6 +94,21 @@ void im2col_frame(const T* x, int64_t chan_stride, const SpatialGeom& g, T* col)
   for (int64_t c = 0; c < g.C; ++c) im2col_channel(x + c * chan_stride, g, col + c * g.kh * g.kw * plane, plane);
 }
 
+// col (C*kh*kw rows, row stride ld) = im2col of the consecutive (n, t) frames [f0, f0 +
+// cnt) of an NCDHW tensor, frame j in the column block at j*Ho*Wo: one GEMM then serves
+// the whole group.
+template <typename T>
+void im2col_group(const SpatialGeom& g, const T* xp, int64_t f0, int64_t cnt, T* col,
+                  int64_t ld) {
+  at::parallel_for(0, cnt * g.C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t j = item / g.C, c = item % g.C;
+      im2col_channel(frame_channel(xp, g.C, g.T, g.in_plane(), f0 + j, c), g,
+                     col + c * g.kh * g.kw * ld + j * g.out_plane(), ld);
+    }
+  });
+}
+
 // The input time step that tap k of output step `to` reads, or -1 in the zero padding.
 inline int64_t tap_input(int64_t to, int64_t k, int64_t st, int64_t pt, int64_t T) {
   const int64_t ti = to * st - pt + k;

@@ -1,9 +1,11 @@
 // CPU inference kernel: spatial conv (BatchNorm folded in) + ReLU + temporal conv in one
-// pass. Work is split into units (runs of output time steps of one sample, or for 3x3
-// stride-1 convs groups of whole samples); each unit computes only the activated input
-// frames its outputs read (its temporal halo included) into a unit-local buffer, so the
-// full intermediate tensor of a large batch never exists.
+// pass. Work is split into units (groups of whole samples, or runs of output time steps
+// of one large sample); each unit computes only the activated input frames its outputs
+// read (its temporal halo included) into a unit-local buffer, so the full intermediate
+// tensor of a large batch never exists.
 #include <torch/library.h>
+
+#include <optional>
 
 #include "frame_gemm.h"
 #include "row_kernels.h"
@@ -29,28 +31,37 @@ void fill_bias(T* op, int64_t n, int64_t O, int64_t To, int64_t to0, int64_t to1
       std::fill_n(op + ((n * O + o) * To + to) * plane, plane, bias ? bias[o] : T(0));
 }
 
-// The 3x3 stride-1 case, in units of whole samples (as many as keep the activated
-// intermediate within ~32 MB: more columns per GEMM) or, when one sample alone is larger,
-// of runs of output steps of one sample. Per unit: the intermediate of the unit's input
-// steps by Winograd into scratch memory, then the temporal products, one (sample, output
+// The op works in units of whole samples (as many as keep the unit's buffers within
+// ~32 MB: more columns per GEMM) or, when one sample alone is larger, of runs of output
+// steps of one sample. Per unit: the activated intermediate z of the unit's input steps
+// (consecutive (n, t) frames) into scratch memory, frame-major (frame j, channel m at
+// z + (j*M + m)*Ho*Wo), by Winograd for 3x3 stride-1 convs and otherwise by im2col and
+// one GEMM over all the unit's frames; then the temporal products, one (sample, output
 // step) per task.
 template <typename T>
-void winograd_eval(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
-                   const Tensor& spatial_weight, const T* bsp, const Tensor& wk, const T* btp,
-                   T* op) {
-  const int64_t plane = g.out_plane(), O = tg.O, To = tg.To;
-  const int64_t frame_bytes = g.M * plane * static_cast<int64_t>(sizeof(T)), budget = 32 << 20;
+void fused_eval_units(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
+                      const Tensor& spatial_weight, const T* bsp, const Tensor& wk,
+                      const T* btp, T* op) {
+  const int64_t plane = g.out_plane(), O = tg.O, To = tg.To, kdim = g.C * g.kh * g.kw;
+  const bool wino = winograd::applies(g.kh, g.kw, g.sh, g.sw, g.ph, g.pw);
+  // Bytes per frame of a unit: z, and for im2col also its matrix and the GEMM's output.
+  const int64_t frame_bytes = (wino ? g.M : kdim + 2 * g.M) * plane * static_cast<int64_t>(sizeof(T));
+  const int64_t budget = 32 << 20;
   const int64_t samples = std::clamp<int64_t>(budget / (frame_bytes * g.T), 1, g.N);
   const bool whole = frame_bytes * g.T <= budget;
   const int64_t run = whole ? To : std::clamp<int64_t>(budget / (frame_bytes * tg.st), 1, To);
   const int64_t unit_frames = whole ? samples * g.T : std::min<int64_t>(g.T, run * tg.st + tg.kt);
-  // One tile size for all units (the transformed filters are shared), chosen for a full one.
-  const int64_t R = winograd::tile_size(unit_frames, g.Ho, g.Wo, winograd::Use::kInference);
-  const winograd::Filters U =
-      winograd::filter_transform<T>(spatial_weight.reshape({g.M, g.C, 3, 3}), false, R);
+  const auto opts = wk.options();
   const Scratch zs = Scratch::of<T>(unit_frames * g.M * plane);
   T* zp = zs.data<T>();
-  const auto opts = wk.options();
+  // Winograd: one tile size for all units (the transformed filters are shared), chosen for
+  // a full one. im2col: the weight as a matrix, and the unit's buffers.
+  const int64_t R = wino ? winograd::tile_size(unit_frames, g.Ho, g.Wo, winograd::Use::kInference) : 0;
+  std::optional<winograd::Filters> U;
+  if (wino) U.emplace(winograd::filter_transform<T>(spatial_weight.reshape({g.M, g.C, 3, 3}), false, R));
+  const Tensor w2 = wino ? Tensor() : spatial_weight.reshape({g.M, kdim}).contiguous();
+  const Scratch cols = Scratch::of<T>(wino ? 0 : kdim * unit_frames * plane);
+  const Scratch outs = Scratch::of<T>(wino ? 0 : g.M * unit_frames * plane);
   const auto x_rows = frame_rows(xp, g.C, g.T, g.H, g.W);
   for (int64_t n0 = 0; n0 < g.N; n0 += samples) {
     const int64_t n1 = std::min(g.N, n0 + samples);
@@ -63,13 +74,29 @@ void winograd_eval(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
         continue;
       }
       const int64_t span = hi - lo, first = n0 * g.T + lo;  // the unit's first (n, t) frame
-      const winograd::Plan plan((n1 - n0) * span, g.C, g.H, g.W, g.M, g.ph, g.pw, R);
-      winograd::forward<T>(
-          plan, U, [&](int64_t f, int64_t c, int64_t ih, T* dst) { x_rows(first + f, c, ih, dst); },
-          [&](int64_t f, int64_t m, int64_t oh, const T* row) {
-            rows::bias_relu(row, zp + (f * g.M + m) * plane + oh * g.Wo, bsp ? bsp[m] : T(0), g.Wo);
-          },
-          [](int64_t, const T*, int64_t) {}, opts);
+      const int64_t frames = (n1 - n0) * span;
+      if (wino) {
+        const winograd::Plan plan(frames, g.C, g.H, g.W, g.M, g.ph, g.pw, R);
+        winograd::forward<T>(
+            plan, *U, [&](int64_t f, int64_t c, int64_t ih, T* dst) { x_rows(first + f, c, ih, dst); },
+            [&](int64_t f, int64_t m, int64_t oh, const T* row) {
+              rows::bias_relu(row, zp + (f * g.M + m) * plane + oh * g.Wo, bsp ? bsp[m] : T(0), g.Wo);
+            },
+            [](int64_t, const T*, int64_t) {}, opts);
+      } else {
+        const int64_t ld = frames * plane;
+        T *col = cols.data<T>(), *out = outs.data<T>();
+        im2col_group(g, xp, first, frames, col, ld);
+        Tensor out_mat = mat(out, g.M, ld, ld);
+        at::mm_out(out_mat, w2, mat(col, kdim, ld, ld));
+        at::parallel_for(0, frames * g.M, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t item = begin; item < end; ++item) {
+            const int64_t j = item / g.M, m = item % g.M;
+            rows::bias_relu(static_cast<const T*>(out + m * ld + j * plane), zp + (j * g.M + m) * plane,
+                            bsp ? bsp[m] : T(0), plane);
+          }
+        });
+      }
       const int64_t steps = to1 - to0;
       at::parallel_for(0, (n1 - n0) * steps, 1, [&](int64_t begin, int64_t end) {
         for (int64_t item = begin; item < end; ++item) {
@@ -96,20 +123,18 @@ Tensor fused_eval_cpu(const Tensor& x, const Tensor& spatial_weight,
                                       padding.slice(1));
   const TemporalGeom tg = check_temporal_weight(x, g.N, g.M, g.T, g.out_plane(), temporal_weight,
                                                 temporal_bias, stride[0], padding[0]);
-  const int64_t O = tg.O, kt = tg.kt, st = tg.st, pt = tg.pt, To = tg.To;
+  const int64_t O = tg.O, To = tg.To;
   if (is_reduced(x)) {
     return fused_eval_cpu(to_float(x), to_float(spatial_weight), to_float(spatial_bias),
                           to_float(temporal_weight), to_float(temporal_bias), stride, padding)
         .to(x.scalar_type());
   }
   const Tensor xc = x.contiguous();
-  const Tensor w2 = spatial_weight.reshape({g.M, g.C * g.kh * g.kw}).contiguous();
   const Tensor wk = taps_major(temporal_weight);
   const Tensor bs = spatial_bias.has_value() && spatial_bias->defined()
                         ? spatial_bias->contiguous() : Tensor();
   const Tensor bt = temporal_bias.has_value() && temporal_bias->defined()
                         ? temporal_bias->contiguous() : Tensor();
-  const int64_t plane = g.out_plane(), kdim = w2.size(1);
   Tensor out = at::empty({g.N, O, To, g.Ho, g.Wo}, x.options());
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_eval_cpu", [&] {
@@ -117,47 +142,7 @@ Tensor fused_eval_cpu(const Tensor& x, const Tensor& spatial_weight,
     const scalar_t* bsp = bs.defined() ? bs.data_ptr<scalar_t>() : nullptr;
     const scalar_t* btp = bt.defined() ? bt.data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.data_ptr<scalar_t>();
-    if (winograd::applies(g.kh, g.kw, g.sh, g.sw, g.ph, g.pw)) {
-      winograd_eval<scalar_t>(g, tg, xp, spatial_weight, bsp, wk, btp, op);
-      return;
-    }
-    // Enough tiles to keep every thread busy; longer runs of output steps share more of
-    // their halo frames.
-    const int64_t want = std::max<int64_t>(g.N, 2 * at::get_num_threads());
-    const int64_t tiles_per_sample = std::min(To, (want + g.N - 1) / g.N);
-    const int64_t run = (To + tiles_per_sample - 1) / tiles_per_sample;
-    at::parallel_for(0, g.N * tiles_per_sample, 1, [&](int64_t begin, int64_t end) {
-      Tensor col = at::empty({kdim, plane}, xc.options());
-      scalar_t* colp = col.data_ptr<scalar_t>();
-      for (int64_t tile = begin; tile < end; ++tile) {
-        const int64_t n = tile / tiles_per_sample;
-        const int64_t to0 = (tile % tiles_per_sample) * run, to1 = std::min(To, to0 + run);
-        if (to0 >= to1) continue;
-        const auto [lo, hi] = input_span(to0, to1, st, pt, kt, g.T);
-        if (hi <= lo) {
-          fill_bias(op, n, O, To, to0, to1, plane, btp);
-          continue;
-        }
-        Tensor z = at::empty({hi - lo, g.M, plane}, xc.options());
-        scalar_t* zp = z.data_ptr<scalar_t>();
-        for (int64_t ti = lo; ti < hi; ++ti) {
-          im2col_frame(xp + (n * g.C * g.T + ti) * g.in_plane(), g.T * g.in_plane(), g, colp);
-          Tensor zf = z[ti - lo];
-          at::mm_out(zf, w2, col);
-          scalar_t* zr = zp + (ti - lo) * g.M * plane;
-          for (int64_t m = 0; m < g.M; ++m) {
-            const scalar_t bm = bsp ? bsp[m] : scalar_t(0);
-            for (int64_t q = 0; q < plane; ++q)
-              zr[m * plane + q] = std::max(zr[m * plane + q] + bm, scalar_t(0));
-          }
-        }
-        for (int64_t to = to0; to < to1; ++to) {
-          Tensor out_f = mat(op + (n * O * To + to) * plane, O, plane, To * plane);
-          temporal_output_frame<scalar_t>(out_f, wk, btp, to, st, pt, g.T,
-                                          [&](int64_t ti) { return z[ti - lo]; });
-        }
-      }
-    });
+    fused_eval_units<scalar_t>(g, tg, xp, spatial_weight, bsp, wk, btp, op);
   });
   return out;
 }

@@ -21,8 +21,8 @@ class Scratch {
     return Scratch(numel * static_cast<int64_t>(sizeof(T)));
   }
   template <typename T>
-  T* data() const {
-    return reinterpret_cast<T*>(buf_.data_ptr<uint8_t>());
+  T* data() const {  // nullptr for an empty request
+    return buf_.defined() ? reinterpret_cast<T*>(buf_.data_ptr<uint8_t>()) : nullptr;
   }
   Scratch(Scratch&& other) noexcept : buf_(std::move(other.buf_)) {}
   Scratch(const Scratch&) = delete;
@@ -43,6 +43,7 @@ class Scratch {
  private:
   static constexpr size_t kKeep = 4;  // the most one op holds at once (fused_eval: U, z, V, Y)
   explicit Scratch(int64_t bytes) {
+    if (bytes <= 0) return;  // nothing to hand out (and no pooled buffer to tie up)
     {
       std::lock_guard<std::mutex> lock(mutex());
       auto& pool = free_list();
@@ -55,7 +56,7 @@ class Scratch {
         return;
       }
     }
-    buf_ = at::empty({std::max<int64_t>(bytes, 1)}, at::TensorOptions().dtype(at::kByte));
+    buf_ = at::empty({bytes}, at::TensorOptions().dtype(at::kByte));
   }
   static std::mutex& mutex() {
     static auto* m = new std::mutex();

@@ -39,20 +39,6 @@ int64_t frames_per_group(const SpatialGeom& g, int64_t elem_size) {
   return std::clamp<int64_t>((16 << 20) / std::max<int64_t>(per_frame, 1), 1, g.frames());
 }
 
-// col (kdim rows, row stride ld) = im2col of frames [f0, f0 + cnt), frame j in the
-// column block at j*Ho*Wo.
-template <typename T>
-void im2col_group(const SpatialGeom& g, const T* xp, int64_t f0, int64_t cnt, T* col,
-                  int64_t ld) {
-  at::parallel_for(0, cnt * g.C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t j = item / g.C, c = item % g.C;
-      im2col_channel(frame_channel(xp, g.C, g.T, g.in_plane(), f0 + j, c), g,
-                     col + c * g.kh * g.kw * ld + j * g.out_plane(), ld);
-    }
-  });
-}
-
 // The forward of the general path; the epilogue adds the bias, stores the rows and takes
 // each (frame, channel)'s mean and M2 (exact two-pass), merged into `moments` in frame
 // order.
