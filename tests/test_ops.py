@@ -129,8 +129,9 @@ def test_temporal_conv_bnrelu_gradcheck(device, stride, padding):
 @pytest.mark.parametrize("kernel,stride,padding", [(5, 1, 2), (3, 2, 1), (2, 2, 0)])
 def test_spatial_general_path_matches_pytorch(kernel, stride, padding):
     """The im2col path (every spatial conv but 3x3 stride 1) works on groups of frames whose
-    im2col matrix and output fit in 16 MB: 3.5 MB per float64 64x64 frame for the 5x5
-    kernel, so groups of 4 and 2 frames, the weight gradient summed across them."""
+    im2col matrix and output fit in 4 MB: 3.5 MB per float64 64x64 frame for the 5x5
+    kernel, so six groups of one frame, the weight gradient summed across them; the
+    3x3 and 2x2 stride-2 cases fit in one group."""
     g = torch.Generator().manual_seed(9)
     x = torch.randn(2, 4, 3, 64, 64, generator=g, dtype=torch.float64)
     w = torch.randn(8, 4, 1, kernel, kernel, generator=g, dtype=torch.float64)

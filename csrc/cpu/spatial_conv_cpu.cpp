@@ -30,13 +30,14 @@ struct Moments {
 // The general (any kernel, stride) path works on groups of consecutive (n, t) frames: the
 // group's im2col matrices side by side (C*kh*kw rows of G*Ho*Wo columns) and one GEMM for
 // all of them, run at the top level. One frame alone gives GEMMs only Ho*Wo columns wide
-// (16 at a downsampling conv4_x of 56x56 clips) and, for the weight gradient, needed
-// per-thread partial sums: zeroing those (136 MB at such a conv5_x, 64 MB at conv4_x) took
-// more time than their products. Groups hold as many frames as keep the two buffers
-// within ~16 MB.
+// (16 at the downsampling conv5_x of r2plus1d_10 on 56x56 clips) and, for the weight
+// gradient, needed per-chunk partial sums: zeroing those (136 MB at that conv5_x, 68 MB
+// at its conv4_x) took more time than their products. Groups hold as many frames as keep
+// the two buffers within ~4 MB (measured: as fast as 16 MB on r2plus1d_18, and a lower
+// peak, as the buffers stay in the scratch pool).
 int64_t frames_per_group(const SpatialGeom& g, int64_t elem_size) {
   const int64_t per_frame = (g.C * g.kh * g.kw + g.M) * g.out_plane() * elem_size;
-  return std::clamp<int64_t>((16 << 20) / std::max<int64_t>(per_frame, 1), 1, g.frames());
+  return std::clamp<int64_t>((4 << 20) / std::max<int64_t>(per_frame, 1), 1, g.frames());
 }
 
 // The forward of the general path; the epilogue adds the bias, stores the rows and takes
