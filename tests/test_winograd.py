@@ -76,7 +76,11 @@ def test_module_matches_reference(case, dtype, train, tile):
     ((2, 3, 2, 7, 3), 2, (2, 2)),
     ((1, 4, 1, 1, 1), 3, (1, 1)),     # one pixel: every tap but the centre in the padding
     ((1, 16, 2, 112, 112), 160, (1, 1)),  # several tile batches per call
-], ids=["p1", "p0", "p21", "p2", "pixel", "batches"])
+    # conv5_x-like: the filters (16-36 x 1152 x 256) far outweigh the activations, so
+    # they are taken in 5-11 chunks of the weight rows (winograd.h, chunk_rows); "batches"
+    # takes 2 chunks in float32
+    ((2, 256, 2, 7, 7), 1152, (1, 1)),
+], ids=["p1", "p0", "p21", "p2", "pixel", "batches", "chunks"])
 def test_spatial_ops_match_pytorch(shape, mid, padding, dtype, tile):
     """F(4x4)'s float32 error is ~3e-6 of the norm on R(2+1)D-18 shapes, F(2x2)'s ~5e-7."""
     g = torch.Generator().manual_seed(0)
@@ -98,12 +102,16 @@ def test_spatial_ops_match_pytorch(shape, mid, padding, dtype, tile):
 
 
 @pytest.mark.parametrize("tile", TILES)
-@pytest.mark.parametrize("padding", [[1, 1, 1], [0, 2, 0]])
-def test_fused_eval_matches_pytorch(padding, tile):
+@pytest.mark.parametrize("shape,mid,padding", [
+    ((3, 5, 4, 9, 8), 7, [1, 1, 1]),
+    ((3, 5, 4, 9, 8), 7, [0, 2, 0]),
+    ((2, 256, 2, 7, 7), 1152, [1, 1, 1]),  # the filters in 5-6 chunks (conv5_x-like)
+], ids=["p1", "p020", "chunks"])
+def test_fused_eval_matches_pytorch(shape, mid, padding, tile):
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(3, 5, 4, 9, 8, generator=g, dtype=torch.float64)
-    ws, bs = torch.randn(7, 5, 1, 3, 3, generator=g, dtype=torch.float64), torch.randn(7, generator=g, dtype=torch.float64)
-    wt, bt = torch.randn(6, 7, 3, 1, 1, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    ws, bs = torch.randn(mid, shape[1], 1, 3, 3, generator=g, dtype=torch.float64), torch.randn(mid, generator=g, dtype=torch.float64)
+    wt, bt = torch.randn(6, mid, 3, 1, 1, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
     with winograd(tile):
         out = ops.fused_eval(x, ws, bs, wt, bt, [1, 1, 1], padding)
     z = F.relu(F.conv3d(x, ws, bs, padding=(0, *padding[1:])))
@@ -171,13 +179,14 @@ def _spatial_results(x, w, padding):
 
 
 @pytest.mark.parametrize("frames,size,expected", [
-    (8, 28, "4"),   # 8 frames of 7x7 F(4x4) tiles: 392 >= 256
+    (8, 28, "4"),   # 8 frames of 7x7 F(4x4) tiles: 392 >= 128
+    (8, 14, "4"),   # R(2+1)D-18's conv4_x: 128 tiles
     (8, 12, "2"),   # 72 tiles: too few for efficient F(4x4) GEMMs
     (64, 5, "2"),   # 256 tiles, but 2x2 of them cover 8x8 for 5x5: no fewer products
-], ids=["many-tiles", "few-tiles", "no-saving"])
+], ids=["many-tiles", "conv4_x", "few-tiles", "no-saving"])
 def test_automatic_tile_choice(frames, size, expected):
     """The automatic choice gives bitwise the results of the tile size it should pick
-    (training ops: F(4x4) from 256 tiles when it saves a quarter of the products)."""
+    (F(4x4) from 128 tiles when it saves a quarter of the products)."""
     g = torch.Generator().manual_seed(8)
     x = torch.randn(1, 3, frames, size, size, generator=g)
     w = torch.randn(4, 3, 1, 3, 3, generator=g)

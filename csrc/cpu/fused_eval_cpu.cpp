@@ -54,11 +54,12 @@ void fused_eval_units(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
   const auto opts = wk.options();
   const Scratch zs = Scratch::of<T>(unit_frames * g.M * plane);
   T* zp = zs.data<T>();
-  // Winograd: one tile size for all units (the transformed filters are shared), chosen for
-  // a full one. im2col: the weight as a matrix, and the unit's buffers.
-  const int64_t R = wino ? winograd::tile_size(unit_frames, g.Ho, g.Wo, winograd::Use::kInference) : 0;
+  // Winograd: one tile size for all units, chosen for a full one (the filters are
+  // transformed per unit, a chunk at a time). im2col: the weight as a matrix, and the
+  // unit's buffers.
+  const int64_t R = wino ? winograd::tile_size(unit_frames, g.Ho, g.Wo) : 0;
   std::optional<winograd::Filters> U;
-  if (wino) U.emplace(winograd::filter_transform<T>(spatial_weight.reshape({g.M, g.C, 3, 3}), false, R));
+  if (wino) U.emplace(spatial_weight.reshape({g.M, g.C, 3, 3}), false, R);
   const Tensor w2 = wino ? Tensor() : spatial_weight.reshape({g.M, kdim}).contiguous();
   const Scratch cols = Scratch::of<T>(wino ? 0 : kdim * unit_frames * plane);
   const Scratch outs = Scratch::of<T>(wino ? 0 : g.M * unit_frames * plane);

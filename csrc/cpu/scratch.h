@@ -41,7 +41,7 @@ class Scratch {
   }
 
  private:
-  static constexpr size_t kKeep = 4;  // the most one op holds at once (fused_eval: U, z, V, Y)
+  static constexpr size_t kKeep = 4;  // the most one op holds at once (fused_eval: z, and the Winograd V, Y, filters)
   explicit Scratch(int64_t bytes) {
     if (bytes <= 0) return;  // nothing to hand out (and no pooled buffer to tie up)
     {

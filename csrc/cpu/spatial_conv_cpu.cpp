@@ -13,7 +13,6 @@ namespace r2p1d::cpu {
 namespace {
 
 using at::Tensor;
-constexpr auto kTraining = winograd::Use::kTraining;
 
 // Chan's merge of (count, mean, M2) partial statistics.
 struct Moments {
@@ -144,9 +143,8 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats_cpu(const Tensor& x, const
     scalar_t* yp = y.data_ptr<scalar_t>();
     if (winograd::applies(g.kh, g.kw, g.sh, g.sw, g.ph, g.pw)) {
       const winograd::Plan plan(g.frames(), g.C, g.H, g.W, g.M, g.ph, g.pw,
-                                winograd::tile_size(g.frames(), g.Ho, g.Wo, kTraining));
-      const winograd::Filters U = winograd::filter_transform<scalar_t>(
-          weight.reshape({g.M, g.C, 3, 3}), false, plan.R);
+                                winograd::tile_size(g.frames(), g.Ho, g.Wo));
+      const winograd::Filters U(weight.reshape({g.M, g.C, 3, 3}), false, plan.R);
       // Each output row gets its bias and is stored. The statistics come per channel and
       // batch from the bias-free values: the bias shifts the mean, not M2.
       winograd::forward<scalar_t>(
@@ -254,9 +252,8 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cpu(
       grad_x = at::empty_like(xc);
       scalar_t* gxp = grad_x.data_ptr<scalar_t>();
       const winograd::Plan plan(g.frames(), g.M, g.Ho, g.Wo, g.C, 2 - g.ph, 2 - g.pw,
-                                winograd::tile_size(g.frames(), g.H, g.W, kTraining));
-      const winograd::Filters U = winograd::filter_transform<scalar_t>(
-          weight.reshape({g.M, g.C, 3, 3}), true, plan.R);
+                                winograd::tile_size(g.frames(), g.H, g.W));
+      const winograd::Filters U(weight.reshape({g.M, g.C, 3, 3}), true, plan.R);
       winograd::forward<scalar_t>(
           plan, U,
           [&](int64_t f, int64_t m, int64_t oh, scalar_t* dst) { gy_total(f, m, oh * g.Wo, g.Wo, dst); },
@@ -267,7 +264,7 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cpu(
     }
     if (mask[1]) {
       const winograd::Plan plan(g.frames(), g.C, g.H, g.W, g.M, g.ph, g.pw,
-                                winograd::tile_size(g.frames(), g.Ho, g.Wo, kTraining));
+                                winograd::tile_size(g.frames(), g.Ho, g.Wo));
       grad_w = winograd::weight_grad<scalar_t>(
           plan, frame_rows(xp, g.C, g.T, g.H, g.W),
           [&](int64_t f, int64_t m, int64_t oh, scalar_t* dst) { gy_total(f, m, oh * g.Wo, g.Wo, dst); },

@@ -18,6 +18,12 @@
 // row to an epilogue (bias, statistics, ReLU, store). The output phase runs per channel
 // and batches run in order, so anything an epilogue accumulates per channel is summed in
 // an order that does not depend on the thread count.
+//
+// The weight's rows (the block's mid channels, its larger side) are taken in chunks: the
+// transformed filters, and the transformed tiles on the mid-channel side (Y in the
+// forward, V in the input gradient, the output-gradient tiles in the weight gradient),
+// exist one chunk at a time. Whole, they are 3-4x the activations at R(2+1)D-18's
+// conv4_x/conv5_x (30 MB of scratch against 4 MB of activations at conv4_x).
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -50,23 +56,18 @@ inline bool applies(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, 
   return kh == 3 && kw == 3 && sh == 1 && sw == 1 && ph <= 2 && pw <= 2 && setting() >= 0;
 }
 
-// What a convolution is for: the training ops (forward with statistics, input and weight
-// gradients) or the inference op.
-enum class Use { kTraining, kInference };
-
 // The output tile size for F frames of Ho x Wo outputs. F(4x4) does 1.78x fewer
 // multiply-adds than F(2x2) on frames whose sides are multiples of 4, fewer on others (the
 // last tiles are part padding); it is taken where it saves at least a quarter of them and
-// has enough tiles (GEMM columns) for efficient GEMMs. Its transformed filters are 4x the
-// weights (F(2x2): 1.8x), rebuilt at every call, and in training there are also their
-// gradients: so training takes it from 256 tiles (R(2+1)D-18 conv2_x/conv3_x at batch 4),
-// inference from 128 (also conv4_x: 8 frames of 14x14). Measured in bench/NOTES.md.
-inline int64_t tile_size(int64_t F, int64_t Ho, int64_t Wo, Use use) {
+// has enough tiles (GEMM columns, at least 128) for efficient GEMMs: R(2+1)D-18's
+// conv2_x-conv4_x at batch 4. Its transformed filters are 4x the weights (F(2x2): 1.8x),
+// but never whole in memory where they would outweigh the activations (chunk_rows).
+// Measured in bench/NOTES.md (items 10 and 18).
+inline int64_t tile_size(int64_t F, int64_t Ho, int64_t Wo) {
   if (const int64_t forced = setting(); forced > 0) return forced;
   const int64_t tiles2 = F * ((Ho + 1) / 2) * ((Wo + 1) / 2);
   const int64_t tiles4 = F * ((Ho + 3) / 4) * ((Wo + 3) / 4);
-  const int64_t min_tiles = use == Use::kTraining ? 256 : 128;
-  return tiles4 >= min_tiles && 4 * 36 * tiles4 <= 3 * 16 * tiles2 ? 4 : 2;
+  return tiles4 >= 128 && 4 * 36 * tiles4 <= 3 * 16 * tiles2 ? 4 : 2;
 }
 
 // The shape of one spatial 3x3 stride-1 convolution of F frames with R x R output tiles.
@@ -108,10 +109,9 @@ inline int64_t plane_stride(int64_t n) {
   return stride;
 }
 
-// One batch of tile rows [r0, r1): S tiles, the point-plane strides pv of its transformed
-// input (C rows of S) and py of its transformed output (M rows of S).
+// One batch of tile rows [r0, r1): S tiles.
 struct Batch {
-  int64_t r0, r1, S, pv, py;
+  int64_t r0, r1, S;
 };
 
 // The batches of a plan, largest first (they are equal but for a shorter last one).
@@ -119,10 +119,24 @@ inline std::vector<Batch> batches(const Plan& p, int64_t elem_size) {
   std::vector<Batch> out;
   const int64_t rows = p.rows_per_batch(elem_size);
   for (int64_t r0 = 0; r0 < p.tile_rows(); r0 += rows) {
-    const int64_t r1 = std::min(p.tile_rows(), r0 + rows), S = (r1 - r0) * p.TW;
-    out.push_back({r0, r1, S, plane_stride(p.C * S), plane_stride(p.M * S)});
+    const int64_t r1 = std::min(p.tile_rows(), r0 + rows);
+    out.push_back({r0, r1, (r1 - r0) * p.TW});
   }
   return out;
+}
+
+// Weight rows per chunk, for `rows` rows of `row_bytes` each (a row's transformed filters
+// and its transformed tiles of the first batch): chunks no larger than the convolution's
+// activations (its input and output) or ~8 MB, whichever is more, but of at least 64 rows
+// (GEMMs of fewer rows lose efficiency), made equal in size. Chunks cost speed (measured:
+// 5-10% of the spatial ops at R(2+1)D-18's conv2_x/conv3_x in chunks of 8 MB), so they
+// are only taken where the scratch would outweigh the activations (conv4_x, conv5_x).
+inline int64_t chunk_rows(const Plan& p, int64_t rows, int64_t row_bytes, int64_t elem_size) {
+  const int64_t activations = p.F * (p.C * p.H * p.W + p.M * p.Ho * p.Wo) * elem_size;
+  const int64_t budget = std::max<int64_t>(8 << 20, activations / 2), least = 64;
+  const int64_t wanted = (rows * row_bytes + budget - 1) / budget;
+  const int64_t chunks = std::clamp<int64_t>(wanted, 1, std::max<int64_t>(1, rows / least));
+  return (rows + chunks - 1) / chunks;
 }
 
 // The filter transform as a matrix: K[(a,b)][(i,j)] = G[a][i] * G[b][j], so that for
@@ -145,39 +159,32 @@ inline at::Tensor filter_matrix(int64_t R, const at::TensorOptions& opts) {
   return K.to(opts.dtype());
 }
 
-// The transformed filters: u[xi] (M x C) = G g G^T for each (m, c) filter g, a view of
-// scratch memory.
+// The weight (Mw, Cw, 3, 3) as the source of transformed filters for R x R tiles, a chunk
+// of its rows at a time. `flip` gives those of the input-gradient convolution: channels
+// transposed and each filter rotated by 180 degrees, done by reversing K's tap order and
+// by a transposed view (the weight is never copied).
 struct Filters {
-  int64_t R;
-  Scratch mem;
-  at::Tensor u;  // (P, M, C), possibly strided
+  at::Tensor w9;  // (Mw * Cw, 9): one filter per row
+  at::Tensor K;   // (P, 9), the filter matrix
+  int64_t Mw, Cw, R;
+  bool flip;
+  Filters(const at::Tensor& weight, bool flip_, int64_t R_)
+      : w9(weight.contiguous().view({weight.size(0) * weight.size(1), 9})),
+        K(flip_ ? filter_matrix(R_, weight.options()).flip({1}) : filter_matrix(R_, weight.options())),
+        Mw(weight.size(0)), Cw(weight.size(1)), R(R_), flip(flip_) {}
+
+  // The transformed filters u[xi] = G g G^T of weight rows [lo, hi), written to mem (P *
+  // (hi - lo) * Cw values): (P, hi - lo, Cw), output channels [lo, hi) of the forward
+  // convolution; flipped (P, Cw, hi - lo), input channels [lo, hi) of the input gradient's.
+  // One (P x 9) x (9 x filters) matrix product.
+  template <typename T>
+  at::Tensor chunk(int64_t lo, int64_t hi, T* mem) const {
+    const int64_t P = K.size(0), n = hi - lo;
+    at::Tensor u = at::from_blob(mem, {P, n * Cw}, w9.options());
+    at::mm_out(u, K, w9.narrow(0, lo * Cw, n * Cw).t());
+    return flip ? u.view({P, n, Cw}).transpose(1, 2) : u.view({P, n, Cw});
+  }
 };
-
-// The transformed filters of weight (M, C, 3, 3) for R x R tiles. `flip` gives those of
-// the input-gradient convolution: channels transposed and each filter rotated by 180
-// degrees, done by reversing K's tap order and by a transposed view (no copy of the
-// weight).
-template <typename T>
-Filters filter_transform(const at::Tensor& weight, bool flip, int64_t R) {
-  const at::TensorOptions opts = weight.options();
-  const int64_t M = weight.size(0), C = weight.size(1), P = (R + 2) * (R + 2);
-  const at::Tensor w = weight.contiguous().view({M * C, 9});  // one filter per row
-  at::Tensor K = filter_matrix(R, opts);
-  if (flip) K = K.flip({1});
-  Filters f{R, Scratch::of<T>(P * M * C), at::Tensor()};
-  at::Tensor u = at::from_blob(f.mem.template data<T>(), {P, M * C}, opts);
-  at::mm_out(u, K, w.t());
-  f.u = flip ? u.view({P, M, C}).transpose(1, 2) : u.view({P, M, C});
-  return f;
-}
-
-// dg = G^T D G for D[xi] = dU[xi] (M, C): the adjoint product; returns the (M, C, 1, 3, 3)
-// weight gradient.
-inline at::Tensor filter_transform_adjoint(const at::Tensor& dU, int64_t R) {
-  const int64_t P = dU.size(0), M = dU.size(1), C = dU.size(2);
-  return at::mm(dU.reshape({P, M * C}).t(), filter_matrix(R, dU.options()))
-      .view({M, C, 1, 3, 3});
-}
 
 // The transforms, written out (factored) in the kernels below.
 // F(2x2, 3x3):
@@ -395,20 +402,21 @@ R2P1D_MULTIVERSION void grad_tile_rows(int64_t R, int64_t G, const T* __restrict
 }
 
 // Input transform of a batch's tile rows [r0, r1) (global tile row r = frame * TH + tile
-// row): V[xi * pv + c * S + (r - r0) * TW + t] = (B^T d B)[xi] for the input patch d of
-// tile (r, t). in_row(f, c, ih, dst) writes the W values of row ih of channel c of frame
-// f to dst.
+// row) and channels [c0, c1): V[xi * pv + (c - c0) * S + (r - r0) * TW + t] = (B^T d B)[xi]
+// for the input patch d of tile (r, t). in_row(f, c, ih, dst) writes the W values of row
+// ih of channel c of frame f to dst.
 template <typename T, typename InRow>
-void input_transform(const Plan& p, const Batch& batch, InRow&& in_row, T* V) {
+void input_transform(const Plan& p, const Batch& batch, int64_t c0, int64_t c1, InRow&& in_row,
+                     T* V, int64_t pv) {
   const int64_t r0 = batch.r0, nr = batch.r1 - batch.r0, ld = batch.S;
   const int64_t Wp = p.padded_width(), G = rows_per_item(p.TW, nr);
   const int64_t groups = (nr + G - 1) / G;
-  at::parallel_for(0, groups * p.C, 4, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, groups * (c1 - c0), 4, [&](int64_t begin, int64_t end) {
     std::vector<T> rows(G * p.N * Wp), e(p.N * p.N * G * p.TW), f(e.size());
     for (int64_t item = begin; item < end; ++item) {
       // Channel-major items: consecutive items read consecutive rows of one plane and
       // write consecutive columns of V (sequential memory, few TLB misses).
-      const int64_t c = item / groups, first = (item % groups) * G;
+      const int64_t c = c0 + item / groups, first = (item % groups) * G;
       const int64_t count = std::min(G, nr - first);
       for (int64_t g = 0; g < count; ++g) {
         const int64_t r = r0 + first + g, fr = r / p.TH, a = r % p.TH;
@@ -426,103 +434,163 @@ void input_transform(const Plan& p, const Batch& batch, InRow&& in_row, T* V) {
         }
       }
       input_tile_rows<T>(p.R, count, rows.data(), e.data(), f.data(), Wp, p.TW,
-                         V + c * ld + first * p.TW, batch.pv);
+                         V + (c - c0) * ld + first * p.TW, pv);
     }
   });
 }
 
-// Runs the forward convolution of all frames: for every output row, out_row(f, m, oh, row)
+// Output transform of a batch's channels [m0, m1), point xi of channel m's tiles at
+// Y + xi * py + (m - m0) * S: every output row goes to out_row(f, m, oh, row), then the
+// batch's values of channel m, contiguous, to out_channel(m, values, n).
+template <typename T, typename OutRow, typename OutChannel>
+void output_transform(const Plan& p, const Batch& batch, int64_t m0, int64_t m1, const T* Y,
+                      int64_t py, OutRow&& out_row, OutChannel&& out_channel) {
+  const int64_t r0 = batch.r0, r1 = batch.r1, S = batch.S;
+  at::parallel_for(m0, m1, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> out(p.R * p.R * S), quad(p.R * p.R * S), rt(p.R * p.N * S),
+        chan(p.R * (r1 - r0) * p.Wo);
+    for (int64_t m = begin; m < end; ++m) {
+      // All of the channel's tiles in this batch in one call (its S tiles are contiguous
+      // in Y): R "rows" of R*S values, the rows of every tile side by side.
+      output_tile_row<T>(p.R, Y + (m - m0) * S, py, S, quad.data(), rt.data(), out.data());
+      int64_t n = 0;  // values of channel m so far in this batch
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t f = r / p.TH, a = r % p.TH;
+        for (int64_t i = 0; i < p.R && p.R * a + i < p.Ho; ++i, n += p.Wo) {
+          std::copy_n(out.data() + i * p.R * S + p.R * (r - r0) * p.TW, p.Wo, chan.data() + n);
+          out_row(f, m, p.R * a + i, static_cast<const T*>(chan.data() + n));
+        }
+      }
+      out_channel(m, static_cast<const T*>(chan.data()), n);
+    }
+  });
+}
+
+// Runs the forward convolution of all frames with the filters of U (weight rows: the
+// plan's M outputs, or flipped its C inputs): for every output row, out_row(f, m, oh, row)
 // receives the Wo values of channel m, row oh of frame f. After a batch's rows of channel
 // m, out_channel(m, values, n) receives those n values again, contiguous (for statistics).
 // Rows reach a given channel in (frame, row) order and batches run in order; different
 // channels are processed concurrently.
+//
+// Per batch and chunk of weight rows: not flipped, the chunk's output channels (Y holds a
+// chunk, V all inputs); flipped, the chunk's input channels, whose products are summed
+// into Y (all outputs) in chunk order before the output transform.
 template <typename T, typename InRow, typename OutRow, typename OutChannel>
 void forward(const Plan& p, const Filters& U, InRow&& in_row, OutRow&& out_row,
              OutChannel&& out_channel, const at::TensorOptions& opts) {
-  TORCH_INTERNAL_ASSERT(U.R == p.R, "r2p1d: Winograd filters and plan disagree on the tile");
+  TORCH_INTERNAL_ASSERT(U.R == p.R && U.Mw == (U.flip ? p.C : p.M) && U.Cw == (U.flip ? p.M : p.C),
+                        "r2p1d: Winograd filters and plan disagree");
   const std::vector<Batch> all = batches(p, sizeof(T));
-  const Scratch Vs = Scratch::of<T>(p.P * all[0].pv), Ys = Scratch::of<T>(p.P * all[0].py);
-  T* V = Vs.data<T>();
-  T* Y = Ys.data<T>();
+  const int64_t S0 = all[0].S, elem = sizeof(T);
+  const int64_t n = chunk_rows(p, U.Mw, p.P * (U.Cw + S0) * elem, elem);
+  // V holds a chunk of the inputs (flipped) or all; Y all outputs (flipped) or a chunk.
+  const int64_t vc = U.flip ? n : p.C, yc = U.flip ? p.M : n;
+  const Scratch Vs = Scratch::of<T>(p.P * plane_stride(vc * S0));
+  const Scratch Ys = Scratch::of<T>(p.P * plane_stride(yc * S0));
+  const Scratch Us = Scratch::of<T>(p.P * n * U.Cw);
+  T *V = Vs.data<T>(), *Y = Ys.data<T>();
+  // In one chunk the filters are transformed once for all batches.
+  const at::Tensor whole = n >= U.Mw ? U.chunk<T>(0, U.Mw, Us.data<T>()) : at::Tensor();
   for (const Batch& batch : all) {
-    const int64_t r0 = batch.r0, r1 = batch.r1, S = batch.S, ld = S, pv = batch.pv, py = batch.py;
-    input_transform<T>(p, batch, in_row, V);
-    at::parallel_for(0, p.P, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t xi = begin; xi < end; ++xi) {
-        at::Tensor y = at::from_blob(Y + xi * py, {p.M, S}, {ld, 1}, opts);
-        at::mm_out(y, U.u[xi], at::from_blob(V + xi * pv, {p.C, S}, {ld, 1}, opts));
-      }
-    });
-    at::parallel_for(0, p.M, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> out(p.R * p.R * S), quad(p.R * p.R * S), rt(p.R * p.N * S),
-          chan(p.R * (r1 - r0) * p.Wo);
-      for (int64_t m = begin; m < end; ++m) {
-        // All of the channel's tiles in this batch in one call (its S tiles are contiguous
-        // in Y): R "rows" of R*S values, the rows of every tile side by side.
-        output_tile_row<T>(p.R, Y + m * ld, py, S, quad.data(), rt.data(), out.data());
-        int64_t n = 0;  // values of channel m so far in this batch
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t f = r / p.TH, a = r % p.TH;
-          for (int64_t i = 0; i < p.R && p.R * a + i < p.Ho; ++i, n += p.Wo) {
-            std::copy_n(out.data() + i * p.R * S + p.R * (r - r0) * p.TW, p.Wo, chan.data() + n);
-            out_row(f, m, p.R * a + i, static_cast<const T*>(chan.data() + n));
+    const int64_t S = batch.S;
+    const int64_t pv = plane_stride(vc * S), py = plane_stride(yc * S);
+    if (!U.flip) input_transform<T>(p, batch, 0, p.C, in_row, V, pv);
+    for (int64_t lo = 0; lo < U.Mw; lo += n) {
+      const int64_t hi = std::min(U.Mw, lo + n);
+      const at::Tensor u = whole.defined() ? whole : U.chunk<T>(lo, hi, Us.data<T>());
+      if (U.flip) input_transform<T>(p, batch, lo, hi, in_row, V, pv);
+      const int64_t ci = U.flip ? hi - lo : p.C, mo = U.flip ? p.M : hi - lo;
+      at::parallel_for(0, p.P, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t xi = begin; xi < end; ++xi) {
+          at::Tensor y = at::from_blob(Y + xi * py, {mo, S}, {S, 1}, opts);
+          const at::Tensor v = at::from_blob(V + xi * pv, {ci, S}, {S, 1}, opts);
+          if (U.flip && lo > 0) {
+            y.addmm_(u[xi], v);
+          } else {
+            at::mm_out(y, u[xi], v);
           }
         }
-        out_channel(m, static_cast<const T*>(chan.data()), n);
-      }
-    });
+      });
+      if (!U.flip) output_transform<T>(p, batch, lo, hi, Y, py, out_row, out_channel);
+    }
+    if (U.flip) output_transform<T>(p, batch, 0, p.M, Y, py, out_row, out_channel);
   }
 }
 
-// Weight gradient: dU[xi] = sum over tiles of (A dY A^T)[xi] (M x S) times V[xi]^T, then
-// G^T dU G. in_row as in forward; grad_row(f, m, oh, dst) writes the Wo values of row oh
-// of channel m of frame f of the output gradient. Batches run in order and each point's
-// product is one GEMM, so the sum's order does not depend on the thread count.
+// Weight gradient dg = G^T dU G, dU[xi] = sum over tiles of (A dY A^T)[xi] (M x S) times
+// V[xi]^T. in_row as in forward; grad_row(f, m, oh, dst) writes the Wo values of row oh
+// of channel m of frame f of the output gradient. Per batch and chunk of output channels
+// (weight rows): the chunk's output-gradient tiles and its dU by one GEMM per point. In
+// one chunk, dU is summed over the batches and transformed once; in several, each
+// chunk's dU is transformed into its rows of dg, summed there over the batches (the
+// adjoint transform is linear). Either way in batch order, whatever the thread count.
 template <typename T, typename InRow, typename GradRow>
 at::Tensor weight_grad(const Plan& p, InRow&& in_row, GradRow&& grad_row,
                        const at::TensorOptions& opts) {
   const std::vector<Batch> all = batches(p, sizeof(T));
-  const Scratch Vs = Scratch::of<T>(p.P * all[0].pv), Gs = Scratch::of<T>(p.P * all[0].py);
-  const Scratch dUs = Scratch::of<T>(p.P * p.M * p.C);
-  at::Tensor dU = at::from_blob(dUs.data<T>(), {p.P, p.M, p.C}, opts);
-  T* V = Vs.data<T>();
-  T* Gh = Gs.data<T>();
+  const int64_t S0 = all[0].S, elem = sizeof(T);
+  const int64_t n = chunk_rows(p, p.M, p.P * (p.C + S0) * elem, elem);
+  const Scratch Vs = Scratch::of<T>(p.P * plane_stride(p.C * S0));
+  const Scratch Gs = Scratch::of<T>(p.P * plane_stride(n * S0));
+  const Scratch dUs = Scratch::of<T>(p.P * n * p.C);
+  const at::Tensor K = filter_matrix(p.R, opts);
+  at::Tensor dg = at::empty({p.M * p.C, 9}, opts);
+  const bool one = n >= p.M;  // a single chunk
+  // Rows [lo, hi) of dg from dU (P, hi - lo, C): set, or added to.
+  auto adjoint = [&](const at::Tensor& dU, int64_t lo, int64_t hi, bool add) {
+    at::Tensor rows = dg.narrow(0, lo * p.C, (hi - lo) * p.C);
+    const at::Tensor dUt = dU.view({p.P, (hi - lo) * p.C}).t();
+    if (add) {
+      rows.addmm_(dUt, K);
+    } else {
+      at::mm_out(rows, dUt, K);
+    }
+  };
+  T *V = Vs.data<T>(), *Gh = Gs.data<T>();
   for (const Batch& batch : all) {
-    const int64_t r0 = batch.r0, r1 = batch.r1, S = batch.S, ld = S, pv = batch.pv, py = batch.py;
-    input_transform<T>(p, batch, in_row, V);
+    const int64_t r0 = batch.r0, r1 = batch.r1, S = batch.S;
+    const int64_t pv = plane_stride(p.C * S), pg = plane_stride(n * S);
+    input_transform<T>(p, batch, 0, p.C, in_row, V, pv);
     const int64_t nr = r1 - r0, G = rows_per_item(p.TW, nr), groups = (nr + G - 1) / G;
     const int64_t W = p.R * p.TW;
-    at::parallel_for(0, groups * p.M, 4, [&](int64_t begin, int64_t end) {
-      // The item's R output rows per tile row, zero-padded: row i of tile row g at
-      // (i*count + g)*W, the layout grad_tile_rows reads.
-      std::vector<T> rows(p.R * G * W), comb(p.R * p.N * G * p.TW);
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t m = item / groups, first = (item % groups) * G;  // channel-major
-        const int64_t count = std::min(G, nr - first);
-        std::fill(rows.begin(), rows.end(), T(0));
-        for (int64_t g = 0; g < count; ++g) {
-          const int64_t r = r0 + first + g, f = r / p.TH, a = r % p.TH;
-          for (int64_t i = 0; i < p.R && p.R * a + i < p.Ho; ++i)
-            grad_row(f, m, p.R * a + i, rows.data() + (i * count + g) * W);
+    for (int64_t lo = 0; lo < p.M; lo += n) {
+      const int64_t hi = std::min(p.M, lo + n);
+      at::parallel_for(0, groups * (hi - lo), 4, [&](int64_t begin, int64_t end) {
+        // The item's R output rows per tile row, zero-padded: row i of tile row g at
+        // (i*count + g)*W, the layout grad_tile_rows reads.
+        std::vector<T> rows(p.R * G * W), comb(p.R * p.N * G * p.TW);
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t m = lo + item / groups, first = (item % groups) * G;  // channel-major
+          const int64_t count = std::min(G, nr - first);
+          std::fill(rows.begin(), rows.end(), T(0));
+          for (int64_t g = 0; g < count; ++g) {
+            const int64_t r = r0 + first + g, f = r / p.TH, a = r % p.TH;
+            for (int64_t i = 0; i < p.R && p.R * a + i < p.Ho; ++i)
+              grad_row(f, m, p.R * a + i, rows.data() + (i * count + g) * W);
+          }
+          grad_tile_rows<T>(p.R, count, rows.data(), p.TW, comb.data(),
+                            Gh + (m - lo) * S + first * p.TW, pg);
         }
-        grad_tile_rows<T>(p.R, count, rows.data(), p.TW, comb.data(),
-                          Gh + m * ld + first * p.TW, py);
-      }
-    });
-    at::parallel_for(0, p.P, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t xi = begin; xi < end; ++xi) {
-        at::Tensor g = at::from_blob(Gh + xi * py, {p.M, S}, {ld, 1}, opts);
-        at::Tensor v = at::from_blob(V + xi * pv, {p.C, S}, {ld, 1}, opts);
-        at::Tensor d = dU[xi];
-        if (r0 == 0) {
-          at::mm_out(d, g, v.t());
-        } else {
-          d.addmm_(g, v.t());
+      });
+      at::Tensor dU = at::from_blob(dUs.data<T>(), {p.P, hi - lo, p.C}, opts);
+      at::parallel_for(0, p.P, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t xi = begin; xi < end; ++xi) {
+          at::Tensor d = dU[xi];
+          const at::Tensor g = at::from_blob(Gh + xi * pg, {hi - lo, S}, {S, 1}, opts);
+          const at::Tensor v = at::from_blob(V + xi * pv, {p.C, S}, {S, 1}, opts);
+          if (one && r0 > 0) {
+            d.addmm_(g, v.t());
+          } else {
+            at::mm_out(d, g, v.t());
+          }
         }
-      }
-    });
+      });
+      if (!one) adjoint(dU, lo, hi, r0 > 0);
+    }
   }
-  return filter_transform_adjoint(dU, p.R);
+  if (one) adjoint(at::from_blob(dUs.data<T>(), {p.P, p.M, p.C}, opts), 0, p.M, false);
+  return dg.view({p.M, p.C, 1, 3, 3});
 }
 
 }  // namespace r2p1d::cpu::winograd
