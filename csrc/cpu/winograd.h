@@ -19,11 +19,11 @@
 // and batches run in order, so anything an epilogue accumulates per channel is summed in
 // an order that does not depend on the thread count.
 //
-// The weight's rows (the block's mid channels, its larger side) are taken in chunks: the
-// transformed filters, and the transformed tiles on the mid-channel side (Y in the
-// forward, V in the input gradient, the output-gradient tiles in the weight gradient),
-// exist one chunk at a time. Whole, they are 3-4x the activations at R(2+1)D-18's
-// conv4_x/conv5_x (30 MB of scratch against 4 MB of activations at conv4_x).
+// The weight's rows (the block's mid channels, its larger side) are taken in chunks where
+// the scratch would outweigh the activations: the transformed filters, and the
+// transformed tiles on the mid-channel side (Y in the forward, V in the input gradient,
+// the output-gradient tiles in the weight gradient), then exist one chunk at a time.
+// Whole, they were 30 MB against 5 MB of activations at R(2+1)D-18's conv4_x.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -126,11 +126,12 @@ inline std::vector<Batch> batches(const Plan& p, int64_t elem_size) {
 }
 
 // Weight rows per chunk, for `rows` rows of `row_bytes` each (a row's transformed filters
-// and its transformed tiles of the first batch): chunks no larger than the convolution's
-// activations (its input and output) or ~8 MB, whichever is more, but of at least 64 rows
-// (GEMMs of fewer rows lose efficiency), made equal in size. Chunks cost speed (measured:
-// 5-10% of the spatial ops at R(2+1)D-18's conv2_x/conv3_x in chunks of 8 MB), so they
-// are only taken where the scratch would outweigh the activations (conv4_x, conv5_x).
+// and its transformed tiles of the first batch): chunks no larger than half the
+// convolution's activations (its input and output) or 8 MB, whichever is more, but of at
+// least 64 rows (GEMMs of fewer rows lose efficiency), made equal in size. Chunks cost
+// some speed (measured: 5-10% of the spatial ops at R(2+1)D-18's conv2_x/conv3_x in
+// chunks of 8 MB), so conv2_x, whose activations dwarf its scratch, takes one; conv3_x
+// takes 3, conv4_x 4 and conv5_x 6 (bench/NOTES.md, item 16).
 inline int64_t chunk_rows(const Plan& p, int64_t rows, int64_t row_bytes, int64_t elem_size) {
   const int64_t activations = p.F * (p.C * p.H * p.W + p.M * p.Ho * p.Wo) * elem_size;
   const int64_t budget = std::max<int64_t>(8 << 20, activations / 2), least = 64;
