@@ -77,8 +77,8 @@ def test_module_matches_reference(case, dtype, train, tile):
     ((1, 4, 1, 1, 1), 3, (1, 1)),     # one pixel: every tap but the centre in the padding
     ((1, 16, 2, 112, 112), 160, (1, 1)),  # several tile batches per call
     # conv5_x-like: the filters (16-36 x 1152 x 256) far outweigh the activations, so
-    # they are taken in 5-11 chunks of the weight rows (winograd.h, chunk_rows); "batches"
-    # takes 2 chunks in float32
+    # they are taken in 3-11 chunks of the weight rows (winograd.h, chunk_rows); "batches"
+    # takes 2 chunks with several tile batches
     ((2, 256, 2, 7, 7), 1152, (1, 1)),
 ], ids=["p1", "p0", "p21", "p2", "pixel", "batches", "chunks"])
 def test_spatial_ops_match_pytorch(shape, mid, padding, dtype, tile):
@@ -105,7 +105,7 @@ def test_spatial_ops_match_pytorch(shape, mid, padding, dtype, tile):
 @pytest.mark.parametrize("shape,mid,padding", [
     ((3, 5, 4, 9, 8), 7, [1, 1, 1]),
     ((3, 5, 4, 9, 8), 7, [0, 2, 0]),
-    ((2, 256, 2, 7, 7), 1152, [1, 1, 1]),  # the filters in 5-6 chunks (conv5_x-like)
+    ((2, 256, 2, 7, 7), 1152, [1, 1, 1]),  # the filters in 6-11 chunks (conv5_x-like)
 ], ids=["p1", "p020", "chunks"])
 def test_fused_eval_matches_pytorch(shape, mid, padding, tile):
     g = torch.Generator().manual_seed(3)

@@ -41,7 +41,8 @@ class Scratch {
   }
 
  private:
-  static constexpr size_t kKeep = 4;  // the most one op holds at once (fused_eval: z, and the Winograd V, Y, filters)
+  // The most one op holds at once (fused_eval: z, and the Winograd V, Y and filters).
+  static constexpr size_t kKeep = 4;
   explicit Scratch(int64_t bytes) {
     if (bytes <= 0) return;  // nothing to hand out (and no pooled buffer to tie up)
     {
