@@ -11,18 +11,22 @@ export MAX_JOBS ?= 2
 PY  := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: all install test demo bench clean
+.PHONY: all install test demo bench gpu-wheels gpu-check clean
 
 all: install
 
 # torch 2.14.1 is the CUDA 13 build (so the .cu files compile, with no GPU needed);
 # torchvision is test-only (fuse() on its r2plus1d_18); matplotlib draws the benchmark and
 # training-curve PNGs.
+# nvidia-cutlass: the CUTLASS/CuTe headers of the tensor-core kernels, installed without
+# its dependencies (they serve its Python generator, which we do not use).
+CUTLASS ?= 4.2.0.0
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install "torch==$(TORCH)" "torchvision==$(TORCHVISION)" ninja pybind11 \
 		opencv-python-headless tqdm matplotlib pytest hypothesis
+	$(PIP) install --no-deps "nvidia-cutlass==$(CUTLASS)"
 	touch $@
 
 # Incremental: ninja rebuilds only the sources that changed.
@@ -46,6 +50,18 @@ demo: install
 bench: install
 	$(PY) bench/bench_block.py
 	$(PY) bench/bench_network.py
+
+# The GPU machines have no network: the wheels their stock PyTorch image lacks travel in
+# .whl/ (git-ignored). Run this where the package registry is reachable.
+gpu-wheels:
+	mkdir -p .whl
+	python3 -m pip download --no-deps --only-binary=:all: -d .whl "nvidia-cutlass==$(CUTLASS)"
+
+# On a GPU machine (no network, PyTorch installed): install .whl/, build with every core, run
+# every test and the GPU benchmarks; logs and JSON to $$OUT (default bench/results). Without
+# a GPU it builds and says so. See tools/gpu_check.sh.
+gpu-check:
+	bash tools/gpu_check.sh
 
 clean:
 	rm -rf build *.egg-info r2p1d_ext/_C*.so

@@ -7,8 +7,12 @@ Environment:
                                following a wrapper script that execs the real nvcc)
   TORCH_CUDA_ARCH_LIST         GPU archs to build for (default "9.0": H100/H200)
   MAX_JOBS                     parallel compile jobs (ninja)
+
+The CUDA build needs the CUTLASS/CuTe headers of the `nvidia-cutlass` package (headers only:
+`pip install --no-deps nvidia-cutlass`); the tensor-core kernels use CuTe's MMA atoms.
 """
 import glob
+import importlib.util
 import os
 import re
 import shutil
@@ -59,8 +63,24 @@ def _use_cuda():
         os.path.join(_cuda_home, "bin", "nvcc"))
 
 
+def _cutlass_include():
+    """The include folder of the nvidia-cutlass package, found without importing it (its
+    Python generator needs packages we do not install)."""
+    spec = importlib.util.find_spec("cutlass_library")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the CUDA build needs the CUTLASS/CuTe headers: "
+                           "pip install --no-deps nvidia-cutlass (or set FORCE_CPU=1)")
+    include = os.path.join(list(spec.submodule_search_locations)[0], "source", "include")
+    if not os.path.exists(os.path.join(include, "cute", "arch", "mma_sm80.hpp")):
+        raise RuntimeError(f"nvidia-cutlass is installed but {include} lacks cute/arch/mma_sm80.hpp")
+    return include
+
+
 def _extension():
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    # Every build: the CPU kernels, the tensor-core kernel choice (plain C++) and the CPU
+    # emulator of the tensor-core kernels (csrc/emulate/), which the tests run without a GPU.
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp")
+                     + glob.glob("csrc/cuda/tc/*.cpp") + glob.glob("csrc/emulate/*.cpp"))
     # No -std flag: torch.utils.cpp_extension adds the standard this torch needs (C++20 for 2.14)
     cxx = ["-O3", "-fopenmp"]
     if not _use_cuda():
@@ -68,10 +88,12 @@ def _extension():
                             extra_link_args=["-fopenmp"])
     # Without a GPU torch cannot detect an arch: default to a small explicit list.
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
-    sources += sorted(glob.glob("csrc/cuda/*.cu"))
-    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+    sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp")
+                      + glob.glob("csrc/cuda/tc/*.cu"))
+    # -DNDEBUG: without it nvcc serialises the tensor-core instructions (warning C7510).
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-DNDEBUG"]
     return CUDAExtension("r2p1d_ext._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc},
-                         extra_link_args=["-fopenmp"])
+                         include_dirs=[_cutlass_include()], extra_link_args=["-fopenmp"])
 
 
 setup(

@@ -61,20 +61,22 @@ def eval_step(module, x):
     return fn
 
 
-def build_impls(c, dev, dtype, compile_=False, channels_last=True, shape=None):
-    """The modules compared, seeded identically: {name: (module, input)}."""
+def build_impls(c, dev, dtype, compile_=False, channels_last=True, shape=None, compile_mode=None):
+    """The modules compared, seeded identically: {name: (module, input)}. On CUDA the fused
+    block takes channels_last_3d input, its kernels' layout (as in the networks)."""
     torch.manual_seed(0)
     ref = reference.SpatioTemporalConv(c, c, 3, padding=1, bias=False)
     fused = r2p1d_ext.fuse(ref)
     conv = nn.Conv3d(c, c, 3, padding=1, bias=False)
     ref, fused, conv = (m.to(device=dev, dtype=dtype) for m in (ref, fused, conv))
     x = torch.randn(shape, device=dev, dtype=dtype, requires_grad=True)
-    impls = {"fused": (fused, x), "eager": (ref, x), "conv3d": (conv, x)}
+    x_cl = x.detach().to(memory_format=torch.channels_last_3d).requires_grad_()
+    impls = {"fused": (fused, x_cl if dev == "cuda" else x), "eager": (ref, x), "conv3d": (conv, x)}
     if channels_last:
-        x_cl = x.detach().to(memory_format=torch.channels_last_3d).requires_grad_()
         impls["eager_cl"] = (ref, x_cl)
     if compile_:
-        impls["compiled"] = (torch.compile(ref, mode="max-autotune" if dev == "cuda" else "default"), x)
+        mode = compile_mode or ("max-autotune" if dev == "cuda" else "default")
+        impls["compiled"] = (torch.compile(ref, mode=mode), x_cl if dev == "cuda" else x)
     return impls
 
 
@@ -94,6 +96,8 @@ def main(argv=None):
     add_run_options(p, warmup="default 2 on CPU, 10 on CUDA", repeats="default 9 on CPU, 50 on CUDA")
     p.add_argument("--stages", default="conv2_x,conv3_x,conv4_x,conv5_x")
     p.add_argument("--compile", action="store_true", help="also time the eager block under torch.compile")
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode (default: max-autotune on CUDA, default on the CPU)")
     p.add_argument("--no-channels-last", action="store_true", help="skip the channels_last_3d eager baseline")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<date>-<device>.json)")
     args = p.parse_args(argv)
@@ -108,7 +112,7 @@ def main(argv=None):
 
     rows = []
     for name, c, shape in tqdm(shapes, desc="shapes", unit="shape"):
-        impls = build_impls(c, dev, dtype, args.compile, not args.no_channels_last, shape)
+        impls = build_impls(c, dev, dtype, args.compile, not args.no_channels_last, shape, args.compile_mode)
         fused, x = impls["fused"]
         ref = impls["eager"][0]
         row = {"stage": name, "shape": list(shape), "channels": c, "mid_channels": fused.mid_channels,
@@ -146,6 +150,7 @@ def main(argv=None):
         speedup["block_train_vs_compile"] = geo("train_vs_compile")
     result = {
         "device": device_name(dev), "torch": torch.__version__, "dtype": args.dtype,
+        "tf32": bool(args.tf32 and on_gpu and dtype == torch.float32),
         "cudnn": torch.backends.cudnn.version() if on_gpu else None,
         "commit": commit(), "date": datetime.date.today().isoformat(),
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(argv)),

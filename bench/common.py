@@ -27,18 +27,22 @@ def add_run_options(p: argparse.ArgumentParser, warmup: str, repeats: str) -> No
     p.add_argument("--warmup", type=int, default=None, help=warmup)
     p.add_argument("--repeats", type=int, default=None, help=repeats)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    p.add_argument("--tf32", action="store_true",
+                   help="CUDA float32: let cuDNN's and our convolutions use TF32 tensor cores "
+                        "(PyTorch's default for convolutions; off otherwise, for exact float32 rows)")
 
 
 def configure(args, warmup: tuple, repeats: tuple):
-    """Applies --threads and the GPU numerics (cudnn.benchmark, no TF32), and fills in the
-    device defaults: batch, clip_len, warmup and repeats ((cpu, gpu) pairs for the last two)."""
+    """Applies --threads and the GPU numerics (cudnn.benchmark, TF32 only with --tf32, for
+    the baselines and our kernels alike), and fills in the device defaults: batch, clip_len,
+    warmup and repeats ((cpu, gpu) pairs for the last two)."""
     on_gpu = args.device == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
     if on_gpu:
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
     args.batch = args.batch or (16 if on_gpu else 4)
     args.clip_len = args.clip_len or (16 if on_gpu else 8)
     args.warmup = args.warmup if args.warmup is not None else warmup[on_gpu]

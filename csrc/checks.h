@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 
 #include <optional>
+#include <utility>
 
 namespace r2p1d {
 
@@ -139,6 +140,58 @@ inline TemporalGeom check_temporal(const at::Tensor& y, const at::Tensor& mean,
   check_channel_vector(y, scale, "scale", g.M);
   check_channel_vector(y, shift, "shift", g.M);
   return g;
+}
+
+// spatial_conv_backward's tensors: grad_y and y of the forward's output shape, and the
+// per-channel mean and its gradients.
+inline SpatialGeom check_spatial_backward(const at::Tensor& grad_y, const at::Tensor& x,
+                                          const at::Tensor& weight, const at::Tensor& y,
+                                          const at::Tensor& mean, const at::Tensor& grad_mean,
+                                          const at::Tensor& grad_var, at::IntArrayRef stride,
+                                          at::IntArrayRef padding) {
+  const SpatialGeom g = check_spatial(x, weight, std::nullopt, stride, padding);
+  TORCH_CHECK_VALUE(grad_y.sizes() == y.sizes() &&
+                        y.sizes() == at::IntArrayRef({g.N, g.M, g.T, g.Ho, g.Wo}),
+                    "r2p1d: expected grad_y and y of shape ",
+                    at::IntArrayRef({g.N, g.M, g.T, g.Ho, g.Wo}), ", but got ", grad_y.sizes(),
+                    " and ", y.sizes());
+  check_same_device(x, grad_y, "grad_y");
+  check_same_device(x, y, "y");
+  for (const auto& [v, name] : {std::pair{&mean, "mean"}, {&grad_mean, "grad_mean"},
+                                {&grad_var, "grad_var"}})
+    check_channel_vector(x, *v, name, g.M);
+  return g;
+}
+
+// temporal_conv_bnrelu_backward's tensors: grad_out of the forward's output shape.
+inline TemporalGeom check_temporal_backward(const at::Tensor& grad_out, const at::Tensor& y,
+                                            const at::Tensor& mean, const at::Tensor& scale,
+                                            const at::Tensor& shift, const at::Tensor& weight,
+                                            int64_t stride, int64_t padding) {
+  const TemporalGeom g = check_temporal(y, mean, scale, shift, weight, std::nullopt, stride,
+                                        padding);
+  TORCH_CHECK_VALUE(grad_out.dim() == 5 && grad_out.size(0) == g.N && grad_out.size(1) == g.O &&
+                        grad_out.size(2) == g.To && grad_out.size(3) * grad_out.size(4) == g.HW,
+                    "r2p1d: expected grad_out of shape [", g.N, ", ", g.O, ", ", g.To, ", ",
+                    y.size(3), ", ", y.size(4), "], but got ", grad_out.sizes());
+  check_same_device(y, grad_out, "grad_out");
+  return g;
+}
+
+// fused_eval's geometry: the spatial conv, then the temporal conv over its output.
+inline std::pair<SpatialGeom, TemporalGeom> check_fused_eval(
+    const at::Tensor& x, const at::Tensor& spatial_weight,
+    const std::optional<at::Tensor>& spatial_bias, const at::Tensor& temporal_weight,
+    const std::optional<at::Tensor>& temporal_bias, at::IntArrayRef stride,
+    at::IntArrayRef padding) {
+  TORCH_CHECK_VALUE(stride.size() == 3 && padding.size() == 3,
+                    "r2p1d: expected 3 strides and 3 paddings (t, h, w), but got ", stride.size(),
+                    " and ", padding.size());
+  const SpatialGeom g = check_spatial(x, spatial_weight, spatial_bias, stride.slice(1),
+                                      padding.slice(1));
+  const TemporalGeom tg = check_temporal_weight(x, g.N, g.M, g.T, g.out_plane(), temporal_weight,
+                                                temporal_bias, stride[0], padding[0]);
+  return {g, tg};
 }
 
 inline void check_running_stats(const at::Tensor& running_mean, const at::Tensor& running_var,

@@ -31,7 +31,8 @@ def _train_parser(sub):
     p.add_argument("--schedule", default=d.schedule, choices=["cosine", "step"])
     p.add_argument("--amp", nargs="?", const="bfloat16", default=None, choices=["bfloat16", "float16"],
                    help="mixed precision (default dtype bfloat16; float16 uses a GradScaler on CUDA)")
-    p.add_argument("--channels-last", action="store_true", help="channels_last_3d model and inputs")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last_3d model and inputs (default: on CUDA, not on the CPU)")
     p.add_argument("--no-hflip", dest="hflip", action="store_false",
                    help="no horizontal flips (for classes that depend on left/right motion)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm for the standalone BN layers (CUDA)")

@@ -30,7 +30,11 @@ class SpatioTemporalConv(nn.Module):
     Training: the spatial kernel also produces the BatchNorm batch statistics, the temporal
     kernel applies BatchNorm+ReLU while loading, and only x and the spatial output are saved
     for backward. Evaluation without autograd: BatchNorm is folded into the spatial weights
-    and one fused kernel computes the block.
+    and one fused op computes the block.
+
+    On CUDA, bfloat16/float16 (and float32 as TF32, where ``torch.backends.cudnn.allow_tf32``)
+    run on tensor-core kernels that work in channels_last_3d; a contiguous input costs a
+    layout conversion at each end, so keep video activations channels_last_3d on the GPU.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
@@ -81,8 +85,10 @@ class SpatioTemporalConv(nn.Module):
         if unbatched:
             x = x.unsqueeze(0)
         self._check_input(x)
-        channels_last = (x.is_contiguous(memory_format=torch.channels_last_3d)
-                         and not x.is_contiguous())
+        # The output takes the input's memory format (the ops' own layout is device-wide:
+        # NCDHW on the CPU, channels_last_3d on CUDA; see ops.py).
+        fmt = (torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d)
+               and not x.is_contiguous() else torch.contiguous_format)
         ws, bs = self.spatial_conv.weight, self.spatial_conv.bias
         wt, bt = self.temporal_conv.weight, self.temporal_conv.bias
         if torch.is_autocast_enabled(x.device.type):
@@ -92,9 +98,7 @@ class SpatioTemporalConv(nn.Module):
             x, ws, wt = x.to(dt), ws.to(dt), wt.to(dt)
             bs = bs.to(dt) if bs is not None else None
             bt = bt.to(dt) if bt is not None else None
-        out = self._block(x, ws, bs, wt, bt)
-        if channels_last:
-            out = out.contiguous(memory_format=torch.channels_last_3d)
+        out = self._block(x, ws, bs, wt, bt).contiguous(memory_format=fmt)
         return out.squeeze(0) if unbatched else out
 
     def _block(self, x: Tensor, ws: Tensor, bs: Optional[Tensor], wt: Tensor,
@@ -121,17 +125,21 @@ class SpatioTemporalConv(nn.Module):
         else:
             mean, var = bn.running_mean, bn.running_var
         scale, shift = self._affine(var)
+        mean = mean.to(scale.dtype)
         return ops.temporal_conv_bnrelu(y, mean, scale, shift, wt, bt, self.stride[0],
                                         self.padding[0])
 
     def _affine(self, var: Tensor):
         """BatchNorm as z = (y - mean)*scale + shift: scale = gamma/sqrt(var+eps) and
-        shift = beta (differentiable in var, gamma and beta)."""
+        shift = beta (differentiable in var, gamma and beta), in float32 at least: a module
+        cast to bfloat16/float16 keeps its BatchNorm parameters and running statistics in
+        that dtype, and rsqrt(var + eps) in it would round the scale by up to 0.4%."""
         bn = self.bn
-        scale = torch.rsqrt(var + bn.eps)
+        dtype = torch.float64 if var.dtype == torch.float64 else torch.float32
+        scale = torch.rsqrt(var.to(dtype) + bn.eps)
         if bn.weight is not None:
-            scale = scale * bn.weight
-        shift = bn.bias if bn.bias is not None else torch.zeros_like(scale)
+            scale = scale * bn.weight.to(dtype)
+        shift = bn.bias.to(dtype) if bn.bias is not None else torch.zeros_like(scale)
         return scale, shift
 
     @staticmethod
@@ -140,5 +148,6 @@ class SpatioTemporalConv(nn.Module):
         = relu(conv(x; w*scale) + (b-mean)*scale + shift); computed in the statistics'
         precision, then cast to the convolution dtype."""
         ws_f = (ws.to(scale.dtype) * scale.view(-1, 1, 1, 1, 1)).to(ws.dtype)
+        mean = mean.to(scale.dtype)
         centred = -mean if bs is None else bs.to(scale.dtype) - mean
         return ws_f, (centred * scale + shift).to(ws.dtype)

@@ -13,10 +13,14 @@ Two layouts:
 
 ``conv`` selects the block class (the fused module by default; the pure-PyTorch
 ``r2p1d_ext.reference.SpatioTemporalConv`` builds the same network unfused).
+
+``channels_last`` (default: on CUDA) makes the network work in ``torch.channels_last_3d``:
+its input is converted once, and every activation after it stays in that layout, which is
+what the CUDA tensor-core kernels read and write.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence, Type
+from typing import Dict, List, Mapping, Optional, Sequence, Type
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +28,14 @@ from torch import Tensor, nn
 from .module import SpatioTemporalConv
 
 Conv = Type[nn.Module]
+
+
+def to_working_layout(x: Tensor, channels_last: Optional[bool]) -> Tensor:
+    """The clips in the layout the network runs in: channels_last_3d when asked, or, by
+    default (None), when they are on a CUDA device."""
+    if channels_last if channels_last is not None else x.is_cuda:
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    return x
 
 
 # ------------------------------------------------------------------ the original layout
@@ -83,9 +95,11 @@ def _check_layer_sizes(layer_sizes: Sequence[int]) -> List[int]:
 class R2Plus1DNet(nn.Module):
     """The R(2+1)D feature extractor: (N, 3, T, H, W) clips -> (N, 512) features."""
 
-    def __init__(self, layer_sizes: Sequence[int], conv: Conv = SpatioTemporalConv):
+    def __init__(self, layer_sizes: Sequence[int], conv: Conv = SpatioTemporalConv,
+                 channels_last: Optional[bool] = None):
         super().__init__()
         sizes = _check_layer_sizes(layer_sizes)
+        self.channels_last = channels_last
         self.conv1 = conv(3, 64, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3))
         self.conv2 = SpatioTemporalResLayer(64, 64, 3, sizes[0], conv=conv)
         self.conv3 = SpatioTemporalResLayer(64, 128, 3, sizes[1], downsample=True, conv=conv)
@@ -94,6 +108,7 @@ class R2Plus1DNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool3d(1)
 
     def forward(self, x: Tensor) -> Tensor:
+        x = to_working_layout(x, self.channels_last)
         x = self.conv5(self.conv4(self.conv3(self.conv2(self.conv1(x)))))
         return self.pool(x).flatten(1)
 
@@ -101,9 +116,10 @@ class R2Plus1DNet(nn.Module):
 class R2Plus1DClassifier(nn.Module):
     """R2Plus1DNet followed by a linear classifier: clips -> (N, num_classes) logits."""
 
-    def __init__(self, num_classes: int, layer_sizes: Sequence[int], conv: Conv = SpatioTemporalConv):
+    def __init__(self, num_classes: int, layer_sizes: Sequence[int], conv: Conv = SpatioTemporalConv,
+                 channels_last: Optional[bool] = None):
         super().__init__()
-        self.res2plus1d = R2Plus1DNet(layer_sizes, conv)
+        self.res2plus1d = R2Plus1DNet(layer_sizes, conv, channels_last)
         self.linear = nn.Linear(512, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -141,9 +157,11 @@ class BasicBlock(nn.Module):
 class VideoResNet(nn.Module):
     """torchvision's VideoResNet with an R(2+1)D stem and BasicBlocks, fused."""
 
-    def __init__(self, layers: Sequence[int], num_classes: int = 400, conv: Conv = SpatioTemporalConv):
+    def __init__(self, layers: Sequence[int], num_classes: int = 400, conv: Conv = SpatioTemporalConv,
+                 channels_last: Optional[bool] = None):
         super().__init__()
         layers = _check_layer_sizes(layers)
+        self.channels_last = channels_last
         # torchvision's R2Plus1dStem: (1,7,7) conv to 45 channels, BN, ReLU, (3,1,1) conv to 64.
         self.stem = nn.Sequential(
             conv(3, 64, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False, mid_channels=45),
@@ -179,21 +197,25 @@ class VideoResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
+        x = to_working_layout(x, self.channels_last)
         x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
         return self.fc(self.avgpool(x).flatten(1))
 
 
-def r2plus1d_10(num_classes: int = 400, conv: Conv = SpatioTemporalConv) -> VideoResNet:
-    return VideoResNet([1, 1, 1, 1], num_classes, conv)
+def r2plus1d_10(num_classes: int = 400, conv: Conv = SpatioTemporalConv,
+                channels_last: Optional[bool] = None) -> VideoResNet:
+    return VideoResNet([1, 1, 1, 1], num_classes, conv, channels_last)
 
 
-def r2plus1d_18(num_classes: int = 400, conv: Conv = SpatioTemporalConv) -> VideoResNet:
+def r2plus1d_18(num_classes: int = 400, conv: Conv = SpatioTemporalConv,
+                channels_last: Optional[bool] = None) -> VideoResNet:
     """Module for module torchvision.models.video.r2plus1d_18, fused."""
-    return VideoResNet([2, 2, 2, 2], num_classes, conv)
+    return VideoResNet([2, 2, 2, 2], num_classes, conv, channels_last)
 
 
-def r2plus1d_34(num_classes: int = 400, conv: Conv = SpatioTemporalConv) -> VideoResNet:
-    return VideoResNet([3, 4, 6, 3], num_classes, conv)
+def r2plus1d_34(num_classes: int = 400, conv: Conv = SpatioTemporalConv,
+                channels_last: Optional[bool] = None) -> VideoResNet:
+    return VideoResNet([3, 4, 6, 3], num_classes, conv, channels_last)
 
 
 # Inside torchvision's Conv2Plus1D (an nn.Sequential), where each part of our block sits.

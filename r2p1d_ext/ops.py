@@ -8,6 +8,10 @@ Ops (all tensors NCDHW):
   fused_eval(x, w_s_folded, b_s_folded, w_t, b_t, stride, padding) -> out
   update_running_stats(running_mean!, running_var!, num_batches_tracked!, mean, var, count, momentum)
 and the backward ops spatial_conv_backward / temporal_conv_bnrelu_backward.
+
+Layout of the results: on the CPU every 5-D result is contiguous (NCDHW); on CUDA every
+5-D result is channels_last_3d (NDHWC, the tensor-core kernels' native layout), whichever
+kernel family ran (R2P1D_CUDA_KERNELS). The fake kernels below state the same rule.
 """
 from __future__ import annotations
 
@@ -24,6 +28,17 @@ _ops = torch.ops.r2p1d
 
 def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def result_format(device: torch.device) -> torch.memory_format:
+    """The memory format of the ops' 5-D results on `device`."""
+    return torch.channels_last_3d if device.type == "cuda" else torch.contiguous_format
+
+
+def _empty5d(like: Tensor, shape) -> Tensor:
+    """A 5-D result of `like`'s dtype and device, in the ops' layout for that device."""
+    return torch.empty(shape, dtype=like.dtype, device=like.device,
+                       memory_format=result_format(like.device))
 
 
 # ---------------------------------------------------------------------------- wrappers
@@ -62,7 +77,7 @@ def update_running_stats(running_mean: Tensor, running_var: Tensor, num_batches_
 def _spatial_conv_stats_fake(x, weight, bias, stride, padding):
     n, _, t, h, w = x.shape
     m, _, _, kh, kw = weight.shape
-    y = x.new_empty((n, m, t, output_size(h, kh, stride[0], padding[0]),
+    y = _empty5d(x, (n, m, t, output_size(h, kh, stride[0], padding[0]),
                      output_size(w, kw, stride[1], padding[1])))
     stats = x.new_empty((m,), dtype=_stats_dtype(x.dtype))
     return y, stats, torch.empty_like(stats)
@@ -71,25 +86,25 @@ def _spatial_conv_stats_fake(x, weight, bias, stride, padding):
 @torch.library.register_fake("r2p1d::spatial_conv_backward")
 def _spatial_conv_backward_fake(grad_y, x, weight, y, mean, grad_mean, grad_var, stride, padding,
                                 output_mask):
-    return (torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else None,
-            torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else None,
+    return (_empty5d(x, x.shape) if output_mask[0] else None,
+            _empty5d(weight, weight.shape) if output_mask[1] else None,
             x.new_empty((weight.shape[0],)) if output_mask[2] else None)
 
 
 @torch.library.register_fake("r2p1d::temporal_conv_bnrelu")
 def _temporal_conv_bnrelu_fake(y, mean, scale, shift, weight, bias, stride, padding):
     n, _, t, h, w = y.shape
-    return y.new_empty((n, weight.shape[0], output_size(t, weight.shape[2], stride, padding), h, w))
+    return _empty5d(y, (n, weight.shape[0], output_size(t, weight.shape[2], stride, padding), h, w))
 
 
 @torch.library.register_fake("r2p1d::temporal_conv_bnrelu_backward")
 def _temporal_conv_bnrelu_backward_fake(grad_out, y, mean, scale, shift, weight, stride, padding,
                                         output_mask):
-    return (torch.empty_like(y, memory_format=torch.contiguous_format) if output_mask[0] else None,
+    return (_empty5d(y, y.shape) if output_mask[0] else None,
             torch.empty_like(mean) if output_mask[1] else None,
             torch.empty_like(scale) if output_mask[2] else None,
             torch.empty_like(shift) if output_mask[3] else None,
-            torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[4] else None,
+            _empty5d(weight, weight.shape) if output_mask[4] else None,
             y.new_empty((weight.shape[0],)) if output_mask[5] else None)
 
 
@@ -99,7 +114,7 @@ def _fused_eval_fake(x, spatial_weight, spatial_bias, temporal_weight, temporal_
     n, _, t, h, w = x.shape
     _, _, _, kh, kw = spatial_weight.shape
     o, _, kt, _, _ = temporal_weight.shape
-    return x.new_empty((n, o, output_size(t, kt, stride[0], padding[0]),
+    return _empty5d(x, (n, o, output_size(t, kt, stride[0], padding[0]),
                         output_size(h, kh, stride[1], padding[1]),
                         output_size(w, kw, stride[2], padding[2])))
 

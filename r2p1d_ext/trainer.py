@@ -58,7 +58,7 @@ class TrainConfig:
     gamma: float = 0.1
     clip_grad: float = 0.0      # max gradient norm; 0 disables
     amp: Optional[str] = None   # None, "bfloat16" or "float16"
-    channels_last: bool = False
+    channels_last: Optional[bool] = None  # channels_last_3d model and clips; None: on CUDA
     workers: int = 2
     eval_clips: int = 3         # clips per validation video (video-level accuracy)
     checkpoint_every: int = 0   # also checkpoint every N optimizer steps; 0: per epoch only
@@ -295,6 +295,12 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def _channels_last(setting: Optional[bool], device: torch.device) -> bool:
+    """channels_last_3d as configured; by default on CUDA (the layout the tensor-core kernels
+    read and write, so no block converts) and not on the CPU (whose kernels work in NCDHW)."""
+    return setting if setting is not None else device.type == "cuda"
+
+
 def train(cfg: TrainConfig) -> Dict[str, Any]:
     """Train (or resume) and return the last epoch's metrics (``{"interrupted": True, ...}``
     when a signal or ``stop_after_steps`` stopped it early)."""
@@ -322,7 +328,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             raise ValueError("--sync-bn needs CUDA (torch's SyncBatchNorm); the fused blocks keep per-process statistics")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
-    if cfg.channels_last:
+    channels_last = _channels_last(cfg.channels_last, device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
@@ -384,7 +391,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                        initial=batches_done, total=steps_per_epoch)
             for clips, labels, _ in bar:
                 clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                if cfg.channels_last:
+                if channels_last:
                     clips = clips.to(memory_format=torch.channels_last_3d)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = net(clips)
@@ -414,7 +421,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             epoch += 1
             batches_done = 0
             if ddp.main:
-                metrics = evaluate(model, val_loader, device, amp_dtype, cfg.channels_last, len(classes),
+                metrics = evaluate(model, val_loader, device, amp_dtype, channels_last, len(classes),
                                    progress=cfg.progress)
                 row = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0],
                        "train_loss": loss_sum / max(n, 1), "train_top1": correct / max(n, 1),
@@ -453,10 +460,11 @@ def evaluate_checkpoint(data: str, checkpoint: str, split: str = "val", batch_si
         raise ValueError(f"{checkpoint} was trained on classes {state['classes']}, {data}/{split} has {data_set.classes}")
     model = build_model(cfg["arch"], len(state["classes"])).to(dev)
     model.load_state_dict(state["model"])
-    if cfg.get("channels_last"):
+    channels_last = _channels_last(cfg.get("channels_last"), dev)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     loader = DataLoader(data_set, batch_size=batch_size, num_workers=workers)
     metrics = evaluate(model, loader, dev, _amp_dtype(TrainConfig(data, "", amp=cfg.get("amp"))),
-                       cfg.get("channels_last", False), len(state["classes"]), progress=progress)
+                       channels_last, len(state["classes"]), progress=progress)
     return {"checkpoint": checkpoint, "split": split, "epoch": state["epoch"], "classes": state["classes"],
             "skipped_videos": data_set.num_skipped, **metrics}

@@ -22,6 +22,14 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, re
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 2e-2}
 
 
+def round_tf32(t: torch.Tensor) -> torch.Tensor:
+    """t's values rounded to TF32 (10 explicit mantissa bits, to nearest, ties away from
+    zero, as cvt.rna.tf32.f32), in t's dtype: what the tensor-core kernels multiply."""
+    bits = t.detach().float().contiguous().view(torch.int32)
+    rounded = ((bits + 0x1000) & -0x2000).view(torch.float32)
+    return rounded.to(t.dtype)
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """Relative error in the 2-norm; NaN/inf never pass (they give inf)."""
     out, ref = out.detach().double().cpu(), ref.detach().double().cpu()

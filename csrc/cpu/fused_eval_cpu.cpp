@@ -117,13 +117,10 @@ Tensor fused_eval_cpu(const Tensor& x, const Tensor& spatial_weight,
                       const std::optional<Tensor>& temporal_bias, at::IntArrayRef stride,
                       at::IntArrayRef padding) {
   KernelScope scope;
-  TORCH_CHECK_VALUE(stride.size() == 3 && padding.size() == 3,
-                    "r2p1d: expected 3 strides and 3 paddings (t, h, w), but got ", stride.size(),
-                    " and ", padding.size());
-  const SpatialGeom g = check_spatial(x, spatial_weight, spatial_bias, stride.slice(1),
-                                      padding.slice(1));
-  const TemporalGeom tg = check_temporal_weight(x, g.N, g.M, g.T, g.out_plane(), temporal_weight,
-                                                temporal_bias, stride[0], padding[0]);
+  const auto geom = check_fused_eval(x, spatial_weight, spatial_bias, temporal_weight,
+                                     temporal_bias, stride, padding);
+  const SpatialGeom& g = geom.first;
+  const TemporalGeom& tg = geom.second;
   const int64_t O = tg.O, To = tg.To;
   if (is_reduced(x)) {
     return fused_eval_cpu(to_float(x), to_float(spatial_weight), to_float(spatial_bias),

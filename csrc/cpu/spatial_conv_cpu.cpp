@@ -180,15 +180,8 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cpu(
     const Tensor& mean, const Tensor& grad_mean, const Tensor& grad_var, at::IntArrayRef stride,
     at::IntArrayRef padding, std::array<bool, 3> mask) {
   KernelScope scope;
-  const SpatialGeom g = check_spatial(x, weight, std::nullopt, stride, padding);
-  TORCH_CHECK_VALUE(grad_y.sizes() == y.sizes() &&
-                        y.sizes() == at::IntArrayRef({g.N, g.M, g.T, g.Ho, g.Wo}),
-                    "r2p1d: expected grad_y and y of shape ",
-                    at::IntArrayRef({g.N, g.M, g.T, g.Ho, g.Wo}), ", but got ", grad_y.sizes(),
-                    " and ", y.sizes());
-  for (const auto& [v, name] : {std::pair{&mean, "mean"}, {&grad_mean, "grad_mean"},
-                                {&grad_var, "grad_var"}})
-    check_channel_vector(x, *v, name, g.M);
+  const SpatialGeom g = check_spatial_backward(grad_y, x, weight, y, mean, grad_mean, grad_var,
+                                               stride, padding);
   if (is_reduced(x)) {
     auto [gx, gw, gb] = spatial_conv_backward_cpu(to_float(grad_y), to_float(x),
                                                   to_float(weight), to_float(y), mean,

@@ -83,12 +83,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> temporal_conv_bnrelu_
     const Tensor& shift, const Tensor& weight, int64_t stride, int64_t padding,
     std::array<bool, 6> mask) {
   KernelScope scope;
-  const TemporalGeom g = check_temporal(y, mean, scale, shift, weight, std::nullopt, stride,
-                                        padding);
-  TORCH_CHECK_VALUE(grad_out.dim() == 5 && grad_out.size(0) == g.N && grad_out.size(1) == g.O &&
-                        grad_out.size(2) == g.To && grad_out.size(3) * grad_out.size(4) == g.HW,
-                    "r2p1d: expected grad_out of shape [", g.N, ", ", g.O, ", ", g.To, ", ",
-                    y.size(3), ", ", y.size(4), "], but got ", grad_out.sizes());
+  const TemporalGeom g = check_temporal_backward(grad_out, y, mean, scale, shift, weight, stride,
+                                                 padding);
   if (is_reduced(y)) {
     auto [gy, gmu, gsc, gsh, gw, gb] = temporal_conv_bnrelu_backward_cpu(
         to_float(grad_out), to_float(y), mean, scale, shift, to_float(weight), stride, padding,

@@ -6,6 +6,7 @@
 
 #include "common.cuh"
 #include "launchers.h"
+#include "tc_ops_cuda.h"
 
 namespace r2p1d::cuda {
 namespace {
@@ -16,20 +17,20 @@ Tensor fused_eval_cuda(const Tensor& x, const Tensor& spatial_weight,
                        const std::optional<Tensor>& spatial_bias, const Tensor& temporal_weight,
                        const std::optional<Tensor>& temporal_bias, at::IntArrayRef stride,
                        at::IntArrayRef padding) {
-  TORCH_CHECK_VALUE(stride.size() == 3 && padding.size() == 3,
-                    "r2p1d: expected 3 strides and 3 paddings (t, h, w), but got ", stride.size(),
-                    " and ", padding.size());
-  const SpatialGeom g = check_spatial(x, spatial_weight, spatial_bias, stride.slice(1),
-                                      padding.slice(1));
-  const TemporalGeom tg = check_temporal_weight(x, g.N, g.M, g.T, g.out_plane(), temporal_weight,
-                                                temporal_bias, stride[0], padding[0]);
+  if (use_tensor_cores(x.scalar_type(), x.device()))
+    return tc_fused_eval(x, spatial_weight, spatial_bias, temporal_weight, temporal_bias, stride,
+                         padding);
+  const auto geom = check_fused_eval(x, spatial_weight, spatial_bias, temporal_weight,
+                                     temporal_bias, stride, padding);
+  const SpatialGeom& g = geom.first;
+  const TemporalGeom& tg = geom.second;
   c10::cuda::CUDAGuard guard(x.device());
   Tensor z = at::empty({g.N, g.M, g.T, g.Ho, g.Wo}, x.options());
   spatial_forward(x, spatial_weight, defined_or(spatial_bias), g, /*relu=*/true, z, nullptr,
                   nullptr);
   Tensor out = at::empty({g.N, tg.O, tg.To, g.Ho, g.Wo}, x.options());
   temporal_forward(z, Tensor(), Tensor(), Tensor(), temporal_weight, defined_or(temporal_bias), tg, out);
-  return out;
+  return as_channels_last(out);
 }
 
 }  // namespace

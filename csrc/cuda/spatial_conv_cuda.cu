@@ -7,6 +7,7 @@
 
 #include "common.cuh"
 #include "launchers.h"
+#include "tc_ops_cuda.h"
 
 namespace r2p1d::cuda {
 namespace {
@@ -52,8 +53,10 @@ __global__ void spatial_forward_kernel(const scalar_t* __restrict__ x,
       }
     }
     if (kRelu) v = v > acc(0) ? v : acc(0);
-    y[((n * d.M + m) * d.T + t) * plane + oh * d.Wo + ow] = static_cast<scalar_t>(v);
-    if (kStats) mom.push(v);
+    const scalar_t stored = static_cast<scalar_t>(v);
+    y[((n * d.M + m) * d.T + t) * plane + oh * d.Wo + ow] = stored;
+    // The statistics of the stored (for bf16/fp16, rounded) y, which the temporal op normalises.
+    if (kStats) mom.push(static_cast<acc>(stored));
   }
   if (kStats) {
     mom = block_moments(mom, shm);
@@ -168,27 +171,25 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats_cuda(const Tensor& x, cons
                                                            const std::optional<Tensor>& bias,
                                                            at::IntArrayRef stride,
                                                            at::IntArrayRef padding) {
+  if (use_tensor_cores(x.scalar_type(), x.device()))
+    return tc_spatial_conv_stats(x, weight, bias, stride, padding);
   const SpatialGeom g = check_spatial(x, weight, bias, stride, padding);
   c10::cuda::CUDAGuard guard(x.device());
   Tensor y = at::empty({g.N, g.M, g.T, g.Ho, g.Wo}, x.options());
   Tensor mean, var;
   spatial_forward(x, weight, defined_or(bias), g, /*relu=*/false, y, &mean, &var);
-  return {y, mean, var};
+  return {as_channels_last(y), mean, var};
 }
 
 std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cuda(
     const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& y,
     const Tensor& mean, const Tensor& grad_mean, const Tensor& grad_var, at::IntArrayRef stride,
     at::IntArrayRef padding, std::array<bool, 3> mask) {
-  const SpatialGeom g = check_spatial(x, weight, std::nullopt, stride, padding);
-  TORCH_CHECK_VALUE(grad_y.sizes() == y.sizes() &&
-                        y.sizes() == at::IntArrayRef({g.N, g.M, g.T, g.Ho, g.Wo}),
-                    "r2p1d: expected grad_y and y of shape ",
-                    at::IntArrayRef({g.N, g.M, g.T, g.Ho, g.Wo}), ", but got ", grad_y.sizes(),
-                    " and ", y.sizes());
-  for (const auto& [v, name] : {std::pair{&mean, "mean"}, {&grad_mean, "grad_mean"},
-                                {&grad_var, "grad_var"}})
-    check_channel_vector(x, *v, name, g.M);
+  if (use_tensor_cores(x.scalar_type(), x.device()))
+    return tc_spatial_conv_backward(grad_y, x, weight, y, mean, grad_mean, grad_var, stride,
+                                    padding, mask);
+  const SpatialGeom g = check_spatial_backward(grad_y, x, weight, y, mean, grad_mean, grad_var,
+                                               stride, padding);
   c10::cuda::CUDAGuard guard(x.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const Tensor xc = x.contiguous(), gyc = grad_y.contiguous(), yc = y.contiguous();
@@ -221,7 +222,7 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  return {grad_x, grad_w, grad_b};
+  return {as_channels_last(grad_x), as_channels_last(grad_w), grad_b};
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include "common.cuh"
 #include "launchers.h"
+#include "tc_ops_cuda.h"
 
 namespace r2p1d::cuda {
 namespace {
@@ -157,24 +158,24 @@ Tensor temporal_conv_bnrelu_cuda(const Tensor& y, const Tensor& mean, const Tens
                                  const Tensor& shift, const Tensor& weight,
                                  const std::optional<Tensor>& bias, int64_t stride,
                                  int64_t padding) {
+  if (use_tensor_cores(y.scalar_type(), y.device()))
+    return tc_temporal_conv_bnrelu(y, mean, scale, shift, weight, bias, stride, padding);
   const TemporalGeom g = check_temporal(y, mean, scale, shift, weight, bias, stride, padding);
   c10::cuda::CUDAGuard guard(y.device());
   Tensor out = at::empty({g.N, g.O, g.To, y.size(3), y.size(4)}, y.options());
   temporal_forward(y, mean, scale, shift, weight, defined_or(bias), g, out);
-  return out;
+  return as_channels_last(out);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> temporal_conv_bnrelu_backward_cuda(
     const Tensor& grad_out, const Tensor& y, const Tensor& mean, const Tensor& scale,
     const Tensor& shift, const Tensor& weight, int64_t stride, int64_t padding,
     std::array<bool, 6> mask) {
-  const TemporalGeom g = check_temporal(y, mean, scale, shift, weight, std::nullopt, stride,
-                                        padding);
-  TORCH_CHECK_VALUE(grad_out.dim() == 5 && grad_out.size(0) == g.N && grad_out.size(1) == g.O &&
-                        grad_out.size(2) == g.To && grad_out.size(3) * grad_out.size(4) == g.HW,
-                    "r2p1d: expected grad_out of shape [", g.N, ", ", g.O, ", ", g.To, ", ",
-                    y.size(3), ", ", y.size(4), "], but got ", grad_out.sizes());
-  check_same_device(y, grad_out, "grad_out");
+  if (use_tensor_cores(y.scalar_type(), y.device()))
+    return tc_temporal_conv_bnrelu_backward(grad_out, y, mean, scale, shift, weight, stride,
+                                            padding, mask);
+  const TemporalGeom g = check_temporal_backward(grad_out, y, mean, scale, shift, weight, stride,
+                                                 padding);
   c10::cuda::CUDAGuard guard(y.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const Tensor go = grad_out.contiguous(), yc = y.contiguous(), wc = weight.contiguous();
@@ -215,7 +216,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> temporal_conv_bnrelu_
   if (mask[1]) grad_mean = grad_mean.to(mean.scalar_type());
   if (mask[2]) grad_scale = grad_scale.to(scale.scalar_type());
   if (mask[3]) grad_shift = grad_shift.to(shift.scalar_type());
-  return {grad_y, grad_mean, grad_scale, grad_shift, grad_w, grad_b};
+  return {as_channels_last(grad_y), grad_mean, grad_scale, grad_shift, as_channels_last(grad_w),
+          grad_b};
 }
 
 }  // namespace

@@ -1,0 +1,90 @@
+// What lets the tensor-core kernels' code run in two places: compiled by nvcc for the GPU,
+// and compiled by a plain C++ compiler into the CPU emulator (csrc/emulate/), which runs the
+// very same loaders, epilogues and CTA schedule on the host so that CI, which has no GPU,
+// tests their index math. Nothing here includes a torch header (see docs/tensor_cores.md
+// for why the kernel files stay torch-free).
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#if defined(__CUDACC__)
+#define R2P1D_HD __host__ __device__ __forceinline__
+#else
+#define R2P1D_HD inline
+#endif
+
+// Unrolls the next loop on the GPU, where register arrays must be indexed by constants.
+#if defined(__CUDACC__)
+#define R2P1D_UNROLL _Pragma("unroll")
+#else
+#define R2P1D_UNROLL
+#endif
+
+// True in the device pass of nvcc, false in its host pass and in a plain C++ compiler.
+#if defined(__CUDA_ARCH__)
+#define R2P1D_ON_DEVICE 1
+#else
+#define R2P1D_ON_DEVICE 0
+#endif
+
+namespace r2p1d::tc {
+
+// 16 bytes: the unit of every global load and shared-memory store of the operands.
+struct alignas(16) Vec16 {
+  uint32_t w[4];
+};
+
+R2P1D_HD uint32_t float_bits(float f) {
+#if R2P1D_ON_DEVICE
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+R2P1D_HD float bits_float(uint32_t u) {
+#if R2P1D_ON_DEVICE
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+// A read-only 16-byte global load (the read-only data path on the GPU).
+R2P1D_HD Vec16 load16(const void* p) {
+  Vec16 v;
+#if R2P1D_ON_DEVICE
+  const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+  v.w[0] = u.x; v.w[1] = u.y; v.w[2] = u.z; v.w[3] = u.w;
+#else
+  std::memcpy(&v, p, 16);
+#endif
+  return v;
+}
+
+R2P1D_HD void store16(void* p, const Vec16& v) {
+#if R2P1D_ON_DEVICE
+  *reinterpret_cast<uint4*>(p) = make_uint4(v.w[0], v.w[1], v.w[2], v.w[3]);
+#else
+  std::memcpy(p, &v, 16);
+#endif
+}
+
+// A read-only scalar load of a per-channel vector entry or an element.
+template <typename T>
+R2P1D_HD T ldg(const T* p) {
+#if R2P1D_ON_DEVICE
+  return __ldg(p);
+#else
+  return *p;
+#endif
+}
+
+R2P1D_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace r2p1d::tc

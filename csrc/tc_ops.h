@@ -1,0 +1,225 @@
+// The r2p1d ops on the tensor-core GEMMs (csrc/cuda/tc/): torch tensors in, channels-last
+// tensors out. Written once against a Backend, which plans and runs each GEMM:
+//   the GPU backend (csrc/cuda/tc_ops_cuda.cpp) launches the kernels on the current stream;
+//   the CPU emulator (csrc/emulate/) runs the same CTA code on the host, for CI's tests.
+// Backend: tc::Plan plan(const tc::GemmExtent&, tc::ElemKind); void run(const Args&, const tc::Plan&).
+//
+// Layout: every 5-D tensor is read and written channels-last (NDHWC; the weights then
+// are (M, kh, kw, C) and (O, kt, M)). A contiguous input costs one conversion here; the
+// networks and the trainer keep activations channels-last on CUDA so that none happens.
+// The per-partial reductions the kernels leave (BatchNorm moments, BatchNorm-backward
+// sums, split-K weight gradients) are merged with a few ATen reductions, in float64 for
+// the moments, in a fixed order.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+#include "checks.h"
+#include "cuda/tc/args.h"
+#include "cuda/tc/plan.h"
+
+namespace r2p1d::tc_ops {
+
+using at::Tensor;
+
+inline tc::ElemKind elem_of(at::ScalarType t) {
+  switch (t) {
+    case at::kBFloat16: return tc::ElemKind::kBF16;
+    case at::kHalf: return tc::ElemKind::kF16;
+    case at::kFloat: return tc::ElemKind::kTF32;
+    default:
+      TORCH_CHECK_VALUE(false, "r2p1d: the tensor-core kernels take bfloat16, float16 or float32 "
+                               "(TF32), but got ", t);
+  }
+}
+
+constexpr auto kChannelsLast = at::MemoryFormat::ChannelsLast3d;
+
+inline Tensor channels_last(const Tensor& t) { return t.contiguous(kChannelsLast); }
+
+inline Tensor empty_channels_last(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return at::empty(sizes, options.memory_format(kChannelsLast));
+}
+
+inline Tensor float_vector(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
+
+inline const void* ptr_or_null(const std::optional<Tensor>& t, Tensor& keep) {
+  if (!t.has_value() || !t->defined()) return nullptr;
+  keep = t->contiguous();
+  return keep.data_ptr();
+}
+
+inline tc::SpatialShape spatial_shape(const SpatialGeom& g) {
+  auto i = [](int64_t v) { return static_cast<int>(v); };
+  return {g.N * g.T, i(g.H), i(g.W), i(g.C), i(g.M), i(g.kh), i(g.kw), i(g.sh), i(g.sw),
+          i(g.ph), i(g.pw), i(g.Ho), i(g.Wo)};
+}
+
+inline tc::TemporalShape temporal_shape(const TemporalGeom& g) {
+  auto i = [](int64_t v) { return static_cast<int>(v); };
+  return {g.N, i(g.T), i(g.HW), i(g.M), i(g.O), i(g.kt), i(g.st), i(g.pt), i(g.To)};
+}
+
+// Per-channel mean and biased variance from [C][parts][3] moments (count, mean, M2):
+// Chan's parallel formula, with the deviations taken from the final mean (float64).
+inline std::tuple<Tensor, Tensor> merge_moments(const Tensor& partials) {
+  const Tensor p = partials.to(at::kDouble);
+  const Tensor n = p.select(2, 0), mu = p.select(2, 1), m2 = p.select(2, 2);
+  const Tensor count = n.sum(1);
+  const Tensor mean = (n * mu).sum(1) / count;
+  const Tensor var = (m2.sum(1) + (n * (mu - mean.unsqueeze(1)).square()).sum(1)) / count;
+  return {mean.to(at::kFloat), var.to(at::kFloat)};
+}
+
+// A weight gradient from split-K partials [splits][rows][taps*C + 1]: the splits summed in
+// order, the last column split off as the bias gradient; the weight comes back in the
+// layout of `weight`'s sizes, channels-last.
+inline std::tuple<Tensor, Tensor> weight_grad(const Tensor& workspace, const Tensor& weight,
+                                              at::IntArrayRef krsc_sizes, bool want_w, bool want_b) {
+  const Tensor total = workspace.sum(0);
+  const int64_t inner = total.size(1) - 1;
+  Tensor gw, gb;
+  if (want_w) {
+    // (rows, taps*C) is the weight in channels-last order: view it as that, then copy into
+    // a channels-last tensor of the weight's sizes.
+    const Tensor krsc = total.narrow(1, 0, inner).reshape(krsc_sizes);
+    gw = empty_channels_last(weight.sizes(), weight.options());
+    gw.copy_(krsc.permute({0, 4, 1, 2, 3}));
+  }
+  if (want_b) gb = total.select(1, inner).to(weight.scalar_type());
+  return {gw, gb};
+}
+
+template <class Backend>
+std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats(Backend& be, const Tensor& x, const Tensor& weight,
+                                                      const std::optional<Tensor>& bias,
+                                                      at::IntArrayRef stride, at::IntArrayRef padding) {
+  const SpatialGeom g = check_spatial(x, weight, bias, stride, padding);
+  const Tensor xc = channels_last(x), wc = channels_last(weight);
+  Tensor bc;
+  Tensor y = empty_channels_last({g.N, g.M, g.T, g.Ho, g.Wo}, x.options());
+  tc::SpatialFpropArgs a{spatial_shape(g), elem_of(x.scalar_type()), xc.data_ptr(), wc.data_ptr(),
+                         ptr_or_null(bias, bc), y.data_ptr(), /*relu=*/false, nullptr};
+  const tc::Plan plan = be.plan(tc::extent_of(a), a.elem);
+  Tensor partials = at::empty({g.M, plan.grid_m, 3}, x.options().dtype(at::kFloat));
+  a.partials = partials.data_ptr<float>();
+  be.run(a, plan);
+  auto [mean, var] = merge_moments(partials);
+  return {y, mean, var};
+}
+
+template <class Backend>
+std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward(
+    Backend& be, const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& y,
+    const Tensor& mean, const Tensor& grad_mean, const Tensor& grad_var, at::IntArrayRef stride,
+    at::IntArrayRef padding, std::array<bool, 3> mask) {
+  const SpatialGeom g = check_spatial_backward(grad_y, x, weight, y, mean, grad_mean, grad_var,
+                                               stride, padding);
+  const Tensor xc = channels_last(x), gyc = channels_last(grad_y), yc = channels_last(y);
+  const Tensor wc = channels_last(weight);
+  const double count = static_cast<double>(g.count());
+  const Tensor mu = float_vector(mean);
+  const Tensor ca = float_vector(grad_mean.to(at::kDouble) / count);
+  const Tensor cb = float_vector(grad_var.to(at::kDouble) * (2.0 / count));
+  const tc::ElemKind elem = elem_of(x.scalar_type());
+  Tensor grad_x, grad_w, grad_b;
+  if (mask[0]) {
+    grad_x = empty_channels_last(x.sizes(), x.options());
+    const tc::SpatialDgradArgs a{spatial_shape(g), elem, gyc.data_ptr(), yc.data_ptr(), mu.data_ptr<float>(),
+                                 ca.data_ptr<float>(), cb.data_ptr<float>(), wc.data_ptr(), grad_x.data_ptr()};
+    be.run(a, be.plan(tc::extent_of(a), elem));
+  }
+  if (mask[1] || mask[2]) {
+    tc::SpatialWgradArgs a{spatial_shape(g), elem, gyc.data_ptr(), yc.data_ptr(), mu.data_ptr<float>(),
+                           ca.data_ptr<float>(), cb.data_ptr<float>(), xc.data_ptr(), nullptr};
+    const tc::GemmExtent e = tc::extent_of(a);
+    const tc::Plan plan = be.plan(e, elem);
+    Tensor ws = at::empty({plan.splits, e.rows, e.cols}, x.options().dtype(at::kFloat));
+    a.workspace = ws.data_ptr<float>();
+    be.run(a, plan);
+    std::tie(grad_w, grad_b) = weight_grad(ws, weight, {g.M, 1, g.kh, g.kw, g.C}, mask[1], mask[2]);
+  }
+  return {grad_x, grad_w, grad_b};
+}
+
+template <class Backend>
+Tensor temporal_conv_bnrelu(Backend& be, const Tensor& y, const Tensor& mean, const Tensor& scale,
+                            const Tensor& shift, const Tensor& weight,
+                            const std::optional<Tensor>& bias, int64_t stride, int64_t padding) {
+  const TemporalGeom g = check_temporal(y, mean, scale, shift, weight, bias, stride, padding);
+  const Tensor yc = channels_last(y), wc = channels_last(weight);
+  const Tensor mu = float_vector(mean), sc = float_vector(scale), sh = float_vector(shift);
+  Tensor bc;
+  Tensor out = empty_channels_last({g.N, g.O, g.To, y.size(3), y.size(4)}, y.options());
+  const tc::TemporalFpropArgs a{temporal_shape(g), elem_of(y.scalar_type()), yc.data_ptr(),
+                                mu.data_ptr<float>(), sc.data_ptr<float>(), sh.data_ptr<float>(),
+                                wc.data_ptr(), ptr_or_null(bias, bc), out.data_ptr()};
+  be.run(a, be.plan(tc::extent_of(a), a.elem));
+  return out;
+}
+
+template <class Backend>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> temporal_conv_bnrelu_backward(
+    Backend& be, const Tensor& grad_out, const Tensor& y, const Tensor& mean, const Tensor& scale,
+    const Tensor& shift, const Tensor& weight, int64_t stride, int64_t padding, std::array<bool, 6> mask) {
+  const TemporalGeom g = check_temporal_backward(grad_out, y, mean, scale, shift, weight, stride,
+                                                 padding);
+  const Tensor go = channels_last(grad_out), yc = channels_last(y), wc = channels_last(weight);
+  const Tensor mu = float_vector(mean), sc = float_vector(scale), sh = float_vector(shift);
+  const tc::ElemKind elem = elem_of(y.scalar_type());
+  Tensor grad_y, grad_mean, grad_scale, grad_shift, grad_w, grad_b;
+  if (mask[0] || mask[1] || mask[2] || mask[3]) {
+    if (mask[0]) grad_y = empty_channels_last(y.sizes(), y.options());
+    tc::TemporalDgradArgs a{temporal_shape(g), elem, go.data_ptr(), wc.data_ptr(), yc.data_ptr(),
+                            mu.data_ptr<float>(), sc.data_ptr<float>(), sh.data_ptr<float>(),
+                            mask[0] ? grad_y.data_ptr() : nullptr, nullptr};
+    const tc::Plan plan = be.plan(tc::extent_of(a), elem);
+    Tensor partials = at::empty({g.M, plan.grid_m, 2}, y.options().dtype(at::kFloat));
+    a.partials = partials.data_ptr<float>();
+    be.run(a, plan);
+    const Tensor sums = partials.to(at::kDouble).sum(1);  // [M][2]
+    if (mask[1]) grad_mean = (-scale.to(at::kDouble) * sums.select(1, 1)).to(mean.scalar_type());
+    if (mask[2]) grad_scale = sums.select(1, 0).to(scale.scalar_type());
+    if (mask[3]) grad_shift = sums.select(1, 1).to(shift.scalar_type());
+  }
+  if (mask[4] || mask[5]) {
+    tc::TemporalWgradArgs a{temporal_shape(g), elem, go.data_ptr(), yc.data_ptr(), mu.data_ptr<float>(),
+                            sc.data_ptr<float>(), sh.data_ptr<float>(), nullptr};
+    const tc::GemmExtent e = tc::extent_of(a);
+    const tc::Plan plan = be.plan(e, elem);
+    Tensor ws = at::empty({plan.splits, e.rows, e.cols}, y.options().dtype(at::kFloat));
+    a.workspace = ws.data_ptr<float>();
+    be.run(a, plan);
+    // (O, kt*M) is (O, kt, 1, 1, M): the temporal weight in channels-last order.
+    std::tie(grad_w, grad_b) = weight_grad(ws, weight, {g.O, g.kt, 1, 1, g.M}, mask[4], mask[5]);
+  }
+  return {grad_y, grad_mean, grad_scale, grad_shift, grad_w, grad_b};
+}
+
+template <class Backend>
+Tensor fused_eval(Backend& be, const Tensor& x, const Tensor& spatial_weight,
+                  const std::optional<Tensor>& spatial_bias, const Tensor& temporal_weight,
+                  const std::optional<Tensor>& temporal_bias, at::IntArrayRef stride,
+                  at::IntArrayRef padding) {
+  const auto geom = check_fused_eval(x, spatial_weight, spatial_bias, temporal_weight, temporal_bias,
+                                     stride, padding);
+  const SpatialGeom& g = geom.first;
+  const TemporalGeom& tg = geom.second;
+  const tc::ElemKind elem = elem_of(x.scalar_type());
+  const Tensor xc = channels_last(x), ws = channels_last(spatial_weight), wt = channels_last(temporal_weight);
+  Tensor bs, bt;
+  // Two kernels: the spatial conv with ReLU (BatchNorm folded into its weights), then the
+  // plain temporal conv; the activation z is written once, in the input dtype.
+  Tensor z = empty_channels_last({g.N, g.M, g.T, g.Ho, g.Wo}, x.options());
+  const tc::SpatialFpropArgs sa{spatial_shape(g), elem, xc.data_ptr(), ws.data_ptr(),
+                                ptr_or_null(spatial_bias, bs), z.data_ptr(), /*relu=*/true, nullptr};
+  be.run(sa, be.plan(tc::extent_of(sa), elem));
+  Tensor out = empty_channels_last({g.N, tg.O, tg.To, g.Ho, g.Wo}, x.options());
+  const tc::TemporalFpropArgs ta{temporal_shape(tg), elem, z.data_ptr(), nullptr, nullptr, nullptr,
+                                 wt.data_ptr(), ptr_or_null(temporal_bias, bt), out.data_ptr()};
+  be.run(ta, be.plan(tc::extent_of(ta), elem));
+  return out;
+}
+
+}  // namespace r2p1d::tc_ops
