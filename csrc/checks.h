@@ -1,7 +1,7 @@
 // Argument checks and output geometry shared by the CPU and CUDA kernels. Every check
 // says what was expected and what was given (TORCH_CHECK raises RuntimeError/ValueError).
 #pragma once
-#include <ATen/core/Tensor.h>
+#include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
 #include <optional>
@@ -146,9 +146,10 @@ inline TemporalGeom check_temporal(const at::Tensor& y, const at::Tensor& mean,
 // per-channel mean and its gradients.
 inline SpatialGeom check_spatial_backward(const at::Tensor& grad_y, const at::Tensor& x,
                                           const at::Tensor& weight, const at::Tensor& y,
-                                          const at::Tensor& mean, const at::Tensor& grad_mean,
-                                          const at::Tensor& grad_var, at::IntArrayRef stride,
-                                          at::IntArrayRef padding) {
+                                          const at::Tensor& mean,
+                                          const std::optional<at::Tensor>& grad_mean,
+                                          const std::optional<at::Tensor>& grad_var,
+                                          at::IntArrayRef stride, at::IntArrayRef padding) {
   const SpatialGeom g = check_spatial(x, weight, std::nullopt, stride, padding);
   TORCH_CHECK_VALUE(grad_y.sizes() == y.sizes() &&
                         y.sizes() == at::IntArrayRef({g.N, g.M, g.T, g.Ho, g.Wo}),
@@ -157,10 +158,25 @@ inline SpatialGeom check_spatial_backward(const at::Tensor& grad_y, const at::Te
                     " and ", y.sizes());
   check_same_device(x, grad_y, "grad_y");
   check_same_device(x, y, "y");
-  for (const auto& [v, name] : {std::pair{&mean, "mean"}, {&grad_mean, "grad_mean"},
-                                {&grad_var, "grad_var"}})
-    check_channel_vector(x, *v, name, g.M);
+  check_channel_vector(x, mean, "mean", g.M);
+  if (grad_mean.has_value()) check_channel_vector(x, *grad_mean, "grad_mean", g.M);
+  if (grad_var.has_value()) check_channel_vector(x, *grad_var, "grad_var", g.M);
   return g;
+}
+
+// The statistics' share of spatial_conv_backward as per-channel coefficients,
+//   gy_total = grad_y + ca[m] + cb[m] * (y - mean[m]),
+// ca = grad_mean / count, cb = 2 * grad_var / count (an absent one counts as zero), in
+// `dtype`; undefined tensors when both are absent: gy_total = grad_y, no share at all.
+inline std::pair<at::Tensor, at::Tensor> statistics_share(
+    const std::optional<at::Tensor>& grad_mean, const std::optional<at::Tensor>& grad_var,
+    const at::Tensor& mean, int64_t count, at::ScalarType dtype) {
+  if (!grad_mean.has_value() && !grad_var.has_value()) return {};
+  const auto zeros = [&] { return at::zeros(mean.sizes(), mean.options().dtype(at::kDouble)); };
+  const at::Tensor gm = grad_mean.has_value() ? grad_mean->to(at::kDouble) : zeros();
+  const at::Tensor gv = grad_var.has_value() ? grad_var->to(at::kDouble) : zeros();
+  const double n = static_cast<double>(count);
+  return {(gm / n).to(dtype).contiguous(), (gv * (2.0 / n)).to(dtype).contiguous()};
 }
 
 // temporal_conv_bnrelu_backward's tensors: grad_out of the forward's output shape.

@@ -31,10 +31,12 @@ TORCH_LIBRARY(r2p1d, m) {
       " -> (Tensor y, Tensor mean, Tensor var)");
   // Gradients of spatial_conv_stats. The gradient reaching y is
   //   grad_y + (grad_mean + 2 * grad_var * (y - mean)) / count,
-  // count = N*T*Ho*Wo; output_mask selects (grad_x, grad_weight, grad_bias).
+  // count = N*T*Ho*Wo; with neither grad_mean nor grad_var (the statistics unused, as in
+  // eval) it is grad_y alone, so that a non-finite y stays in its own sample.
+  // output_mask selects (grad_x, grad_weight, grad_bias).
   m.def(
       "spatial_conv_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor y, Tensor mean,"
-      " Tensor grad_mean, Tensor grad_var, int[2] stride, int[2] padding, bool[3] output_mask)"
+      " Tensor? grad_mean, Tensor? grad_var, int[2] stride, int[2] padding, bool[3] output_mask)"
       " -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
   // out = conv(relu((y - mean) * scale + shift), weight (O,M,kt,1,1), bias) with stride
   // (st,1,1) and padding (pt,0,0); the padded time steps are zeros of relu(...) (z space),

@@ -112,27 +112,29 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats(Backend& be, const Tensor&
 template <class Backend>
 std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward(
     Backend& be, const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& y,
-    const Tensor& mean, const Tensor& grad_mean, const Tensor& grad_var, at::IntArrayRef stride,
-    at::IntArrayRef padding, std::array<bool, 3> mask) {
+    const Tensor& mean, const std::optional<Tensor>& grad_mean, const std::optional<Tensor>& grad_var,
+    at::IntArrayRef stride, at::IntArrayRef padding, std::array<bool, 3> mask) {
   const SpatialGeom g = check_spatial_backward(grad_y, x, weight, y, mean, grad_mean, grad_var,
                                                stride, padding);
   const Tensor xc = channels_last(x), gyc = channels_last(grad_y), yc = channels_last(y);
   const Tensor wc = channels_last(weight);
-  const double count = static_cast<double>(g.count());
   const Tensor mu = float_vector(mean);
-  const Tensor ca = float_vector(grad_mean.to(at::kDouble) / count);
-  const Tensor cb = float_vector(grad_var.to(at::kDouble) * (2.0 / count));
+  const auto coeffs = statistics_share(grad_mean, grad_var, mean, g.count(), at::kFloat);
+  // Without statistics' gradients the loaders add no share (GradTotal off: mu == nullptr).
+  const float* mup = coeffs.first.defined() ? mu.data_ptr<float>() : nullptr;
+  const float* cap = coeffs.first.defined() ? coeffs.first.data_ptr<float>() : nullptr;
+  const float* cbp = coeffs.first.defined() ? coeffs.second.data_ptr<float>() : nullptr;
   const tc::ElemKind elem = elem_of(x.scalar_type());
   Tensor grad_x, grad_w, grad_b;
   if (mask[0]) {
     grad_x = empty_channels_last(x.sizes(), x.options());
-    const tc::SpatialDgradArgs a{spatial_shape(g), elem, gyc.data_ptr(), yc.data_ptr(), mu.data_ptr<float>(),
-                                 ca.data_ptr<float>(), cb.data_ptr<float>(), wc.data_ptr(), grad_x.data_ptr()};
+    const tc::SpatialDgradArgs a{spatial_shape(g), elem, gyc.data_ptr(), yc.data_ptr(), mup, cap, cbp,
+                                 wc.data_ptr(), grad_x.data_ptr()};
     be.run(a, be.plan(tc::extent_of(a), elem));
   }
   if (mask[1] || mask[2]) {
-    tc::SpatialWgradArgs a{spatial_shape(g), elem, gyc.data_ptr(), yc.data_ptr(), mu.data_ptr<float>(),
-                           ca.data_ptr<float>(), cb.data_ptr<float>(), xc.data_ptr(), nullptr};
+    tc::SpatialWgradArgs a{spatial_shape(g), elem, gyc.data_ptr(), yc.data_ptr(), mup, cap, cbp,
+                           xc.data_ptr(), nullptr};
     const tc::GemmExtent e = tc::extent_of(a);
     const tc::Plan plan = be.plan(e, elem);
     Tensor ws = at::empty({plan.splits, e.rows, e.cols}, x.options().dtype(at::kFloat));

@@ -4,10 +4,19 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
 from . import ops
 from ._args import block_config
+
+
+def _refuse_forward_ad(*tensors: Optional[Tensor]) -> None:
+    """Forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) has no formula in the
+    r2p1d ops: say so rather than let a tangent silently come out as zero."""
+    if any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors):
+        raise RuntimeError(ops.HIGHER_ORDER_MESSAGE.format(
+            what="forward-mode AD (torch.func.jvp, torch.autograd.forward_ad)"))
 
 
 class SpatioTemporalConv(nn.Module):
@@ -29,8 +38,10 @@ class SpatioTemporalConv(nn.Module):
 
     Training: the spatial kernel also produces the BatchNorm batch statistics, the temporal
     kernel applies BatchNorm+ReLU while loading, and only x and the spatial output are saved
-    for backward. Evaluation without autograd: BatchNorm is folded into the spatial weights
-    and one fused op computes the block.
+    for backward. Evaluation (running statistics): BatchNorm is folded into the spatial
+    weights and one fused op computes the block, with or without autograd. Gradients are
+    first order: double backward and forward-mode AD raise a RuntimeError (the pure-PyTorch
+    ``r2p1d_ext.reference.SpatioTemporalConv`` loads the same state_dict and does both).
 
     On CUDA, bfloat16/float16 (and float32 as TF32, where ``torch.backends.cudnn.allow_tf32``)
     run on tensor-core kernels that work in channels_last_3d; a contiguous input costs a
@@ -104,28 +115,25 @@ class SpatioTemporalConv(nn.Module):
     def _block(self, x: Tensor, ws: Tensor, bs: Optional[Tensor], wt: Tensor,
                bt: Optional[Tensor]) -> Tensor:
         bn = self.bn
+        if not torch.compiler.is_compiling():
+            _refuse_forward_ad(x, ws, bs, wt, bt, bn.weight, bn.bias)
         stride_hw, pad_hw = list(self.stride[1:]), list(self.padding[1:])
-        use_batch_stats = self.training or bn.running_mean is None
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, ws, bs, wt, bt, bn.weight, bn.bias))
-        if not use_batch_stats and not needs_grad:
+        if not self.training and bn.running_mean is not None:
+            # Running statistics: BatchNorm folds into the spatial weights and one op computes
+            # the block, with or without autograd (its backward is fused_eval's own, ops.py).
             scale, shift = self._affine(bn.running_var)
             ws_f, bs_f = self._fold(ws, bs, bn.running_mean, scale, shift)
             return ops.fused_eval(x, ws_f, bs_f, wt, bt, list(self.stride), list(self.padding))
 
         y, mean, var = ops.spatial_conv_stats(x, ws, bs, stride_hw, pad_hw)
-        if use_batch_stats:
-            count = y.numel() // y.shape[1]
-            if self.training and count <= 1:
-                raise ValueError(f"{type(self).__name__}: expected more than 1 value per "
-                                 f"channel when training, got input of shape {tuple(x.shape)}")
-            if self.training and bn.track_running_stats:
-                ops.update_running_stats(bn.running_mean, bn.running_var, bn.num_batches_tracked,
-                                         mean.detach(), var.detach(), count, bn.momentum)
-        else:
-            mean, var = bn.running_mean, bn.running_var
+        count = y.numel() // y.shape[1]
+        if self.training and count <= 1:
+            raise ValueError(f"{type(self).__name__}: expected more than 1 value per "
+                             f"channel when training, got input of shape {tuple(x.shape)}")
+        if self.training and bn.track_running_stats:
+            ops.update_running_stats(bn.running_mean, bn.running_var, bn.num_batches_tracked,
+                                     mean.detach(), var.detach(), count, bn.momentum)
         scale, shift = self._affine(var)
-        mean = mean.to(scale.dtype)
         return ops.temporal_conv_bnrelu(y, mean, scale, shift, wt, bt, self.stride[0],
                                         self.padding[0])
 

@@ -136,8 +136,8 @@ def _spatial_setup_context(ctx, inputs, output):
 def _spatial_backward(ctx, grad_y, grad_mean, grad_var):
     x, weight, y, mean = ctx.saved_tensors
     grad_y = torch.zeros_like(y) if grad_y is None else grad_y
-    grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
-    grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
+    # Statistics that no loss uses (eval-mode use of the op) have no gradient: passing
+    # None keeps their share, and with it y of other samples, out of grad_y.
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
             ctx.has_bias and ctx.needs_input_grad[2]]
     grad_x, grad_w, grad_b = _ops.spatial_conv_backward(
@@ -166,3 +166,61 @@ def _temporal_backward(ctx, grad_out):
 
 torch.library.register_autograd("r2p1d::temporal_conv_bnrelu", _temporal_backward,
                                 setup_context=_temporal_setup_context)
+
+
+def fused_eval_grads(ops, grad_out: Tensor, x: Tensor, spatial_weight: Tensor,
+                     spatial_bias: Optional[Tensor], temporal_weight: Tensor, has_temporal_bias: bool,
+                     stride: List[int], padding: List[int], needs: List[bool]):
+    """Gradients of fused_eval (BatchNorm already folded): the spatial output y is recomputed,
+    then the temporal backward with the identity BatchNorm (mean 0, scale 1, shift 0: its
+    ReLU mask is y > 0) and the spatial backward with no statistics' share. `ops` is the op
+    namespace (torch.ops.r2p1d, or the emulator's in the tests); `needs` the inputs' flags
+    (x, spatial weight, spatial bias, temporal weight, temporal bias)."""
+    y, _, _ = ops.spatial_conv_stats(x, spatial_weight, spatial_bias, stride[1:], padding[1:])
+    zeros = torch.zeros(y.shape[1], dtype=_stats_dtype(y.dtype), device=y.device)
+    ones = torch.ones_like(zeros)
+    grad_y, _, _, _, grad_wt, grad_bt = ops.temporal_conv_bnrelu_backward(
+        grad_out, y, zeros, ones, zeros, temporal_weight, stride[0], padding[0],
+        [any(needs[:3]), False, False, False, needs[3], has_temporal_bias and needs[4]])
+    grad_x = grad_ws = grad_bs = None
+    if any(needs[:3]):
+        # No statistics' share (no grad_mean, grad_var): nothing of another sample enters a
+        # sample's gradient, as in eval-mode BatchNorm.
+        grad_x, grad_ws, grad_bs = ops.spatial_conv_backward(
+            grad_y, x, spatial_weight, y, zeros, None, None, stride[1:], padding[1:],
+            [needs[0], needs[1], spatial_bias is not None and needs[2]])
+    return grad_x, grad_ws, grad_bs, grad_wt, grad_bt
+
+
+def _fused_eval_setup_context(ctx, inputs, output):
+    x, ws, bs, wt, bt, stride, padding = inputs
+    ctx.save_for_backward(x, ws, bs, wt)
+    ctx.stride, ctx.padding, ctx.has_bt = stride, padding, bt is not None
+
+
+def _fused_eval_backward(ctx, grad_out):
+    x, ws, bs, wt = ctx.saved_tensors
+    grads = fused_eval_grads(_ops, grad_out, x, ws, bs, wt, ctx.has_bt, ctx.stride, ctx.padding,
+                             list(ctx.needs_input_grad[:5]))
+    return (*grads, None, None)
+
+
+torch.library.register_autograd("r2p1d::fused_eval", _fused_eval_backward,
+                                setup_context=_fused_eval_setup_context)
+
+
+# ---------------------------------------------------------------------------- higher order
+HIGHER_ORDER_MESSAGE = (
+    "r2p1d: {what} of the fused block is not supported (its kernels compute first-order "
+    "gradients only); for it, use r2p1d_ext.reference.SpatioTemporalConv, which loads the "
+    "same state_dict")
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(HIGHER_ORDER_MESSAGE.format(what="double backward (a gradient of a gradient)"))
+
+
+# The backward ops are differentiable only in the sense of raising: without an autograd
+# kernel, autograd would treat them as constants and return zeros for double backward.
+for _name in ("r2p1d::spatial_conv_backward", "r2p1d::temporal_conv_bnrelu_backward"):
+    torch.library.register_autograd(_name, _no_double_backward, setup_context=lambda ctx, inputs, output: None)

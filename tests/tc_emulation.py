@@ -31,8 +31,6 @@ class EmulatedOps:
             def backward(ctx, gy, gmean, gvar):
                 x, w, y, mean = ctx.saved_tensors
                 gy = torch.zeros_like(y) if gy is None else gy
-                gmean = torch.zeros_like(mean) if gmean is None else gmean
-                gvar = torch.zeros_like(mean) if gvar is None else gvar
                 mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
                 gx, gw, gb = EMU.spatial_conv_backward(gy, x, w, y, mean, gmean, gvar, *ctx.args, mask, *outer.plan)
                 return gx, gw, gb, None, None
@@ -53,7 +51,23 @@ class EmulatedOps:
                                                           mask, *outer.plan)
                 return (*grads, None, None)
 
-        self._spatial, self._temporal = Spatial, Temporal
+        planned = _Planned(self.plan)
+
+        class FusedEval(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x, ws, bs, wt, bt, stride, padding):
+                ctx.save_for_backward(x, ws, bs, wt)
+                ctx.args, ctx.has_bt = (stride, padding), bt is not None
+                return EMU.fused_eval(x, ws, bs, wt, bt, stride, padding, *outer.plan)
+
+            @staticmethod
+            def backward(ctx, go):
+                x, ws, bs, wt = ctx.saved_tensors
+                grads = ops.fused_eval_grads(planned, go, x, ws, bs, wt, ctx.has_bt, *ctx.args,
+                                             list(ctx.needs_input_grad[:5]))
+                return (*grads, None, None)
+
+        self._spatial, self._temporal, self._fused_eval = Spatial, Temporal, FusedEval
 
     def spatial_conv_stats(self, x, w, b, stride, padding):
         return self._spatial.apply(x, w, b, stride, padding)
@@ -62,4 +76,16 @@ class EmulatedOps:
         return self._temporal.apply(y, mean, scale, shift, w, b, stride, padding)
 
     def fused_eval(self, x, ws, bs, wt, bt, stride, padding):
-        return EMU.fused_eval(x, ws, bs, wt, bt, stride, padding, *self.plan)
+        return self._fused_eval.apply(x, ws, bs, wt, bt, stride, padding)
+
+
+class _Planned:
+    """The emulator's ops with the plan arguments appended: the op namespace that
+    ops.fused_eval_grads calls."""
+
+    def __init__(self, plan):
+        self.plan = plan
+
+    def __getattr__(self, name):
+        op = getattr(EMU, name)
+        return lambda *args: op(*args, *self.plan)

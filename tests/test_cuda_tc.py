@@ -18,7 +18,7 @@ from r2p1d_ext import ops
 from conftest import HAS_CUDA, assert_close, make_pair, random_input, spatial_reference
 from tc_emulation import EMU
 from test_module import _run, block_cases
-from test_tc_emulated import (SPATIAL_CASES, SPATIAL_NAMES, TC_TOL, TEMPORAL_CASES, _rand,
+from test_tc_emulated import (MODULE_TOL, SPATIAL_CASES, SPATIAL_NAMES, TC_TOL, TEMPORAL_CASES, _rand,
                               _spatial_inputs, _temporal_inputs, _temporal_reference)
 
 pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
@@ -136,7 +136,7 @@ def test_module_matches_reference(case, dtype, train):
     """The module's random-shape test (tests/test_module.py) on the tensor-core kernels."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("R2P1D_CUDA_KERNELS", "tc")
-        _run(case, dtype, "cuda", train, tol=TC_TOL[dtype], tf32=dtype == torch.float32)
+        _run(case, dtype, "cuda", train, tol=MODULE_TOL[dtype], tf32=dtype == torch.float32)
 
 
 def test_output_format_follows_input(kernels):

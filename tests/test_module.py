@@ -73,7 +73,7 @@ def _forward_backward(module, x, train, seed, rounding=None):
     return block_results(module, x, out)
 
 
-def _reference_rounding(ref, rx, dtype, tf32):
+def _reference_rounding(ref, rx, dtype, tf32, train):
     """Make the float64 reference round where the fused block does, so that what the
     comparison sees is the kernels' arithmetic, not rounding that BatchNorm's backward
     amplifies where a channel's or a pixel's few terms cancel. Returns the hooks and the
@@ -82,18 +82,40 @@ def _reference_rounding(ref, rx, dtype, tf32):
     bfloat16/float16: y and its gradient are stored in `dtype` (as in eager PyTorch), and the
     activation z enters the temporal conv in it (z's gradient stays float32 in the kernels).
     TF32 (float32 on the tensor cores): every GEMM operand is rounded to TF32: the input
-    and the weights, z, the gradient reaching y and the output gradient; y itself is float32."""
+    and the weights, z, the gradient reaching y and the output gradient; y itself is float32.
+    Eval (running statistics): the block folds BatchNorm into the spatial weight and bias in
+    float32 and casts them to `dtype` (then TF32 for float32); the reference takes the
+    weight and running mean that give exactly those folded values, and y is not stored."""
     if tf32:
         rnd = round_tf32
-        with torch.no_grad():
-            rx.copy_(rnd(rx))
-            ref.spatial_conv.weight.copy_(rnd(ref.spatial_conv.weight))
-            ref.temporal_conv.weight.copy_(rnd(ref.temporal_conv.weight))
     elif dtype in (torch.float16, torch.bfloat16):
         rnd = lambda t: t.to(dtype).to(t.dtype)  # noqa: E731
     else:
         return [], None
-    hooks = [ref.spatial_conv.register_forward_hook(lambda mod, inp, out: _Rounded.apply(out, rnd, not tf32, True)),
+    fold = not train and ref.bn.running_mean is not None
+    with torch.no_grad():
+        if tf32:
+            rx.copy_(rnd(rx))
+            ref.temporal_conv.weight.copy_(rnd(ref.temporal_conv.weight))
+        if fold:
+            bn, conv = ref.bn, ref.spatial_conv
+            view = lambda t: t.view(-1, 1, 1, 1, 1)  # noqa: E731
+            scale32 = torch.rsqrt(bn.running_var.float() + bn.eps) * bn.weight.float()
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            w_f = (conv.weight.float() * view(scale32)).to(dtype)
+            b_f = ((bias.float() - bn.running_mean.float()) * scale32 + bn.bias.float()).to(dtype)
+            if tf32:
+                w_f = rnd(w_f)  # the kernels round the weight operand; the bias is added in float32
+            scale64 = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            conv.weight.copy_(w_f.double() / view(scale64))
+            bn.running_mean.copy_(bias - (b_f.double() - bn.bias) / scale64)
+        elif tf32:
+            ref.spatial_conv.weight.copy_(rnd(ref.spatial_conv.weight))
+    # Where the gradient is rounded: at y in training (the stored grad_y), at BatchNorm's
+    # output in eval (the folded block's y is that output, and its gradient the operand).
+    rounded_grad = ref.bn if fold else ref.spatial_conv
+    store_y = not tf32 and not fold
+    hooks = [rounded_grad.register_forward_hook(lambda mod, inp, out: _Rounded.apply(out, rnd, store_y, True)),
              ref.relu.register_forward_hook(lambda mod, inp, out: _Rounded.apply(out, rnd, True, False))]
     return hooks, rnd
 
@@ -109,7 +131,7 @@ def _run(case, dtype, device, train, tol=None, tf32=False):
     fmt = torch.channels_last_3d if case["channels_last"] else torch.contiguous_format
     fx, rx = random_input(case["shape"], dtype, device, fmt)
     pre = []  # the reference's BatchNorm output: the ReLU's input
-    hooks, rounding = _reference_rounding(ref, rx, dtype, tf32)
+    hooks, rounding = _reference_rounding(ref, rx, dtype, tf32, train)
     hooks.append(ref.bn.register_forward_hook(lambda mod, inp, out: pre.append(out.detach())))
     want = _forward_backward(ref, rx, train, case["seed"], rounding)
     for hook in hooks:

@@ -23,6 +23,9 @@ from test_module import _run, block_cases
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 # bf16/fp16 as DESIGN.md section 4; float32 runs as TF32 (10-bit mantissa operands).
 TC_TOL = {torch.bfloat16: 2e-2, torch.float16: 1e-2, torch.float32: 3e-3}
+# Through the whole module, whose gradients sum many rounded products and cancel, TF32 is
+# held to fp16's tolerance (the same 10-bit mantissa).
+MODULE_TOL = {**TC_TOL, torch.float32: 1e-2}
 TILES = [0, 1]  # 128x128 and 64x64
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -195,7 +198,7 @@ def test_module_through_tensor_core_path(case, dtype, train):
     tensor-core kernels, as tests/test_cuda_tc.py runs it on a GPU."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(module_mod, "ops", EmulatedOps())
-        _run(case, dtype, "cpu", train, tol=TC_TOL[dtype], tf32=dtype == torch.float32)
+        _run(case, dtype, "cpu", train, tol=MODULE_TOL[dtype], tf32=dtype == torch.float32)
 
 
 # ------------------------------------------------------------------ fragment maps vs CuTe

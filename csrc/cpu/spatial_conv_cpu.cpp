@@ -177,8 +177,9 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats_cpu(const Tensor& x, const
 
 std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cpu(
     const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& y,
-    const Tensor& mean, const Tensor& grad_mean, const Tensor& grad_var, at::IntArrayRef stride,
-    at::IntArrayRef padding, std::array<bool, 3> mask) {
+    const Tensor& mean, const std::optional<Tensor>& grad_mean,
+    const std::optional<Tensor>& grad_var, at::IntArrayRef stride, at::IntArrayRef padding,
+    std::array<bool, 3> mask) {
   KernelScope scope;
   const SpatialGeom g = check_spatial_backward(grad_y, x, weight, y, mean, grad_mean, grad_var,
                                                stride, padding);
@@ -191,25 +192,24 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cpu(
   }
   const Tensor xc = x.contiguous(), gyc = grad_y.contiguous(), yc = y.contiguous();
   const int64_t plane = g.out_plane();
-  const double count = static_cast<double>(g.count());
   // The statistics' gradient folded into per-channel coefficients:
-  //   gy_total = grad_y + ca[m] + cb[m] * (y - mean[m])
-  const Tensor ca = grad_mean.to(at::kDouble).contiguous() / count;
-  const Tensor cb = grad_var.to(at::kDouble).contiguous() * (2.0 / count);
+  //   gy_total = grad_y + ca[m] + cb[m] * (y - mean[m])   (grad_y alone without statistics)
+  const auto coeffs = statistics_share(grad_mean, grad_var, mean, g.count(), at::kDouble);
+  const Tensor &ca = coeffs.first, &cb = coeffs.second;
+  const bool share = ca.defined();
   const Tensor mu = mean.to(at::kDouble).contiguous();
   Tensor gb_part = mask[2] ? at::empty({g.N, g.M}, x.options().dtype(at::kDouble)) : Tensor();
   Tensor grad_x, grad_w;
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spatial_conv_backward_cpu", [&] {
     const scalar_t *gyp = gyc.data_ptr<scalar_t>(), *yp = yc.data_ptr<scalar_t>();
-    const double *cap = ca.data_ptr<double>(), *cbp = cb.data_ptr<double>(),
-                 *mup = mu.data_ptr<double>();
+    const double *mup = mu.data_ptr<double>();
     // Per channel in the kernel dtype; the centred (y - mean) avoids cancellation when
     // |mean| >> std, as in the forward.
     std::vector<scalar_t> ca_t(g.M), cb_t(g.M), mu_t(g.M);
     for (int64_t m = 0; m < g.M; ++m) {
-      ca_t[m] = static_cast<scalar_t>(cap[m]);
-      cb_t[m] = static_cast<scalar_t>(cbp[m]);
+      ca_t[m] = share ? static_cast<scalar_t>(ca.data_ptr<double>()[m]) : scalar_t(0);
+      cb_t[m] = share ? static_cast<scalar_t>(cb.data_ptr<double>()[m]) : scalar_t(0);
       mu_t[m] = static_cast<scalar_t>(mup[m]);
     }
     // gy_total, `len` values from offset `off` of channel m of frame f (computed where it
@@ -217,7 +217,8 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cpu(
     auto gy_total = [&](int64_t f, int64_t m, int64_t off, int64_t len, scalar_t* __restrict dst) {
       const scalar_t* __restrict gr = frame_channel(gyp, g.M, g.T, plane, f, m) + off;
       const scalar_t* __restrict yr = frame_channel(yp, g.M, g.T, plane, f, m) + off;
-      rows::grad_total(gr, yr, dst, ca_t[m], cb_t[m], mu_t[m], len);
+      if (share) rows::grad_total(gr, yr, dst, ca_t[m], cb_t[m], mu_t[m], len);
+      else std::copy(gr, gr + len, dst);
     };
     if (mask[2]) {  // bias gradient: per-channel sums of gy_total, in sample order
       double* gbp = gb_part.data_ptr<double>();

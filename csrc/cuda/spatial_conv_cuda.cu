@@ -85,11 +85,13 @@ __global__ void finalize_stats_kernel(const acc* __restrict__ partials, int64_t 
   }
 }
 
-// The gradient reaching y: grad_y plus the statistics' share (see spatial_conv_backward).
+// The gradient reaching y: grad_y plus the statistics' share (see spatial_conv_backward);
+// grad_y alone when there is none (ca == nullptr).
 template <typename scalar_t, typename acc>
 __device__ __forceinline__ acc total_grad(const scalar_t* gy, const scalar_t* y, int64_t idx,
                                           int64_t m, const acc* ca, const acc* cb, const acc* mu) {
-  return static_cast<acc>(gy[idx]) + ca[m] + cb[m] * (static_cast<acc>(y[idx]) - mu[m]);
+  const acc g = static_cast<acc>(gy[idx]);
+  return ca ? g + ca[m] + cb[m] * (static_cast<acc>(y[idx]) - mu[m]) : g;
 }
 
 // One thread per input value: gather every output position whose window covers it.
@@ -183,8 +185,9 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats_cuda(const Tensor& x, cons
 
 std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cuda(
     const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& y,
-    const Tensor& mean, const Tensor& grad_mean, const Tensor& grad_var, at::IntArrayRef stride,
-    at::IntArrayRef padding, std::array<bool, 3> mask) {
+    const Tensor& mean, const std::optional<Tensor>& grad_mean,
+    const std::optional<Tensor>& grad_var, at::IntArrayRef stride, at::IntArrayRef padding,
+    std::array<bool, 3> mask) {
   if (use_tensor_cores(x.scalar_type(), x.device()))
     return tc_spatial_conv_backward(grad_y, x, weight, y, mean, grad_mean, grad_var, stride,
                                     padding, mask);
@@ -195,9 +198,8 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cuda(
   const Tensor xc = x.contiguous(), gyc = grad_y.contiguous(), yc = y.contiguous();
   const Tensor wc = weight.contiguous();
   const auto acc_dt = acc_type_of(x.scalar_type());
-  const double count = static_cast<double>(g.count());
-  const Tensor ca = to_acc(grad_mean, acc_dt) / count;
-  const Tensor cb = to_acc(grad_var, acc_dt) * (2.0 / count);
+  const auto coeffs = statistics_share(grad_mean, grad_var, mean, g.count(), acc_dt);
+  const Tensor &ca = coeffs.first, &cb = coeffs.second;  // undefined: no statistics' share
   const Tensor mu = to_acc(mean, acc_dt);
   Tensor grad_x = mask[0] ? at::empty_like(xc) : Tensor();
   Tensor grad_w = mask[1] ? at::empty_like(wc) : Tensor();
@@ -206,7 +208,9 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "spatial_conv_backward_cuda", [&] {
     using acc = acc_t<scalar_t>;
-    const acc *cap = ca.data_ptr<acc>(), *cbp = cb.data_ptr<acc>(), *mup = mu.data_ptr<acc>();
+    const acc* cap = ca.defined() ? ca.data_ptr<acc>() : nullptr;
+    const acc* cbp = cb.defined() ? cb.data_ptr<acc>() : nullptr;
+    const acc* mup = mu.data_ptr<acc>();
     if (mask[0]) {
       spatial_grad_input_kernel<scalar_t><<<grid_for(xc.numel()), kThreads, 0, stream>>>(
           gyc.data_ptr<scalar_t>(), yc.data_ptr<scalar_t>(), wc.data_ptr<scalar_t>(), cap, cbp,

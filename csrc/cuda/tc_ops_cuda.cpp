@@ -77,8 +77,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tc_spatial_conv_stats(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> tc_spatial_conv_backward(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y,
-    const at::Tensor& mean, const at::Tensor& grad_mean, const at::Tensor& grad_var,
-    at::IntArrayRef stride, at::IntArrayRef padding, std::array<bool, 3> mask) {
+    const at::Tensor& mean, const std::optional<at::Tensor>& grad_mean,
+    const std::optional<at::Tensor>& grad_var, at::IntArrayRef stride, at::IntArrayRef padding,
+    std::array<bool, 3> mask) {
   c10::cuda::CUDAGuard guard(x.device());
   DeviceBackend be(x.device());
   return tc_ops::spatial_conv_backward(be, grad_y, x, weight, y, mean, grad_mean, grad_var, stride,

@@ -22,8 +22,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tc_spatial_conv_stats(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> tc_spatial_conv_backward(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& y,
-    const at::Tensor& mean, const at::Tensor& grad_mean, const at::Tensor& grad_var,
-    at::IntArrayRef stride, at::IntArrayRef padding, std::array<bool, 3> mask);
+    const at::Tensor& mean, const std::optional<at::Tensor>& grad_mean,
+    const std::optional<at::Tensor>& grad_var, at::IntArrayRef stride, at::IntArrayRef padding,
+    std::array<bool, 3> mask);
 
 at::Tensor tc_temporal_conv_bnrelu(const at::Tensor& y, const at::Tensor& mean,
                                    const at::Tensor& scale, const at::Tensor& shift,

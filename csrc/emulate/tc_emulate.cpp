@@ -30,8 +30,9 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats(const Tensor& x, const Ten
 
 std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward(
     const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& y, const Tensor& mean,
-    const Tensor& grad_mean, const Tensor& grad_var, at::IntArrayRef stride, at::IntArrayRef padding,
-    std::array<bool, 3> mask, int64_t sm_count, int64_t tile) {
+    const std::optional<Tensor>& grad_mean, const std::optional<Tensor>& grad_var,
+    at::IntArrayRef stride, at::IntArrayRef padding, std::array<bool, 3> mask, int64_t sm_count,
+    int64_t tile) {
   auto be = backend(sm_count, tile);
   return tc_ops::spatial_conv_backward(be, grad_y, x, weight, y, mean, grad_mean, grad_var, stride,
                                        padding, mask);
@@ -72,7 +73,7 @@ TORCH_LIBRARY(r2p1d_tc_emulate, m) {
   m.def("spatial_conv_stats(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding"
         PLAN_ARGS ") -> (Tensor y, Tensor mean, Tensor var)");
   m.def("spatial_conv_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor y, Tensor mean,"
-        " Tensor grad_mean, Tensor grad_var, int[2] stride, int[2] padding, bool[3] output_mask"
+        " Tensor? grad_mean, Tensor? grad_var, int[2] stride, int[2] padding, bool[3] output_mask"
         PLAN_ARGS ") -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
   m.def("temporal_conv_bnrelu(Tensor y, Tensor mean, Tensor scale, Tensor shift, Tensor weight,"
         " Tensor? bias, int stride, int padding" PLAN_ARGS ") -> Tensor");
