@@ -1,12 +1,15 @@
-"""Checkpoints: written atomically (temp file + rename), loaded with weights_only=True.
-Random-number-generator states are stored as tensors and plain lists so that the safe
-loader accepts them."""
+"""Checkpoints: written atomically (temp file + rename), the previous one kept as
+``<name>.prev.pt``, loaded with weights_only=True (falling back to the previous one, with a
+warning, when the latest cannot be read). Random-number-generator states are stored as
+tensors and plain lists so that the safe loader accepts them."""
 from __future__ import annotations
 
+import glob
 import os
 import random
 import tempfile
-from typing import Any, Dict
+import warnings
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
@@ -35,17 +38,30 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_atomic(obj: Dict[str, Any], path: str) -> None:
+TMP_PREFIX, TMP_SUFFIX = ".tmp-", ".pt"
+
+
+def previous(path: str) -> str:
+    """Where the checkpoint before ``path``'s latest is kept."""
+    root, ext = os.path.splitext(path)
+    return f"{root}.prev{ext or '.pt'}"
+
+
+def save_atomic(obj: Dict[str, Any], path: str, keep_previous: bool = False) -> None:
     """torch.save to a temp file in the same folder, fsync, then rename over ``path``: a
-    reader (or a crash) sees the old checkpoint or the new one, never half of one."""
+    reader (or a crash) sees the old checkpoint or the new one, never half of one. With
+    ``keep_previous`` the old one becomes ``previous(path)`` first, so that a checkpoint
+    damaged after it was written (a full disk, a bad copy) still leaves a good one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and os.path.exists(path):
+            os.replace(path, previous(path))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -53,5 +69,31 @@ def save_atomic(obj: Dict[str, Any], path: str) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: str) -> List[str]:
+    """Deletes the temp files that a process killed inside save_atomic left in `folder`
+    (each up to a whole checkpoint); returns their paths."""
+    stale = glob.glob(os.path.join(glob.escape(folder), TMP_PREFIX + "*" + TMP_SUFFIX))
+    for tmp in stale:
+        os.unlink(tmp)
+    return stale
+
+
 def load(path: str, map_location="cpu") -> Dict[str, Any]:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """The checkpoint at ``path``; if it cannot be read, the previous one (``previous(path)``)
+    with a warning naming the bad file; a clear error when neither can be read."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # truncated or corrupt: torch.load raises several kinds
+        prev = previous(path)
+        if not os.path.exists(prev):
+            raise RuntimeError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}) and there is "
+                               f"no {prev} to fall back to; restore it from a copy, or delete it to start over") from err
+        warnings.warn(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); using the previous "
+                      f"one, {prev} (delete {path} to silence this)", RuntimeWarning, stacklevel=2)
+        try:
+            return torch.load(prev, map_location=map_location, weights_only=True)
+        except Exception as err2:
+            raise RuntimeError(f"checkpoints {path} and {prev} both cannot be read ({err2}); restore one from "
+                               "a copy, or delete both to start over") from err2

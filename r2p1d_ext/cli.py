@@ -10,11 +10,35 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 from typing import List, Optional
 
 from .trainer import ARCHS, TrainConfig, evaluate_checkpoint, train
+
+
+def _number(kind, minimum, name):
+    """An argparse type: a finite `kind` (int or float) of at least `minimum`, with a message
+    naming the option, what was expected and what was given."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a finite value >= {minimum}, got {text}")
+        return value
+    parse.__name__ = name  # argparse's "invalid <name> value" text
+    return parse
+
+
+# Smallest sensible value of each numeric option (1: counts and sizes; 0: may be off).
+_INT_MINIMUM = {"epochs": 1, "batch_size": 1, "clip_len": 1, "frame_stride": 1, "short_side": 1, "crop_size": 1,
+                "workers": 0, "eval_clips": 1, "checkpoint_every": 0, "stop_after_steps": 0, "seed": 0,
+                "step_epochs": 1}
+_FLOAT_MINIMUM = {"lr": 1e-12, "momentum": 0.0, "weight_decay": 0.0, "warmup_epochs": 0.0, "gamma": 0.0,
+                  "clip_grad": 0.0}
 
 
 def _train_parser(sub):
@@ -23,11 +47,10 @@ def _train_parser(sub):
     p.add_argument("--data", required=True, help="dataset root with train/ and val/ class folders")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.csv, metrics.json, PNGs")
     p.add_argument("--arch", default=d.arch, choices=sorted(ARCHS))
-    for name in ("epochs", "batch_size", "clip_len", "frame_stride", "short_side", "crop_size", "workers",
-                 "eval_clips", "checkpoint_every", "stop_after_steps", "seed", "step_epochs"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "gamma", "clip_grad"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    for name, minimum in _INT_MINIMUM.items():
+        p.add_argument("--" + name.replace("_", "-"), type=_number(int, minimum, "integer"), default=getattr(d, name))
+    for name, minimum in _FLOAT_MINIMUM.items():
+        p.add_argument("--" + name.replace("_", "-"), type=_number(float, minimum, "number"), default=getattr(d, name))
     p.add_argument("--schedule", default=d.schedule, choices=["cosine", "step"])
     p.add_argument("--amp", nargs="?", const="bfloat16", default=None, choices=["bfloat16", "float16"],
                    help="mixed precision (default dtype bfloat16; float16 uses a GradScaler on CUDA)")
@@ -45,18 +68,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     ms = sub.add_parser("make-synthetic", help="write the built-in synthetic motion video dataset")
     ms.add_argument("dir")
-    ms.add_argument("--train-per-class", type=int, default=40)
-    ms.add_argument("--val-per-class", type=int, default=12)
-    ms.add_argument("--frames", type=int, default=16)
-    ms.add_argument("--seed", type=int, default=0)
+    ms.add_argument("--train-per-class", type=_number(int, 1, "integer"), default=40)
+    ms.add_argument("--val-per-class", type=_number(int, 1, "integer"), default=12)
+    ms.add_argument("--frames", type=_number(int, 1, "integer"), default=16)
+    ms.add_argument("--seed", type=_number(int, 0, "integer"), default=0)
     _train_parser(sub)
     ev = sub.add_parser("eval", help="evaluate a checkpoint; prints and writes the metrics")
     ev.add_argument("--data", required=True)
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--split", default="val")
-    ev.add_argument("--batch-size", type=int, default=8)
-    ev.add_argument("--workers", type=int, default=2)
-    ev.add_argument("--eval-clips", type=int, default=None)
+    ev.add_argument("--batch-size", type=_number(int, 1, "integer"), default=8)
+    ev.add_argument("--workers", type=_number(int, 0, "integer"), default=2)
+    ev.add_argument("--eval-clips", type=_number(int, 1, "integer"), default=None)
     ev.add_argument("--device", default=None)
     ev.add_argument("--out", default=None, help="JSON path (default: eval_<split>.json beside the checkpoint)")
     args = parser.parse_args(argv)

@@ -1,11 +1,16 @@
 """Video folder dataset: root/{split}/{class}/{video files}, decoded with OpenCV.
 
-Each item is one clip of ``clip_len`` frames (every ``frame_stride``-th frame) as a float
-tensor (3, clip_len, crop, crop), normalised with the Kinetics mean/std used by
-torchvision's video models. Only the clip's frames are decoded (one seek, then sequential
-reads). Videos shorter than the clip are looped, not dropped. Unreadable or corrupt files
-are skipped with one warning each and counted (``skipped``), never crashing a worker or an
-epoch.
+Each item is ``(clip, label, video, failed)``: one clip of ``clip_len`` frames (every
+``frame_stride``-th frame) as a float tensor (3, clip_len, crop, crop), normalised with the
+Kinetics mean/std used by torchvision's video models, its class, the index of its video,
+and the index of a video that failed to decode at this item (-1 if none). Only the clip's
+frames are decoded (one seek, then sequential reads). Videos shorter than the clip are
+looped, not dropped. Unreadable or corrupt files are skipped with a warning, never
+crashing a worker or an epoch: those found at start-up are in ``unreadable``; one that
+fails to decode later is reported through ``failed``, which reaches the main process
+through any number of DataLoader workers (``count_failed`` counts them). Such an item is
+never another video's clip: its clip is zeros and ``failed == video``; drop it, as the
+trainer does (and ``trainer.evaluate`` drops every clip of that video).
 
 Training clips: random start (temporal jitter), short side resized to ``short_side``,
 random ``crop_size`` crop and, with ``hflip``, a random horizontal flip. Evaluation:
@@ -108,7 +113,7 @@ class VideoDataset(Dataset):
             raise ValueError(f"{split_dir} holds no class folders (expected {split_dir}/<class>/<video>)")
         exts = tuple(e.lower() for e in extensions)
         self.videos: List[Tuple[str, int, int]] = []  # (path, label, frames)
-        self.skipped: List[str] = []
+        self.unreadable: List[str] = []  # found at start-up
         for label, cls in enumerate(self.classes):
             folder = os.path.join(split_dir, cls)
             files = sorted(f for f in os.listdir(folder) if f.lower().endswith(exts))
@@ -118,11 +123,12 @@ class VideoDataset(Dataset):
                 path = os.path.join(folder, name)
                 n = probe_frame_count(path)
                 if n <= 0:
-                    self._skip(path, "it cannot be opened or holds no frames")
+                    _warn_skip(path, "it cannot be opened or holds no frames")
+                    self.unreadable.append(path)
                 else:
                     self.videos.append((path, label, n))
         if not self.videos:
-            raise ValueError(f"no readable video under {split_dir} ({len(self.skipped)} skipped)")
+            raise ValueError(f"no readable video under {split_dir} ({len(self.unreadable)} skipped)")
         self.split, self.clip_len, self.frame_stride = split, clip_len, frame_stride
         self.short_side, self.crop_size = short_side, crop_size
         self.train = split == "train" if train is None else train
@@ -130,18 +136,15 @@ class VideoDataset(Dataset):
         self.mean = np.asarray(mean, dtype=np.float32) * 255
         self.std = np.asarray(std, dtype=np.float32) * 255
         self.seed, self.epoch = seed, 0
-        self._failed: set = set()
+        self._failed: set = set()  # indices of videos that failed to decode in this process
 
     # ------------------------------------------------------------------ bookkeeping
-    def _skip(self, path: str, why: str) -> None:
-        warnings.warn(f"skipping video {path}: {why}", RuntimeWarning, stacklevel=3)
-        self.skipped.append(path)
-
     @property
     def num_skipped(self) -> int:
-        """Videos skipped so far: unreadable at start-up, plus those that failed to decode
-        in this process (each DataLoader worker counts its own)."""
-        return len(self.skipped)
+        """Videos skipped so far as this process knows: unreadable at start-up, plus those
+        that failed to decode here (DataLoader workers report theirs through the items'
+        ``failed`` field instead: see ``count_failed``)."""
+        return len(self.unreadable) + len(self._failed)
 
     def set_epoch(self, epoch: int) -> None:
         """With a seed, augmentation is a function of (seed, epoch, index): reproducible
@@ -180,25 +183,34 @@ class VideoDataset(Dataset):
         return torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))
 
     def __getitem__(self, index: int):
-        """(clip, label, video index)."""
+        """(clip, label, video index, index of a video that failed here or -1)."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} clips")
         rng = np.random.default_rng(None if self.seed is None else (self.seed, self.epoch, index))
         video, clip = divmod(index, self.clips_per_video)
-        for attempt in range(len(self.videos)):
-            v = (video + attempt) % len(self.videos)
-            path, label, frames = self.videos[v]
-            if path in self._failed:
-                continue
+        path, label, frames = self.videos[video]
+        if video not in self._failed:
             try:
                 start = self.clip_start(frames, clip, rng)
                 data = read_frames(path, start, self.clip_len, self.frame_stride, frames)
+                return self.transform(data, rng), label, video, -1
             except (VideoDecodeError, cv2.error) as err:
-                self._failed.add(path)
-                self._skip(path, str(err))
-                continue
-            return self.transform(data, rng), label, v
-        raise RuntimeError(f"every video under {self.split} failed to decode ({self.num_skipped} skipped)")
+                # Once per video and process: later clips of it are not tried again.
+                self._failed.add(video)
+                _warn_skip(path, str(err))
+        # Never another video's clip under this one's id and label: a flagged blank.
+        c = self.crop_size
+        return torch.zeros(3, self.clip_len, c, c), label, video, video
+
+
+def _warn_skip(path: str, why: str) -> None:
+    warnings.warn(f"skipping video {path}: {why}", RuntimeWarning, stacklevel=3)
+
+
+def count_failed(failed: torch.Tensor, seen: set) -> None:
+    """Adds a batch's ``failed`` indices (-1: none) to `seen`: the distinct videos that
+    failed to decode, whichever worker met them."""
+    seen.update(int(v) for v in failed[failed >= 0].tolist())
 
 
 def video_scores(scores: torch.Tensor, video_ids: torch.Tensor, labels: torch.Tensor):

@@ -11,6 +11,17 @@ from . import ops
 from ._args import block_config
 
 
+def _check_conv3d_only_options(dilation, groups, padding_mode) -> None:
+    """nn.Conv3d's keyword arguments that the (2+1)D block supports only at their defaults."""
+    if dilation not in (1, (1, 1, 1), [1, 1, 1]):
+        raise ValueError(f"SpatioTemporalConv: expected dilation=1 (the block has no dilated kernels), got {dilation!r}")
+    if groups != 1:
+        raise ValueError(f"SpatioTemporalConv: expected groups=1 (the block has no grouped convolutions), got {groups!r}")
+    if padding_mode != "zeros":
+        raise ValueError(f"SpatioTemporalConv: expected padding_mode='zeros' (the only padding the kernels do), "
+                         f"got {padding_mode!r}")
+
+
 def _refuse_forward_ad(*tensors: Optional[Tensor]) -> None:
     """Forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) has no formula in the
     r2p1d ops: say so rather than let a tangent silently come out as zero."""
@@ -49,19 +60,27 @@ class SpatioTemporalConv(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 bias: bool = True, mid_channels: Optional[int] = None):
+                 bias: bool = True, mid_channels: Optional[int] = None, *, dilation=1, groups: int = 1,
+                 padding_mode: str = "zeros", device=None, dtype=None):
         super().__init__()
+        _check_conv3d_only_options(dilation, groups, padding_mode)
         kernel, stride, padding, mid = block_config(in_channels, out_channels, kernel_size,
                                                     stride, padding, mid_channels)
         self.in_channels, self.out_channels, self.mid_channels = in_channels, out_channels, mid
         self.kernel_size, self.stride, self.padding = kernel, stride, padding
+        factory = {"device": device, "dtype": dtype}  # as nn.Conv3d's (meta device included)
         self.spatial_conv = nn.Conv3d(in_channels, mid, (1, kernel[1], kernel[2]),
                                       stride=(1, stride[1], stride[2]),
-                                      padding=(0, padding[1], padding[2]), bias=bias)
-        self.bn = nn.BatchNorm3d(mid)
+                                      padding=(0, padding[1], padding[2]), bias=bias, **factory)
+        self.bn = nn.BatchNorm3d(mid, **factory)
         self.temporal_conv = nn.Conv3d(mid, out_channels, (kernel[0], 1, 1),
                                        stride=(stride[0], 1, 1), padding=(padding[0], 0, 0),
-                                       bias=bias)
+                                       bias=bias, **factory)
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(f"{type(self).__name__} cannot be compiled by torch.jit.script (its ops are custom "
+                           "operators with Python autograd formulas); use torch.jit.trace, torch.compile or "
+                           "torch.export, or script a model built from r2p1d_ext.reference.SpatioTemporalConv")
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -18,7 +18,9 @@ import math
 import os
 import random
 import signal
+import tempfile
 import time
+import warnings
 from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
@@ -31,7 +33,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import network
-from .dataset import VideoDataset, video_scores
+from .dataset import VideoDataset, count_failed, video_scores
 
 ARCHS = {"r2plus1d_10": network.r2plus1d_10, "r2plus1d_18": network.r2plus1d_18,
          "r2plus1d_34": network.r2plus1d_34}
@@ -169,29 +171,35 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dty
              channels_last: bool = False, num_classes: Optional[int] = None,
              progress: bool = False) -> Dict[str, Any]:
     """Clip-level loss/top-1/top-5, video-level top-1 (clip scores averaged per video) and
-    the video-level confusion matrix."""
+    the video-level confusion matrix. A video any of whose clips failed to decode is left
+    out of every metric (never replaced by another video's clips) and counted in
+    ``val_failed_videos``."""
     model.eval()
-    scores, labels, vids = [], [], []
-    loss_sum, n = 0.0, 0
-    for clips, y, v in tqdm(loader, desc="eval", leave=False, disable=not progress):
+    scores, labels, vids, losses, failed = [], [], [], [], set()
+    for clips, y, v, bad in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        count_failed(bad, failed)
         clips, y = clips.to(device), y.to(device)
         if channels_last:
             clips = clips.to(memory_format=torch.channels_last_3d)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(clips)
         logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        n += len(y)
+        losses.append(F.cross_entropy(logits, y, reduction="none").cpu())
         scores.append(logits.softmax(1).cpu()); labels.append(y.cpu()); vids.append(v)
-    scores, labels, vids = torch.cat(scores), torch.cat(labels), torch.cat(vids)
+    scores, labels, vids, losses = torch.cat(scores), torch.cat(labels), torch.cat(vids), torch.cat(losses)
+    keep = ~torch.isin(vids, torch.tensor(sorted(failed), dtype=vids.dtype))
+    if not keep.any():
+        raise RuntimeError(f"every evaluation video failed to decode ({len(failed)} videos)")
+    scores, labels, vids, losses = scores[keep], labels[keep], vids[keep], losses[keep]
+    n = len(labels)
     top1, top5 = topk_correct(scores, labels)
     vscores, vlabels = video_scores(scores, vids, labels)
     c = num_classes or scores.shape[1]
     confusion = torch.zeros(c, c, dtype=torch.long)
     confusion.index_put_((vlabels, vscores.argmax(1)), torch.ones_like(vlabels), accumulate=True)
-    return {"val_loss": loss_sum / n, "val_top1": top1 / n, "val_top5": top5 / n,
+    return {"val_loss": float(losses.sum()) / n, "val_top1": top1 / n, "val_top5": top5 / n,
             "val_video_top1": float((vscores.argmax(1) == vlabels).float().mean()),
-            "confusion": confusion.tolist()}
+            "val_failed_videos": len(failed), "confusion": confusion.tolist()}
 
 
 # ------------------------------------------------------------------ logs and plots
@@ -295,17 +303,67 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def _check_writable(folder: str) -> None:
+    """Fail before the first step, not after an epoch of training, when the run folder
+    cannot take the logs and checkpoints."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"cannot write to the run folder {folder} (--out): {err}") from err
+
+
 def _channels_last(setting: Optional[bool], device: torch.device) -> bool:
     """channels_last_3d as configured; by default on CUDA (the layout the tensor-core kernels
     read and write, so no block converts) and not on the CPU (whose kernels work in NCDHW)."""
     return setting if setting is not None else device.type == "cuda"
 
 
+def resolve_device(spec: Optional[str], local_rank: Optional[int] = None) -> torch.device:
+    """The device to run on. None: this process's GPU when there is one (cuda:<local rank>
+    under torchrun), else the CPU. "cuda" without an index means, as everywhere in PyTorch,
+    the current device (the local rank's under torchrun)."""
+    if spec is None:
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(spec)
+    if device.type == "cuda" and device.index is None:
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec}: no CUDA device is available")
+        device = torch.device("cuda", torch.cuda.current_device() if local_rank is None else local_rank)
+    return device
+
+
+def _validate(cfg: TrainConfig) -> None:
+    """The numbers `r2p1d train` checks on its command line, for callers of train()."""
+    for name in ("epochs", "batch_size", "clip_len", "frame_stride", "short_side", "crop_size", "eval_clips"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"expected {name} >= 1, got {getattr(cfg, name)}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ValueError(f"expected a finite lr > 0, got {cfg.lr}")
+
+
+# Settings a resumed run may change without a word (the rest change what is trained).
+_RESUME_FREE = {"data", "out", "epochs", "workers", "progress", "device", "checkpoint_every", "stop_after_steps",
+                "eval_clips"}
+
+
+def _check_resume(saved: Dict[str, Any], cfg: TrainConfig, path: str) -> None:
+    """A checkpoint of another architecture is an error; other changed settings a warning."""
+    if saved.get("arch") != cfg.arch:
+        raise ValueError(f"{path} is a {saved.get('arch')} checkpoint, this run asks for --arch {cfg.arch}: "
+                         f"use --arch {saved.get('arch')} or another --out")
+    changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
+               if k not in _RESUME_FREE and k in saved and saved[k] != v]
+    if changed:
+        warnings.warn(f"resuming {path} with changed settings: {', '.join(changed)}", RuntimeWarning, stacklevel=3)
+
+
 def train(cfg: TrainConfig) -> Dict[str, Any]:
     """Train (or resume) and return the last epoch's metrics (``{"interrupted": True, ...}``
     when a signal or ``stop_after_steps`` stopped it early)."""
+    _validate(cfg)
     ddp = Dist()
-    device = torch.device(cfg.device or (f"cuda:{ddp.local_rank}" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(cfg.device, ddp.local_rank if ddp.enabled else None)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     amp_dtype = _amp_dtype(cfg)
@@ -320,7 +378,12 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         raise ValueError(f"train and val class folders differ: {train_set.classes} vs {val_set.classes}")
     classes = train_set.classes
     sampler = EpochSampler(len(train_set), cfg.seed, ddp.rank, ddp.world)
-    steps_per_epoch = math.ceil(sampler.per_rank / cfg.batch_size)
+    # The last incomplete batch is dropped (as torchvision's reference trainer does): a batch
+    # of one clip can leave BatchNorm one value per channel, an error mid-epoch.
+    steps_per_epoch = sampler.per_rank // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training split gives {sampler.per_rank} clips per process, fewer than "
+                         f"--batch-size {cfg.batch_size}: lower the batch size")
 
     model = build_model(cfg.arch, len(classes))
     if cfg.sync_bn:
@@ -340,10 +403,15 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda")
 
     os.makedirs(cfg.out, exist_ok=True)
+    if ddp.main:
+        _check_writable(cfg.out)
+        for tmp in ckpt.remove_stale_temporaries(cfg.out):
+            say(f"removed {tmp}, left by a run killed while writing a checkpoint")
     path = os.path.join(cfg.out, "checkpoint.pt")
     epoch, batches_done, step, history = 0, 0, 0, []
     if os.path.exists(path):
         state = ckpt.load(path, map_location=device)
+        _check_resume(state.get("config", {}), cfg, path)
         if state["classes"] != classes:
             raise ValueError(f"{path} was trained on classes {state['classes']}, the data has {classes}")
         model.load_state_dict(state["model"])
@@ -371,31 +439,43 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                               "epoch": epoch_, "batches_done": batches_done_, "step": step,
                               "history": history, "rng": rng, "classes": classes,
-                              "config": dataclasses.asdict(cfg)}, path)
+                              "config": dataclasses.asdict(cfg)}, path, keep_previous=True)
         ddp.barrier()
 
     tb = _TensorBoard(os.path.join(cfg.out, "tensorboard")) if ddp.main else None
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, num_workers=cfg.workers)
     run_steps = 0
+    failed_train: set = set()  # training videos that failed to decode (any worker, any epoch)
     result: Dict[str, Any] = {}
     with _StopFlag() as stop:
         while epoch < cfg.epochs:
             train_set.set_epoch(epoch)
             sampler.set_epoch(epoch, skip=batches_done * cfg.batch_size)
             loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
-                                num_workers=cfg.workers, drop_last=False)
+                                num_workers=cfg.workers, drop_last=True)
             net.train()
             sums = [0.0, 0.0, 0.0]  # loss*n, correct, n (this epoch's part since start/resume)
             start = time.time()
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and ddp.main),
                        initial=batches_done, total=steps_per_epoch)
-            for clips, labels, _ in bar:
+            for clips, labels, _, failed in bar:
+                count_failed(failed, failed_train)
+                if (failed >= 0).any():  # clips of videos that failed to decode: left out
+                    clips, labels = clips[failed < 0], labels[failed < 0]
+                    if len(labels) == 0:
+                        batches_done += 1
+                        continue
                 clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 if channels_last:
                     clips = clips.to(memory_format=torch.channels_last_3d)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = net(clips)
                     loss = F.cross_entropy(logits.float(), labels)
+                if not torch.isfinite(loss):  # stop before a step makes the weights non-finite
+                    raise FloatingPointError(
+                        f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
+                        f"{path if os.path.exists(path) else 'no checkpoint'} keeps the last good state "
+                        "(lower --lr, add --clip-grad, or check the data)")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if cfg.clip_grad > 0:
@@ -417,7 +497,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                         "run the same command to resume")
                     return {"interrupted": True, "epoch": epoch, "step": step}
             bar.close()
-            loss_sum, correct, n = ddp.sum(sums)
+            loss_sum, correct, n, failed_count = ddp.sum(sums + [len(failed_train)])
             epoch += 1
             batches_done = 0
             if ddp.main:
@@ -425,9 +505,10 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                                    progress=cfg.progress)
                 row = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0],
                        "train_loss": loss_sum / max(n, 1), "train_top1": correct / max(n, 1),
-                       **{k: v for k, v in metrics.items() if k != "confusion"},
+                       **{k: v for k, v in metrics.items() if k not in ("confusion", "val_failed_videos")},
                        "epoch_seconds": time.time() - start,
-                       "skipped_videos": train_set.num_skipped + val_set.num_skipped}
+                       "skipped_videos": len(train_set.unreadable) + len(val_set.unreadable)
+                       + int(failed_count) + metrics["val_failed_videos"]}
                 history.append(row)
                 _append_csv(os.path.join(cfg.out, "log.csv"), row)
                 tb.log(row, step)
@@ -452,7 +533,7 @@ def evaluate_checkpoint(data: str, checkpoint: str, split: str = "val", batch_si
     """Metrics of a checkpoint's model on ``data/split`` (preprocessing as in training)."""
     state = ckpt.load(checkpoint)
     cfg = state["config"]
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     data_set = VideoDataset(data, split, clip_len=cfg["clip_len"], frame_stride=cfg["frame_stride"],
                             short_side=cfg["short_side"], crop_size=cfg["crop_size"],
                             clips_per_video=eval_clips or cfg["eval_clips"])
@@ -467,4 +548,4 @@ def evaluate_checkpoint(data: str, checkpoint: str, split: str = "val", batch_si
     metrics = evaluate(model, loader, dev, _amp_dtype(TrainConfig(data, "", amp=cfg.get("amp"))),
                        channels_last, len(state["classes"]), progress=progress)
     return {"checkpoint": checkpoint, "split": split, "epoch": state["epoch"], "classes": state["classes"],
-            "skipped_videos": data_set.num_skipped, **metrics}
+            "skipped_videos": len(data_set.unreadable) + metrics["val_failed_videos"], **metrics}

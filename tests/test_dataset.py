@@ -32,7 +32,8 @@ def test_layout_classes_and_shapes(synthetic_root):
     d = ds.VideoDataset(synthetic_root, "train", clip_len=8, short_side=48, crop_size=40, seed=0)
     assert d.classes == ["left_fast", "right_fast", "rotate_cw"]
     assert len(d) == 9 and d.train
-    clip, label, vid = d[4]
+    clip, label, vid, failed = d[4]
+    assert failed == -1
     assert clip.shape == (3, 8, 40, 40) and clip.dtype == torch.float32
     assert label == d.videos[vid][1] == 1
     assert abs(clip.mean().item()) < 2 and 0.2 < clip.std().item() < 3  # normalised
@@ -65,7 +66,7 @@ def test_short_video_is_looped(tmp_path):
         (root / "train" / cls).mkdir(parents=True)
         _write(str(root / "train" / cls / "v.mp4"), render_video(np.random.default_rng(1), "up", 3, (32, 32)))
     d = ds.VideoDataset(str(root), "train", clip_len=8, short_side=32, crop_size=32, seed=0)
-    clip, _, _ = d[0]
+    clip = d[0][0]
     assert clip.shape[1] == 8
     assert torch.allclose(clip[:, 0], clip[:, 3], atol=1e-6)  # frame 0 again after 3 frames
 
@@ -84,31 +85,35 @@ def test_corrupt_and_empty_files_are_skipped_with_a_warning(tmp_path):
     assert len(messages) == 2 and "corrupt.mp4" in messages[0] and "empty.avi" in messages[1]
     assert d.num_skipped == 2 and len(d) == 2
     loader = torch.utils.data.DataLoader(d, batch_size=2, num_workers=2)
-    clips, labels, _ = next(iter(loader))
+    clips, labels, _, failed = next(iter(loader))
     assert clips.shape == (2, 3, 4, 32, 32) and sorted(labels.tolist()) == [0, 1]
+    assert failed.tolist() == [-1, -1]
 
 
-def test_a_video_that_fails_to_decode_later_is_replaced(tmp_path, monkeypatch):
+def test_a_video_that_fails_to_decode_later(tmp_path, monkeypatch):
+    """Never another video's clip: a zero clip under the failed video's own id and label,
+    flagged, and one warning per video."""
     root = tmp_path / "data"
     for cls in ("a", "b"):
         (root / "val" / cls).mkdir(parents=True)
         _write(str(root / "val" / cls / "v.mp4"), render_video(np.random.default_rng(0), "up", 6, (32, 32)))
-    d = ds.VideoDataset(str(root), "val", clip_len=4, short_side=32, crop_size=32)
     real = ds.read_frames
-    bad = d.videos[0][0]
 
     def flaky(path, *args):
-        if path == bad:
+        if path.endswith(os.path.join("a", "v.mp4")):
             raise ds.VideoDecodeError(f"truncated stream in {path}")
         return real(path, *args)
 
     monkeypatch.setattr(ds, "read_frames", flaky)
-    with pytest.warns(RuntimeWarning, match="truncated stream"):
-        _, label, vid = d[0]
-    assert vid == 1 and label == 1 and d.num_skipped == 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # one warning per video, not per access
-        d[0]
+    for train in (True, False):
+        d = ds.VideoDataset(str(root), "val", clip_len=4, short_side=32, crop_size=32, train=train)
+        with pytest.warns(RuntimeWarning, match="truncated stream"):
+            clip, label, vid, failed = d[0]
+        assert (vid, label, failed) == (0, 0, 0) and not clip.any() and d.num_skipped == 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # one warning per video, not per access
+            assert d[0][3] == 0
+        assert d[1][3] == -1
 
 
 def test_grayscale_and_odd_sizes(tmp_path):
@@ -117,7 +122,7 @@ def test_grayscale_and_odd_sizes(tmp_path):
     gray = np.random.default_rng(0).integers(0, 255, (10, 37, 51), dtype=np.uint8)
     _write(str(root / "train" / "gray" / "g.mp4"), gray, color=False)
     d = ds.VideoDataset(str(root), "train", clip_len=6, short_side=40, crop_size=33, seed=1)
-    clip, _, _ = d[0]
+    clip = d[0][0]
     assert clip.shape == (3, 6, 33, 33)
 
 

@@ -1,12 +1,22 @@
 """Failures a user can hit: each gives a clear error or the right answer (issue 13's
 regression tests: every one failed on e221eb3)."""
+import contextlib
+import os
+import warnings
+
+import cv2
+import numpy as np
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.data import DataLoader
 
 import r2p1d_ext
-from r2p1d_ext import reference
+from r2p1d_ext import cli, reference
+from r2p1d_ext.dataset import VideoDataset, count_failed
+from r2p1d_ext.synthetic import make_synthetic, render_video
+from r2p1d_ext.trainer import TrainConfig, evaluate, resolve_device, train
 
 from conftest import assert_close, make_pair
 
@@ -99,3 +109,239 @@ def test_reference_block_does_double_backward():
     gw, = torch.autograd.grad(g.square().sum(), ref.spatial_conv.weight)
     assert gw.abs().sum() > 0
     assert isinstance(r2p1d_ext.fuse(ref), r2p1d_ext.SpatioTemporalConv)
+
+
+# ------------------------------------------------------------------ videos that fail late
+def _truncated_avi(path, frames=40, keep=0.5):
+    """An MJPG .avi cut short: its header still promises `frames` frames, but only the
+    first part decodes, so a clip that starts late fails."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (32, 32))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    writer.release()
+    with open(path, "r+b") as f:
+        f.truncate(int(os.path.getsize(path) * keep))
+
+
+@pytest.fixture
+def set_with_truncated_videos(tmp_path):
+    """val and train: classes a and b, two good videos each, plus two truncated ones in b."""
+    for split in ("train", "val"):
+        for cls, motion in (("a", "left_fast"), ("b", "up")):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for k in range(2):
+                frames = render_video(np.random.default_rng(k), motion, 40, (32, 32))
+                writer = cv2.VideoWriter(str(folder / f"good{k}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 25, (32, 32))
+                for f in frames:
+                    writer.write(f)
+                writer.release()
+        for k in range(2):
+            _truncated_avi(tmp_path / split / "b" / f"cut{k}.avi")
+    return str(tmp_path)
+
+
+class _MeanColour(torch.nn.Module):
+    """A classifier of a clip's mean colour: enough for evaluate() to score."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(x.mean((2, 3, 4)))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_eval_drops_a_failed_video_and_counts_it(set_with_truncated_videos, workers):
+    """A video whose late clips fail to decode is left out of every metric and counted,
+    with DataLoader workers too. It used to be replaced by the next video's clips under
+    that video's id and label (one video scored 5 times, another losing clips), and the
+    count stayed in the workers (0 skipped reported with --workers 2)."""
+    val = VideoDataset(set_with_truncated_videos, "val", clip_len=4, short_side=32, crop_size=32,
+                       clips_per_video=3)
+    assert len(val.videos) == 6 and not val.unreadable  # the headers look fine
+    loader = DataLoader(val, batch_size=4, num_workers=workers)
+    with pytest.warns(RuntimeWarning) if workers == 0 else contextlib.nullcontext():
+        metrics = evaluate(_MeanColour(), loader, torch.device("cpu"))
+    assert metrics["val_failed_videos"] == 2
+    assert sum(map(sum, metrics["confusion"])) == 4  # the four good videos, each once
+
+
+def test_training_counts_failed_videos_across_workers(set_with_truncated_videos):
+    """In training, a clip that fails to decode is flagged (never replaced by another
+    video's), and the failure reaches the main process through the items, whichever worker
+    met it: the same videos as without workers (same seed, same clip starts)."""
+    counts = []
+    for workers in (0, 2):
+        train = VideoDataset(set_with_truncated_videos, "train", clip_len=4, short_side=32, crop_size=32, seed=3)
+        failed = set()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for clips, labels, vids, bad in DataLoader(train, batch_size=3, num_workers=workers):
+                assert torch.equal(bad[bad >= 0], vids[bad >= 0])  # flagged under its own id
+                assert (clips[bad < 0].flatten(1).abs().sum(1) > 0).all() and not clips[bad >= 0].any()
+                count_failed(bad, failed)
+        counts.append(failed)
+    assert counts[0] == counts[1] and len(counts[0]) >= 1
+
+
+# ------------------------------------------------------------------ runs and checkpoints
+def _train_cfg(data, out, **kw):
+    base = dict(data=data, out=str(out), arch="r2plus1d_10", batch_size=2, clip_len=4, short_side=32,
+                crop_size=32, epochs=1, workers=0, hflip=False, progress=False, eval_clips=1)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("tiny"))
+    make_synthetic(root, videos_per_class=(3, 1), classes=["left_fast", "rotate_cw"], frames=8,
+                   size=(32, 40), progress=False)
+    return root
+
+
+def test_read_only_run_folder_fails_before_training(tiny_set, tmp_path):
+    """A run folder that cannot be written used to fail after a whole epoch, saving
+    nothing; now before the first step, naming the folder."""
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        if os.access(out, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root without CAP_DAC_OVERRIDE off)")
+        with pytest.raises(PermissionError, match="cannot write to the run folder"):
+            train(_train_cfg(tiny_set, out))
+    finally:
+        out.chmod(0o700)
+
+
+def test_unwritable_check_catches_a_folder_that_refuses_files(tiny_set, tmp_path, monkeypatch):
+    """The same check where permissions cannot be dropped (root): the probe file fails."""
+    import tempfile as tf
+
+    def refuse(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tf, "NamedTemporaryFile", refuse)
+    with pytest.raises(PermissionError, match="cannot write to the run folder .*Read-only"):
+        train(_train_cfg(tiny_set, tmp_path / "run"))
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tiny_set, tmp_path):
+    """checkpoint.pt cut short used to block every resume with a raw stream error; the
+    previous checkpoint is kept and used, with a warning naming the bad file."""
+    out = tmp_path / "run"
+    train(_train_cfg(tiny_set, out, epochs=1, checkpoint_every=1))
+    latest, prev = out / "checkpoint.pt", out / "checkpoint.prev.pt"
+    assert latest.exists() and prev.exists()
+    data = latest.read_bytes()
+    latest.write_bytes(data[: len(data) // 2])
+    with pytest.warns(RuntimeWarning, match=r"checkpoint.pt cannot be read.*using the previous one"):
+        result = train(_train_cfg(tiny_set, out, epochs=2))
+    assert result["epoch"] == 2
+    latest.write_bytes(b"garbage")
+    prev.unlink()
+    with pytest.raises(RuntimeError, match=r"(?s)cannot be read.* no .*checkpoint.prev.pt to fall back to"):
+        train(_train_cfg(tiny_set, out, epochs=3))
+
+
+def test_stale_temporary_checkpoints_are_removed(tiny_set, tmp_path):
+    """A kill during a checkpoint write leaves .tmp-*.pt (up to a whole checkpoint each);
+    the next run removes them."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".tmp-abc123.pt").write_bytes(b"x" * 1000)
+    (out / "notes.tmp").write_text("not ours")
+    train(_train_cfg(tiny_set, out))
+    assert not list(out.glob(".tmp-*.pt")) and (out / "notes.tmp").exists()
+
+
+def test_last_incomplete_batch_is_dropped(tiny_set, tmp_path):
+    """6 training clips with batch 4: one step per epoch (the batch of 2 left over would be
+    as risky as a batch of 1, whose BatchNorm can see one value per channel)."""
+    result = train(_train_cfg(tiny_set, tmp_path / "run", batch_size=4))
+    assert result["step"] == 1
+    with pytest.raises(ValueError, match="fewer than --batch-size 8"):
+        train(_train_cfg(tiny_set, tmp_path / "run2", batch_size=8))
+
+
+# ------------------------------------------------------------------ the command line
+@pytest.mark.parametrize("args,message", [
+    (["--epochs", "0"], "--epochs: expected a finite value >= 1, got 0"),
+    (["--epochs", "-3"], "--epochs: expected a finite value >= 1, got -3"),
+    (["--batch-size", "0"], "--batch-size: expected a finite value >= 1, got 0"),
+    (["--crop-size", "0"], "--crop-size: expected a finite value >= 1"),
+    (["--short-side", "0"], "--short-side: expected a finite value >= 1"),
+    (["--lr", "nan"], "--lr: expected a finite value"),
+    (["--lr", "-1"], "--lr: expected a finite value"),
+    (["--workers", "x"], "--workers: expected an integer, got 'x'"),
+])
+def test_cli_numbers_are_checked_up_front(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--data", "d", "--out", "o"] + args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_make_synthetic_counts_are_checked(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["make-synthetic", "dir", "--train-per-class", "-1"])
+    assert "--train-per-class: expected a finite value >= 1, got -1" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_with_the_step(tiny_set, tmp_path, monkeypatch):
+    """A loss that turns NaN used to train on and exit 0: now it stops before the step,
+    saying where, and the last checkpoint stays good."""
+    out = tmp_path / "run"
+    train(_train_cfg(tiny_set, out))
+    before = (out / "checkpoint.pt").read_bytes()
+    real = torch.nn.functional.cross_entropy
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss .* epoch 2, step 4"):
+        train(_train_cfg(tiny_set, out, epochs=2))
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_device_cuda_means_the_current_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("cuda", local_rank=3) == torch.device("cuda", 3)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA device"):
+        resolve_device("cuda")
+
+
+def test_resume_with_another_arch_or_settings(tiny_set, tmp_path):
+    out = tmp_path / "run"
+    train(_train_cfg(tiny_set, out))
+    with pytest.raises(ValueError, match="is a r2plus1d_10 checkpoint, this run asks for --arch r2plus1d_18"):
+        train(_train_cfg(tiny_set, out, arch="r2plus1d_18", epochs=2))
+    with pytest.warns(RuntimeWarning, match=r"changed settings: clip_len 4 -> 6, lr 0.01 -> 0.05"):
+        train(_train_cfg(tiny_set, out, epochs=2, lr=0.05, clip_len=6))
+
+
+# ------------------------------------------------------------------ drop-in for nn.Conv3d
+def test_conv3d_keyword_arguments():
+    block = r2p1d_ext.SpatioTemporalConv(3, 8, 3, padding=1, dilation=1, groups=1, padding_mode="zeros",
+                                         dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in block.parameters())
+    assert block.bn.running_mean.dtype == torch.float64
+    meta = r2p1d_ext.SpatioTemporalConv(64, 64, 3, device="meta")
+    assert all(p.is_meta for p in meta.parameters())
+    meta.to_empty(device="cpu")  # the usual deferred initialisation
+    assert not any(p.is_meta for p in meta.parameters())
+    for kwargs, message in (({"dilation": 2}, "dilation=1"), ({"groups": 2}, "groups=1"),
+                            ({"padding_mode": "reflect"}, "padding_mode='zeros'")):
+        with pytest.raises(ValueError, match=message):
+            r2p1d_ext.SpatioTemporalConv(4, 8, 3, **kwargs)
+
+
+def test_torch_jit_script_says_what_to_use():
+    with pytest.raises(RuntimeError, match="torch.jit.trace, torch.compile or torch.export"):
+        torch.jit.script(r2p1d_ext.SpatioTemporalConv(3, 4, 3))
+    traced = torch.jit.trace(r2p1d_ext.SpatioTemporalConv(3, 4, 3, padding=1).eval(), torch.randn(1, 3, 4, 6, 6))
+    assert traced(torch.randn(1, 3, 4, 6, 6)).shape == (1, 4, 4, 6, 6)
