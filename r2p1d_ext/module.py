@@ -8,7 +8,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
 from . import ops
-from ._args import block_config
+from ._args import block_config, output_size
 
 
 def _check_conv3d_only_options(dilation, groups, padding_mode) -> None:
@@ -98,9 +98,9 @@ class SpatioTemporalConv(nn.Module):
             if size + 2 * p < k:
                 raise ValueError(f"{type(self).__name__}: input size {dim}={size} (padded "
                                  f"{size + 2 * p}) is smaller than the kernel size {k}")
-        if x.numel() == 0:
-            raise ValueError(f"{type(self).__name__}: expected a non-empty input, got shape "
-                             f"{tuple(x.shape)}")
+        if 0 in x.shape[1:]:
+            raise ValueError(f"{type(self).__name__}: expected non-empty channel, time and space "
+                             f"dimensions, got input of shape {tuple(x.shape)}")
         weight = self.spatial_conv.weight
         if x.device != weight.device:
             raise ValueError(f"{type(self).__name__}: expected input on {weight.device} (the "
@@ -128,8 +128,21 @@ class SpatioTemporalConv(nn.Module):
             x, ws, wt = x.to(dt), ws.to(dt), wt.to(dt)
             bs = bs.to(dt) if bs is not None else None
             bt = bt.to(dt) if bt is not None else None
-        out = self._block(x, ws, bs, wt, bt).contiguous(memory_format=fmt)
+        if x.shape[0] == 0:
+            out = self._empty_batch(x, ws, bs, wt, bt)
+        else:
+            out = self._block(x, ws, bs, wt, bt)
+        out = out.contiguous(memory_format=fmt)
         return out.squeeze(0) if unbatched else out
+
+    def _empty_batch(self, x: Tensor, *weights: Optional[Tensor]) -> Tensor:
+        """A batch of 0 clips, as nn.Conv3d takes it: an empty output of the right shape, still
+        part of the autograd graph (zero gradients), and no running-statistics update (there
+        are no values)."""
+        shape = [0, self.out_channels] + [output_size(n, k, s, p) for n, k, s, p in
+                                          zip(x.shape[2:], self.kernel_size, self.stride, self.padding)]
+        anchor = sum(t.sum() * 0 for t in (x, *weights) if t is not None)
+        return anchor.to(x.dtype).expand(shape)
 
     def _block(self, x: Tensor, ws: Tensor, bs: Optional[Tensor], wt: Tensor,
                bt: Optional[Tensor]) -> Tensor:

@@ -73,8 +73,65 @@ def update_running_stats(running_mean: Tensor, running_var: Tensor, num_batches_
 
 
 # ---------------------------------------------------------------------------- fake kernels
+# The fake kernels check what the C++ kernels check (csrc/checks.h), with the same messages,
+# so that a bad call fails as clearly under torch.compile and torch.export as in eager.
+def _check(cond, *parts) -> None:
+    torch._check_value(cond, lambda: "r2p1d: " + "".join(str(p) for p in parts))
+
+
+def _check_like(ref: Tensor, t: Optional[Tensor], name: str, what: str) -> None:
+    if t is None:
+        return
+    _check(t.device == ref.device, f"expected {name} on {ref.device} ({what}'s device), but it is on {t.device}")
+    _check(t.dtype == ref.dtype, f"expected {name} of dtype {ref.dtype} ({what}'s dtype), but got {t.dtype}")
+
+
+def _check_input5d(x: Tensor, name: str) -> None:
+    _check(x.dim() == 5, f"expected {name} to be a 5-D (N, C, T, H, W) tensor, but got {x.dim()}-D with shape ",
+           tuple(x.shape))
+    _check(x.is_floating_point(), f"expected {name} to be a floating-point tensor, but got dtype {x.dtype}")
+
+
+def _check_out_size(size, k, s, p, dim):
+    _check(s >= 1 and p >= 0, f"expected stride >= 1 and padding >= 0 along {dim}, but got stride {s} and padding {p}")
+    _check(size + 2 * p >= k, f"input {dim} is {size} ({size + 2 * p} with padding), smaller than the kernel size {k}")
+
+
+def _check_spatial(x, weight, bias, stride, padding) -> None:
+    _check_input5d(x, "input")
+    _check_like(x, weight, "spatial weight", "the input")
+    _check(weight.dim() == 5 and weight.shape[2] == 1,
+           "expected a spatial weight of shape (M, C, 1, kh, kw), but got ", tuple(weight.shape))
+    _check(weight.shape[1] == x.shape[1], f"expected input with {weight.shape[1]} channels (the spatial "
+           f"weight's), but got {x.shape[1]} channels")
+    _check(len(stride) == 2 and len(padding) == 2,
+           f"expected 2 spatial strides and paddings, but got {len(stride)} and {len(padding)}")
+    for dim, size, k, s, p in zip(("height", "width"), x.shape[3:], weight.shape[3:], stride, padding):
+        _check_out_size(size, k, s, p, dim)
+    _check_like(x, bias, "spatial bias", "the input")
+    _check(bias is None or tuple(bias.shape) == (weight.shape[0],),
+           f"expected spatial bias of shape [{weight.shape[0]}], but got ", None if bias is None else tuple(bias.shape))
+
+
+def _check_temporal_weight(ref, mid, t, weight, bias, stride, padding) -> None:
+    _check_like(ref, weight, "temporal weight", "the input")
+    _check(weight.dim() == 5 and weight.shape[3] == 1 and weight.shape[4] == 1,
+           "expected a temporal weight of shape (O, M, kt, 1, 1), but got ", tuple(weight.shape))
+    _check(weight.shape[1] == mid, f"expected an intermediate with {weight.shape[1]} channels (the temporal "
+           f"weight's), but got {mid}")
+    _check_out_size(t, weight.shape[2], stride, padding, "time")
+    _check_like(ref, bias, "temporal bias", "the input")
+
+
+def _check_vectors(y, n, **vectors) -> None:
+    for name, v in vectors.items():
+        _check(v.dim() == 1 and v.shape[0] == n,
+               f"expected {name} to be a vector of {n} per-channel values, but got shape ", tuple(v.shape))
+
+
 @torch.library.register_fake("r2p1d::spatial_conv_stats")
 def _spatial_conv_stats_fake(x, weight, bias, stride, padding):
+    _check_spatial(x, weight, bias, stride, padding)
     n, _, t, h, w = x.shape
     m, _, _, kh, kw = weight.shape
     y = _empty5d(x, (n, m, t, output_size(h, kh, stride[0], padding[0]),
@@ -86,6 +143,9 @@ def _spatial_conv_stats_fake(x, weight, bias, stride, padding):
 @torch.library.register_fake("r2p1d::spatial_conv_backward")
 def _spatial_conv_backward_fake(grad_y, x, weight, y, mean, grad_mean, grad_var, stride, padding,
                                 output_mask):
+    _check_spatial(x, weight, None, stride, padding)
+    _check(grad_y.shape == y.shape, f"expected grad_y and y of the same shape, but got {tuple(grad_y.shape)} "
+           f"and {tuple(y.shape)}")
     return (_empty5d(x, x.shape) if output_mask[0] else None,
             _empty5d(weight, weight.shape) if output_mask[1] else None,
             x.new_empty((weight.shape[0],)) if output_mask[2] else None)
@@ -93,6 +153,9 @@ def _spatial_conv_backward_fake(grad_y, x, weight, y, mean, grad_mean, grad_var,
 
 @torch.library.register_fake("r2p1d::temporal_conv_bnrelu")
 def _temporal_conv_bnrelu_fake(y, mean, scale, shift, weight, bias, stride, padding):
+    _check_input5d(y, "intermediate y")
+    _check_temporal_weight(y, y.shape[1], y.shape[2], weight, bias, stride, padding)
+    _check_vectors(y, y.shape[1], mean=mean, scale=scale, shift=shift)
     n, _, t, h, w = y.shape
     return _empty5d(y, (n, weight.shape[0], output_size(t, weight.shape[2], stride, padding), h, w))
 
@@ -100,6 +163,9 @@ def _temporal_conv_bnrelu_fake(y, mean, scale, shift, weight, bias, stride, padd
 @torch.library.register_fake("r2p1d::temporal_conv_bnrelu_backward")
 def _temporal_conv_bnrelu_backward_fake(grad_out, y, mean, scale, shift, weight, stride, padding,
                                         output_mask):
+    _check_input5d(y, "intermediate y")
+    _check_temporal_weight(y, y.shape[1], y.shape[2], weight, None, stride, padding)
+    _check_vectors(y, y.shape[1], mean=mean, scale=scale, shift=shift)
     return (_empty5d(y, y.shape) if output_mask[0] else None,
             torch.empty_like(mean) if output_mask[1] else None,
             torch.empty_like(scale) if output_mask[2] else None,
@@ -111,6 +177,11 @@ def _temporal_conv_bnrelu_backward_fake(grad_out, y, mean, scale, shift, weight,
 @torch.library.register_fake("r2p1d::fused_eval")
 def _fused_eval_fake(x, spatial_weight, spatial_bias, temporal_weight, temporal_bias, stride,
                      padding):
+    _check(len(stride) == 3 and len(padding) == 3,
+           f"expected 3 strides and 3 paddings (t, h, w), but got {len(stride)} and {len(padding)}")
+    _check_spatial(x, spatial_weight, spatial_bias, stride[1:], padding[1:])
+    _check_temporal_weight(x, spatial_weight.shape[0], x.shape[2], temporal_weight, temporal_bias, stride[0],
+                           padding[0])
     n, _, t, h, w = x.shape
     _, _, _, kh, kw = spatial_weight.shape
     o, _, kt, _, _ = temporal_weight.shape

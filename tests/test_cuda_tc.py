@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from torch.library import opcheck
 from torch.profiler import ProfilerActivity, profile
 
@@ -131,6 +131,7 @@ def test_deterministic():
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@settings(derandomize=True)  # as in tests/test_tc_emulated.py
 @given(case=block_cases(min_per_channel=32))
 def test_module_matches_reference(case, dtype, train):
     """The module's random-shape test (tests/test_module.py) on the tensor-core kernels."""

@@ -49,8 +49,10 @@ def test_device_mismatch():
 
 
 def test_empty_input():
+    """A batch of 0 is fine (as for nn.Conv3d: tests/test_robustness.py); an empty time or
+    space dimension is not."""
     with pytest.raises(ValueError, match=r"non-empty"):
-        _block()(torch.randn(0, 3, 4, 8, 8))
+        r2p1d_ext.SpatioTemporalConv(3, 4, (1, 3, 3), padding=1)(torch.randn(2, 3, 0, 8, 8))
 
 
 def test_one_value_per_channel_in_training():

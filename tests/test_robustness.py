@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader
 
 import r2p1d_ext
-from r2p1d_ext import cli, reference
+from r2p1d_ext import cli, ops, reference
 from r2p1d_ext.dataset import VideoDataset, count_failed
 from r2p1d_ext.synthetic import make_synthetic, render_video
 from r2p1d_ext.trainer import TrainConfig, evaluate, resolve_device, train
@@ -345,3 +345,50 @@ def test_torch_jit_script_says_what_to_use():
         torch.jit.script(r2p1d_ext.SpatioTemporalConv(3, 4, 3))
     traced = torch.jit.trace(r2p1d_ext.SpatioTemporalConv(3, 4, 3, padding=1).eval(), torch.randn(1, 3, 4, 6, 6))
     assert traced(torch.randn(1, 3, 4, 6, 6)).shape == (1, 4, 4, 6, 6)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_batch_of_zero_clips(train):
+    """nn.Conv3d takes a batch of 0 and returns an empty output; so does the block (it used
+    to raise), with zero gradients and no running-statistics update."""
+    block = r2p1d_ext.SpatioTemporalConv(3, 8, 3, (1, 2, 2), 1).train(train)
+    x = torch.randn(0, 3, 4, 9, 9, requires_grad=True)
+    out = block(x)
+    assert out.shape == torch.nn.Conv3d(3, 8, 3, (1, 2, 2), 1)(x).shape == (0, 8, 4, 5, 5)
+    out.sum().backward()
+    assert x.grad.shape == x.shape and not block.spatial_conv.weight.grad.any()
+    assert block.bn.num_batches_tracked.item() == 0
+    with pytest.raises(ValueError, match="non-empty channel, time and space"):
+        r2p1d_ext.SpatioTemporalConv(3, 8, (1, 3, 3), padding=1)(torch.randn(2, 3, 0, 9, 9))
+
+
+BAD_CALLS = {
+    "channels": (lambda x, w: ops.spatial_conv_stats(x, w[:, :2].contiguous(), None, [1, 1], [1, 1]),
+                 "expected input with 2 channels"),
+    "rank": (lambda x, w: ops.spatial_conv_stats(x[0], w, None, [1, 1], [1, 1]), "expected input to be a 5-D"),
+    "dtype": (lambda x, w: ops.spatial_conv_stats(x, w.double(), None, [1, 1], [1, 1]), "expected spatial weight of dtype"),
+    "kernel": (lambda x, w: ops.spatial_conv_stats(x[..., :1, :1], w, None, [1, 1], [0, 0]),
+               "smaller than the kernel size"),
+    "temporal": (lambda x, w: ops.fused_eval(x, w, None, torch.randn(2, 5, 3, 1, 1), None, [1, 1, 1], [1, 1, 1]),
+                 "expected an intermediate with 5 channels"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CALLS)
+def test_bad_calls_fail_alike_in_eager_compile_and_export(case):
+    """The fake kernels check what the kernels check: the same ValueError message in eager,
+    under torch.compile and in torch.export (they used to trace on and fail obscurely)."""
+    fn, message = BAD_CALLS[case]
+    x, w = torch.randn(2, 3, 4, 6, 6), torch.randn(4, 3, 1, 3, 3)
+    with pytest.raises(ValueError, match=message):
+        fn(x, w)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match=message):
+        torch.compile(fn, fullgraph=True, backend="eager")(x, w)
+
+    class Call(torch.nn.Module):
+        def forward(self, x, w):
+            return fn(x, w)
+
+    with pytest.raises(Exception, match=message):
+        torch.export.export(Call(), (x, w))
