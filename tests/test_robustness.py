@@ -392,3 +392,43 @@ def test_bad_calls_fail_alike_in_eager_compile_and_export(case):
 
     with pytest.raises(Exception, match=message):
         torch.export.export(Call(), (x, w))
+
+
+def test_kill_9_loop_always_leaves_a_loadable_checkpoint(tiny_set, tmp_path):
+    """Training with a checkpoint every step, killed with SIGKILL at random points a few
+    times, then resumed to the end: after each kill the checkpoint loads (weights_only), and
+    in the end no temp file is left and the run has finished."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "r2p1d_ext.cli", "train", "--data", tiny_set, "--out", str(out), "--epochs", "3",
+           "--arch", "r2plus1d_10", "--batch-size", "2", "--clip-len", "4", "--short-side", "32", "--crop-size", "32",
+           "--workers", "0", "--no-hflip", "--eval-clips", "1", "--checkpoint-every", "1", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rng = random.Random(0)
+    latest = out / "checkpoint.pt"
+    for _ in range(3):
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        # Wait for a new checkpoint (or any state at all), then kill at a random moment.
+        start_mtime = latest.stat().st_mtime if latest.exists() else 0
+        while time.time() < deadline and proc.poll() is None:
+            if latest.exists() and latest.stat().st_mtime > start_mtime:
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        if latest.exists():
+            state = torch.load(latest, weights_only=True)  # never half a file
+            assert state["step"] >= 1
+    result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert torch.load(latest, weights_only=True)["epoch"] == 3
+    assert not list(out.glob(".tmp-*.pt"))
