@@ -15,10 +15,11 @@ from torch.utils.data import DataLoader
 import r2p1d_ext
 from r2p1d_ext import cli, ops, reference
 from r2p1d_ext.dataset import VideoDataset, count_failed
-from r2p1d_ext.synthetic import make_synthetic, render_video
-from r2p1d_ext.trainer import TrainConfig, evaluate, resolve_device, train
+from r2p1d_ext.synthetic import render_video
+from r2p1d_ext.trainer import evaluate, resolve_device, train
 
 from conftest import assert_close, make_pair
+from test_trainer import _config, data  # noqa: F401  (data: the tiny synthetic set fixture)
 
 
 def _block(train=True):
@@ -188,21 +189,7 @@ def test_training_counts_failed_videos_across_workers(set_with_truncated_videos)
 
 
 # ------------------------------------------------------------------ runs and checkpoints
-def _train_cfg(data, out, **kw):
-    base = dict(data=data, out=str(out), arch="r2plus1d_10", batch_size=2, clip_len=4, short_side=32,
-                crop_size=32, epochs=1, workers=0, hflip=False, progress=False, eval_clips=1)
-    return TrainConfig(**{**base, **kw})
-
-
-@pytest.fixture(scope="module")
-def tiny_set(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("tiny"))
-    make_synthetic(root, videos_per_class=(3, 1), classes=["left_fast", "rotate_cw"], frames=8,
-                   size=(32, 40), progress=False)
-    return root
-
-
-def test_read_only_run_folder_fails_before_training(tiny_set, tmp_path):
+def test_read_only_run_folder_fails_before_training(data, tmp_path):
     """A run folder that cannot be written used to fail after a whole epoch, saving
     nothing; now before the first step, naming the folder."""
     out = tmp_path / "ro"
@@ -212,12 +199,12 @@ def test_read_only_run_folder_fails_before_training(tiny_set, tmp_path):
         if os.access(out, os.W_OK):
             pytest.skip("running as a user who can write anywhere (root without CAP_DAC_OVERRIDE off)")
         with pytest.raises(PermissionError, match="cannot write to the run folder"):
-            train(_train_cfg(tiny_set, out))
+            train(_config(data, out, epochs=1))
     finally:
         out.chmod(0o700)
 
 
-def test_unwritable_check_catches_a_folder_that_refuses_files(tiny_set, tmp_path, monkeypatch):
+def test_unwritable_check_catches_a_folder_that_refuses_files(data, tmp_path, monkeypatch):
     """The same check where permissions cannot be dropped (root): the probe file fails."""
     import tempfile as tf
 
@@ -226,45 +213,45 @@ def test_unwritable_check_catches_a_folder_that_refuses_files(tiny_set, tmp_path
 
     monkeypatch.setattr(tf, "NamedTemporaryFile", refuse)
     with pytest.raises(PermissionError, match="cannot write to the run folder .*Read-only"):
-        train(_train_cfg(tiny_set, tmp_path / "run"))
+        train(_config(data, tmp_path / "run", epochs=1))
 
 
-def test_truncated_checkpoint_falls_back_to_the_previous_one(tiny_set, tmp_path):
+def test_truncated_checkpoint_falls_back_to_the_previous_one(data, tmp_path):
     """checkpoint.pt cut short used to block every resume with a raw stream error; the
     previous checkpoint is kept and used, with a warning naming the bad file."""
     out = tmp_path / "run"
-    train(_train_cfg(tiny_set, out, epochs=1, checkpoint_every=1))
+    train(_config(data, out, epochs=1, checkpoint_every=1))
     latest, prev = out / "checkpoint.pt", out / "checkpoint.prev.pt"
     assert latest.exists() and prev.exists()
-    data = latest.read_bytes()
-    latest.write_bytes(data[: len(data) // 2])
+    blob = latest.read_bytes()
+    latest.write_bytes(blob[: len(blob) // 2])
     with pytest.warns(RuntimeWarning, match=r"checkpoint.pt cannot be read.*using the previous one"):
-        result = train(_train_cfg(tiny_set, out, epochs=2))
+        result = train(_config(data, out, epochs=2))
     assert result["epoch"] == 2
     latest.write_bytes(b"garbage")
     prev.unlink()
     with pytest.raises(RuntimeError, match=r"(?s)cannot be read.* no .*checkpoint.prev.pt to fall back to"):
-        train(_train_cfg(tiny_set, out, epochs=3))
+        train(_config(data, out, epochs=3))
 
 
-def test_stale_temporary_checkpoints_are_removed(tiny_set, tmp_path):
+def test_stale_temporary_checkpoints_are_removed(data, tmp_path):
     """A kill during a checkpoint write leaves .tmp-*.pt (up to a whole checkpoint each);
     the next run removes them."""
     out = tmp_path / "run"
     out.mkdir()
     (out / ".tmp-abc123.pt").write_bytes(b"x" * 1000)
     (out / "notes.tmp").write_text("not ours")
-    train(_train_cfg(tiny_set, out))
+    train(_config(data, out, epochs=1))
     assert not list(out.glob(".tmp-*.pt")) and (out / "notes.tmp").exists()
 
 
-def test_last_incomplete_batch_is_dropped(tiny_set, tmp_path):
+def test_last_incomplete_batch_is_dropped(data, tmp_path):
     """6 training clips with batch 4: one step per epoch (the batch of 2 left over would be
     as risky as a batch of 1, whose BatchNorm can see one value per channel)."""
-    result = train(_train_cfg(tiny_set, tmp_path / "run", batch_size=4))
+    result = train(_config(data, tmp_path / "run", epochs=1, batch_size=4))
     assert result["step"] == 1
     with pytest.raises(ValueError, match="fewer than --batch-size 8"):
-        train(_train_cfg(tiny_set, tmp_path / "run2", batch_size=8))
+        train(_config(data, tmp_path / "run2", batch_size=8))
 
 
 # ------------------------------------------------------------------ the command line
@@ -290,16 +277,16 @@ def test_make_synthetic_counts_are_checked(capsys):
     assert "--train-per-class: expected a finite value >= 1, got -1" in capsys.readouterr().err
 
 
-def test_non_finite_loss_stops_with_the_step(tiny_set, tmp_path, monkeypatch):
+def test_non_finite_loss_stops_with_the_step(data, tmp_path, monkeypatch):
     """A loss that turns NaN used to train on and exit 0: now it stops before the step,
     saying where, and the last checkpoint stays good."""
     out = tmp_path / "run"
-    train(_train_cfg(tiny_set, out))
+    train(_config(data, out, epochs=1))
     before = (out / "checkpoint.pt").read_bytes()
     real = torch.nn.functional.cross_entropy
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
     with pytest.raises(FloatingPointError, match=r"non-finite training loss .* epoch 2, step 4"):
-        train(_train_cfg(tiny_set, out, epochs=2))
+        train(_config(data, out, epochs=2))
     assert (out / "checkpoint.pt").read_bytes() == before
 
 
@@ -315,13 +302,13 @@ def test_device_cuda_means_the_current_device(monkeypatch):
         resolve_device("cuda")
 
 
-def test_resume_with_another_arch_or_settings(tiny_set, tmp_path):
+def test_resume_with_another_arch_or_settings(data, tmp_path):
     out = tmp_path / "run"
-    train(_train_cfg(tiny_set, out))
+    train(_config(data, out, epochs=1))
     with pytest.raises(ValueError, match="is a r2plus1d_10 checkpoint, this run asks for --arch r2plus1d_18"):
-        train(_train_cfg(tiny_set, out, arch="r2plus1d_18", epochs=2))
+        train(_config(data, out, arch="r2plus1d_18", epochs=2))
     with pytest.warns(RuntimeWarning, match=r"changed settings: clip_len 4 -> 6, lr 0.01 -> 0.05"):
-        train(_train_cfg(tiny_set, out, epochs=2, lr=0.05, clip_len=6))
+        train(_config(data, out, epochs=2, lr=0.05, clip_len=6))
 
 
 # ------------------------------------------------------------------ drop-in for nn.Conv3d
@@ -394,7 +381,7 @@ def test_bad_calls_fail_alike_in_eager_compile_and_export(case):
         torch.export.export(Call(), (x, w))
 
 
-def test_kill_9_loop_always_leaves_a_loadable_checkpoint(tiny_set, tmp_path):
+def test_kill_9_loop_always_leaves_a_loadable_checkpoint(data, tmp_path):
     """Training with a checkpoint every step, killed with SIGKILL at random points a few
     times, then resumed to the end: after each kill the checkpoint loads (weights_only), and
     in the end no temp file is left and the run has finished."""
@@ -405,7 +392,7 @@ def test_kill_9_loop_always_leaves_a_loadable_checkpoint(tiny_set, tmp_path):
     import time
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "r2p1d_ext.cli", "train", "--data", tiny_set, "--out", str(out), "--epochs", "3",
+    cmd = [sys.executable, "-m", "r2p1d_ext.cli", "train", "--data", data, "--out", str(out), "--epochs", "3",
            "--arch", "r2plus1d_10", "--batch-size", "2", "--clip-len", "4", "--short-side", "32", "--crop-size", "32",
            "--workers", "0", "--no-hflip", "--eval-clips", "1", "--checkpoint-every", "1", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -57,6 +57,26 @@ R2P1D_HD Vec16 map_chunk(const Vec16& g, F f) {
   return out;
 }
 
+// A K position (r, s, c): c fastest over `inner` values, then s over `kw` taps, then r.
+struct TapPos {
+  int r, s, c;
+  R2P1D_HD static TapPos of(int64_t k, int inner, int kw) {
+    const int64_t tap = k / inner;
+    return {static_cast<int>(tap / kw), static_cast<int>(tap % kw), static_cast<int>(k - tap * inner)};
+  }
+  // k += dk, with additions only (the main loop's K step).
+  R2P1D_HD void advance(int dk, int inner, int kw) {
+    c += dk;
+    while (c >= inner) {
+      c -= inner;
+      if (++s == kw) {
+        s = 0;
+        ++r;
+      }
+    }
+  }
+};
+
 // ---------------------------------------------------------------------------------------
 // A of the spatial forward: im2col of x (frames, H, W, C) for output pixel `row` =
 // (frame, oh, ow) and k = (r, s, c), c fastest. K-major.
@@ -72,7 +92,8 @@ struct Im2colK {
 
   struct State {
     int64_t frame;  // -1: row out of range
-    int ih0, iw0, r, s, c;
+    int ih0, iw0;
+    TapPos pos;  // (r, s, c) of k
     int64_t k;
   };
 
@@ -85,10 +106,7 @@ struct Im2colK {
       st.ih0 = static_cast<int>(q % Ho) * sh - ph;
       st.frame = q / Ho;
     }
-    const int64_t tap = k / Cin;
-    st.c = static_cast<int>(k - tap * Cin);
-    st.r = static_cast<int>(tap / kw);
-    st.s = static_cast<int>(tap % kw);
+    st.pos = TapPos::of(k, Cin, kw);
   }
 
   R2P1D_HD const g_t* at(const State& st, int r, int s, int c) const {
@@ -101,15 +119,14 @@ struct Im2colK {
     if (st.frame < 0) return C::zero();
     if (vec) {
       if (st.k >= K) return C::zero();
-      const g_t* p = at(st, st.r, st.s, st.c);
+      const g_t* p = at(st, st.pos.r, st.pos.s, st.pos.c);
       return p ? C::to_smem(load16(p)) : C::zero();
     }
     Vec16 out = C::zero();
     for (int e = 0; e < C::kV; ++e) {
-      const int64_t k = st.k + e;
-      if (k >= K) break;
-      const int64_t tap = k / Cin;
-      const g_t* p = at(st, static_cast<int>(tap / kw), static_cast<int>(tap % kw), static_cast<int>(k - tap * Cin));
+      if (st.k + e >= K) break;
+      const TapPos pe = TapPos::of(st.k + e, Cin, kw);
+      const g_t* p = at(st, pe.r, pe.s, pe.c);
       if (p) C::set(out, e, Elem<EK>::to_smem(ldg(p)));
     }
     return out;
@@ -117,14 +134,7 @@ struct Im2colK {
 
   R2P1D_HD void advance(State& st, int dk) const {
     st.k += dk;
-    st.c += dk;
-    while (st.c >= Cin) {
-      st.c -= Cin;
-      if (++st.s == kw) {
-        st.s = 0;
-        ++st.r;
-      }
-    }
+    st.pos.advance(dk, Cin, kw);
   }
 };
 
@@ -232,7 +242,8 @@ struct SpatialDgradK {
 
   struct State {
     int64_t frame;  // -1: row out of range
-    int h, w, r, s, m;
+    int h, w;
+    TapPos pos;  // (r, s, m) of k
     int64_t k;
   };
 
@@ -245,10 +256,7 @@ struct SpatialDgradK {
       st.h = static_cast<int>(q % H);
       st.frame = q / H;
     }
-    const int64_t tap = k / M;
-    st.m = static_cast<int>(k - tap * M);
-    st.r = static_cast<int>(tap / kw);
-    st.s = static_cast<int>(tap % kw);
+    st.pos = TapPos::of(k, M, kw);
   }
 
   // Offset of (oh, ow, m) in gy, or -1 where tap (r, s) reaches no output pixel.
@@ -264,26 +272,24 @@ struct SpatialDgradK {
     if (st.frame < 0) return C::zero();
     if (vec) {
       if (st.k >= K) return C::zero();
-      const int64_t off = offset(st, st.r, st.s, st.m);
+      const int64_t off = offset(st, st.pos.r, st.pos.s, st.pos.c);
       if (off < 0) return C::zero();
       const Vec16 g = load16(gy + off);
       if (!total.on()) return C::to_smem(g);
       const Vec16 yv = load16(y + off);
-      const int m0 = st.m;
+      const int m0 = st.pos.c;
       return map_chunk<EK>(g, [&](float v, int e) {
         return total(v, Elem<EK>::to_float(C::get(yv, e)), m0 + e);
       });
     }
     Vec16 out = C::zero();
     for (int e = 0; e < C::kV; ++e) {
-      const int64_t k = st.k + e;
-      if (k >= K) break;
-      const int64_t tap = k / M;
-      const int m = static_cast<int>(k - tap * M);
-      const int64_t off = offset(st, static_cast<int>(tap / kw), static_cast<int>(tap % kw), m);
+      if (st.k + e >= K) break;
+      const TapPos pe = TapPos::of(st.k + e, M, kw);
+      const int64_t off = offset(st, pe.r, pe.s, pe.c);
       if (off < 0) continue;
       float v = Elem<EK>::to_float(ldg(gy + off));
-      if (total.on()) v = total(v, Elem<EK>::to_float(ldg(y + off)), m);
+      if (total.on()) v = total(v, Elem<EK>::to_float(ldg(y + off)), pe.c);
       C::set(out, e, Elem<EK>::smem_from_float(v));
     }
     return out;
@@ -291,14 +297,7 @@ struct SpatialDgradK {
 
   R2P1D_HD void advance(State& st, int dk) const {
     st.k += dk;
-    st.m += dk;
-    while (st.m >= M) {
-      st.m -= M;
-      if (++st.s == kw) {
-        st.s = 0;
-        ++st.r;
-      }
-    }
+    st.pos.advance(dk, M, kw);
   }
 };
 
@@ -445,39 +444,40 @@ struct Im2colMN {
 
   struct State {
     int64_t col, k, frame;
-    int r, s, c, oh, ow;
+    TapPos pos;  // (r, s, c) of the column
+    int oh, ow;
   };
 
   R2P1D_HD void start(State& st, int64_t col, int64_t k) const {
     st.col = col;
     st.k = k;
-    const int64_t tap = col / Cin;
-    st.c = static_cast<int>(col - tap * Cin);
-    st.r = static_cast<int>(tap / kw);
-    st.s = static_cast<int>(tap % kw);
+    st.pos = TapPos::of(col, Cin, kw);
     const int64_t q = k / Wo;
     st.ow = static_cast<int>(k - q * Wo);
     st.oh = static_cast<int>(q % Ho);
     st.frame = q / Ho;
   }
 
+  // Where tap t reads x at the state's output pixel, or nullptr in the padding.
+  R2P1D_HD const g_t* at(const State& st, const TapPos& t) const {
+    const int ih = st.oh * sh - ph + t.r, iw = st.ow * sw - pw + t.s;
+    if (ih < 0 || ih >= H || iw < 0 || iw >= W) return nullptr;
+    return x + ((st.frame * H + ih) * W + iw) * Cin + t.c;
+  }
+
   // Element (col, p) at the state's pixel: 1 for the ones column, 0 outside.
   R2P1D_HD float element(const State& st, int64_t col) const {
     const int64_t ones = rows - 1;
     if (col >= ones) return col == ones ? 1.f : 0.f;
-    const int64_t tap = col / Cin;
-    const int ih = st.oh * sh - ph + static_cast<int>(tap / kw);
-    const int iw = st.ow * sw - pw + static_cast<int>(tap % kw);
-    if (ih < 0 || ih >= H || iw < 0 || iw >= W) return 0.f;
-    return Elem<EK>::to_float(ldg(x + ((st.frame * H + ih) * W + iw) * Cin + (col - tap * Cin)));
+    const g_t* p = at(st, TapPos::of(col, Cin, kw));
+    return p ? Elem<EK>::to_float(ldg(p)) : 0.f;
   }
 
   R2P1D_HD Vec16 load(const State& st) const {
     if (st.k >= K) return C::zero();
     if (vec && st.col < rows - 1) {  // the chunk is one (r, s) and kV channels
-      const int ih = st.oh * sh - ph + st.r, iw = st.ow * sw - pw + st.s;
-      if (ih < 0 || ih >= H || iw < 0 || iw >= W) return C::zero();
-      return C::to_smem(load16(x + ((st.frame * H + ih) * W + iw) * Cin + st.c));
+      const g_t* p = at(st, st.pos);
+      return p ? C::to_smem(load16(p)) : C::zero();
     }
     Vec16 out = C::zero();
     for (int e = 0; e < C::kV && st.col + e < rows; ++e) C::set(out, e, Elem<EK>::smem_from_float(element(st, st.col + e)));
