@@ -91,7 +91,7 @@ R2P1D_HD uint32_t frag_register(const smem_t* tile, int r, Coord coord) {
 // The A fragment of the 16 x kMmaK block at (row0, k0) of the tile.
 template <ElemKind K, class Tile, typename smem_t>
 R2P1D_HD void load_frag_a(const smem_t* tile, int row0, int k0, int lane, uint32_t (&a)[4]) {
-R2P1D_UNROLL
+  R2P1D_UNROLL
   for (int r = 0; r < 4; ++r)
     a[r] = frag_register<K, Tile>(tile, r, [&](int v, int& row, int& k) {
       frag_a_coord<K>(lane, v, row, k);
@@ -103,7 +103,7 @@ R2P1D_UNROLL
 // The B fragment of the kMmaK x 8 block at (col0, k0) of the tile (B is stored by column).
 template <ElemKind K, class Tile, typename smem_t>
 R2P1D_HD void load_frag_b(const smem_t* tile, int col0, int k0, int lane, uint32_t (&b)[2]) {
-R2P1D_UNROLL
+  R2P1D_UNROLL
   for (int r = 0; r < 2; ++r)
     b[r] = frag_register<K, Tile>(tile, r, [&](int v, int& col, int& k) {
       frag_b_coord<K>(lane, v, col, k);

@@ -124,27 +124,27 @@ struct Cta {
   }
 
   R2P1D_HD static void load_global(const Problem& p, Thread& th) {
-R2P1D_UNROLL
+    R2P1D_UNROLL
     for (int i = 0; i < kChunksA; ++i) th.a_stage[i] = p.a.load(th.a_state[i]);
-R2P1D_UNROLL
+    R2P1D_UNROLL
     for (int i = 0; i < kChunksB; ++i) th.b_stage[i] = p.b.load(th.b_state[i]);
   }
 
   R2P1D_HD static void advance(const Problem& p, Thread& th) {
-R2P1D_UNROLL
+    R2P1D_UNROLL
     for (int i = 0; i < kChunksA; ++i) p.a.advance(th.a_state[i], BK);
-R2P1D_UNROLL
+    R2P1D_UNROLL
     for (int i = 0; i < kChunksB; ++i) p.b.advance(th.b_state[i], BK);
   }
 
   R2P1D_HD static void store_shared(Smem& s, int buf, int tid, const Thread& th) {
-R2P1D_UNROLL
+    R2P1D_UNROLL
     for (int i = 0; i < kChunksA; ++i) {
       int r, k;
       chunk_pos<AL::kKMajor, BM>(tid, i, r, k);
       store16(&s.op.a[buf][TileA::offset(r, k)], th.a_stage[i]);
     }
-R2P1D_UNROLL
+    R2P1D_UNROLL
     for (int i = 0; i < kChunksB; ++i) {
       int r, k;
       chunk_pos<BL::kKMajor, BN>(tid, i, r, k);
@@ -159,10 +159,10 @@ R2P1D_UNROLL
   R2P1D_HD static void load_fragments(const Smem& s, int buf, int tid, int kk, uint32_t (&af)[MI][4],
                                       uint32_t (&bf)[NI][2]) {
     const int lane = tid % 32;
-R2P1D_UNROLL
+    R2P1D_UNROLL
     for (int mi = 0; mi < MI; ++mi)
       load_frag_a<K, TileA>(s.op.a[buf], warp_m(tid) * WM + mi * 16, kk, lane, af[mi]);
-R2P1D_UNROLL
+    R2P1D_UNROLL
     for (int ni = 0; ni < NI; ++ni)
       load_frag_b<K, TileB>(s.op.b[buf], warp_n(tid) * WN + ni * 8, kk, lane, bf[ni]);
   }
@@ -170,13 +170,13 @@ R2P1D_UNROLL
 #if defined(__CUDACC__)
   // One K tile of MMAs by the calling thread's warp (GPU).
   __device__ __forceinline__ static void mma_tile(const Smem& s, int buf, int tid, Thread& th) {
-R2P1D_UNROLL
+    R2P1D_UNROLL
     for (int kk = 0; kk < BK; kk += kMmaK) {
       uint32_t af[MI][4], bf[NI][2];
       load_fragments(s, buf, tid, kk, af, bf);
-R2P1D_UNROLL
+      R2P1D_UNROLL
       for (int mi = 0; mi < MI; ++mi)
-R2P1D_UNROLL
+        R2P1D_UNROLL
         for (int ni = 0; ni < NI; ++ni) mma<K>(th.acc[mi][ni], af[mi], bf[ni]);
     }
   }
