@@ -123,7 +123,7 @@ def _check_temporal_weight(ref, mid, t, weight, bias, stride, padding) -> None:
     _check_like(ref, bias, "temporal bias", "the input")
 
 
-def _check_vectors(y, n, **vectors) -> None:
+def _check_vectors(n, **vectors) -> None:
     for name, v in vectors.items():
         _check(v.dim() == 1 and v.shape[0] == n,
                f"expected {name} to be a vector of {n} per-channel values, but got shape ", tuple(v.shape))
@@ -155,7 +155,7 @@ def _spatial_conv_backward_fake(grad_y, x, weight, y, mean, grad_mean, grad_var,
 def _temporal_conv_bnrelu_fake(y, mean, scale, shift, weight, bias, stride, padding):
     _check_input5d(y, "intermediate y")
     _check_temporal_weight(y, y.shape[1], y.shape[2], weight, bias, stride, padding)
-    _check_vectors(y, y.shape[1], mean=mean, scale=scale, shift=shift)
+    _check_vectors(y.shape[1], mean=mean, scale=scale, shift=shift)
     n, _, t, h, w = y.shape
     return _empty5d(y, (n, weight.shape[0], output_size(t, weight.shape[2], stride, padding), h, w))
 
@@ -165,7 +165,7 @@ def _temporal_conv_bnrelu_backward_fake(grad_out, y, mean, scale, shift, weight,
                                         output_mask):
     _check_input5d(y, "intermediate y")
     _check_temporal_weight(y, y.shape[1], y.shape[2], weight, None, stride, padding)
-    _check_vectors(y, y.shape[1], mean=mean, scale=scale, shift=shift)
+    _check_vectors(y.shape[1], mean=mean, scale=scale, shift=shift)
     return (_empty5d(y, y.shape) if output_mask[0] else None,
             torch.empty_like(mean) if output_mask[1] else None,
             torch.empty_like(scale) if output_mask[2] else None,
