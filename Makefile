@@ -59,7 +59,8 @@ gpu-wheels:
 
 # On a GPU machine (no network, PyTorch installed): install .whl/, build with every core, run
 # every test and the GPU benchmarks; logs and JSON to $$OUT (default bench/results). Without
-# a GPU it builds and says so. See tools/gpu_check.sh.
+# a GPU it builds and says so. GPU_CHECK_BENCH=0 / GPU_CHECK_COMPILE=0 skip the benchmarks /
+# the torch.compile baseline. See tools/gpu_check.sh.
 gpu-check:
 	bash tools/gpu_check.sh
 
