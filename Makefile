@@ -61,8 +61,8 @@ gpu-wheels:
 # every test and the GPU benchmarks; logs and JSON to $$OUT (default bench/results). Without
 # a GPU it builds and says so. GPU_CHECK_BENCH=0 / GPU_CHECK_COMPILE=0 skip the benchmarks /
 # the torch.compile baseline. See tools/gpu_check.sh.
-gpu-check:
-	bash tools/gpu_check.sh
+gpu-check:  # every core (this Makefile's MAX_JOBS default of 2 is for the 2-core machines)
+	MAX_JOBS=$${GPU_MAX_JOBS:-$$(nproc)} bash tools/gpu_check.sh
 
 clean:
 	rm -rf build *.egg-info r2p1d_ext/_C*.so
