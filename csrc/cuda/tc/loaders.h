@@ -57,6 +57,24 @@ R2P1D_HD Vec16 map_chunk(const Vec16& g, F f) {
   return out;
 }
 
+// A K position (tap, c): c fastest over `inner` values, then the tap (the temporal GEMMs'
+// (tap, channel) and the dgrad weights' (tap, q)).
+struct TapInner {
+  int tap, c;
+  R2P1D_HD static TapInner of(int64_t k, int inner) {
+    const int64_t tap = k / inner;
+    return {static_cast<int>(tap), static_cast<int>(k - tap * inner)};
+  }
+  // k += dk, with additions only (the main loop's K step).
+  R2P1D_HD void advance(int dk, int inner) {
+    c += dk;
+    while (c >= inner) {
+      c -= inner;
+      ++tap;
+    }
+  }
+};
+
 // A K position (r, s, c): c fastest over `inner` values, then s over `kw` taps, then r.
 struct TapPos {
   int r, s, c;
@@ -156,7 +174,8 @@ struct TemporalK {
 
   struct State {
     int64_t base;  // offset of (n, 0, hw, 0) in src; -1: row out of range
-    int t, tap, c;
+    int t;
+    TapInner pos;  // (tap, c) of k
     int64_t k;
   };
 
@@ -169,8 +188,7 @@ struct TemporalK {
       s.t = static_cast<int>(q % Trow);
       s.base = ((q / Trow) * Tsrc * HW + hw) * Cs;
     }
-    s.tap = static_cast<int>(k / Cs);
-    s.c = static_cast<int>(k - static_cast<int64_t>(s.tap) * Cs);
+    s.pos = TapInner::of(k, Cs);
   }
 
   // The source time step of tap `tap`, or -1 where it is padding (or, transposed, where
@@ -194,33 +212,28 @@ struct TemporalK {
     if (s.base < 0) return C::zero();
     if (vec) {
       if (s.k >= K) return C::zero();
-      const g_t* p = at(s, s.tap, s.c);
+      const g_t* p = at(s, s.pos.tap, s.pos.c);
       if (!p) return C::zero();
       const Vec16 g = load16(p);
       if (!bn.on()) return C::to_smem(g);
-      const int c0 = s.c;
+      const int c0 = s.pos.c;
       return map_chunk<EK>(g, [&](float v, int e) { return bn(v, c0 + e); });
     }
     Vec16 out = C::zero();
     for (int e = 0; e < C::kV; ++e) {
-      const int64_t k = s.k + e;
-      if (k >= K) break;
-      const int tap = static_cast<int>(k / Cs), c = static_cast<int>(k % Cs);
-      const g_t* p = at(s, tap, c);
+      if (s.k + e >= K) break;
+      const TapInner pe = TapInner::of(s.k + e, Cs);
+      const g_t* p = at(s, pe.tap, pe.c);
       if (!p) continue;
       const float v = Elem<EK>::to_float(ldg(p));
-      C::set(out, e, Elem<EK>::smem_from_float(bn.on() ? bn(v, c) : v));
+      C::set(out, e, Elem<EK>::smem_from_float(bn.on() ? bn(v, pe.c) : v));
     }
     return out;
   }
 
   R2P1D_HD void advance(State& s, int dk) const {
     s.k += dk;
-    s.c += dk;
-    while (s.c >= Cs) {
-      s.c -= Cs;
-      ++s.tap;
-    }
+    s.pos.advance(dk, Cs);
   }
 };
 
@@ -352,19 +365,18 @@ struct WeightMN {
 
   struct State {
     int64_t col, k;
-    int tap, q;
+    TapInner pos;  // (tap, q) of k
   };
 
   R2P1D_HD void start(State& s, int64_t col, int64_t k) const {
     s.col = col;
     s.k = k;
-    s.tap = static_cast<int>(k / Q);
-    s.q = static_cast<int>(k - static_cast<int64_t>(s.tap) * Q);
+    s.pos = TapInner::of(k, Q);
   }
 
   R2P1D_HD Vec16 load(const State& s) const {
     if (s.k >= K) return C::zero();
-    const g_t* p = w + s.q * ld_q + s.tap * ld_tap + s.col;
+    const g_t* p = w + s.pos.c * ld_q + s.pos.tap * ld_tap + s.col;
     if (vec) return s.col < rows ? C::to_smem(load16(p)) : C::zero();
     Vec16 out = C::zero();
     for (int e = 0; e < C::kV && s.col + e < rows; ++e) C::set(out, e, Elem<EK>::to_smem(ldg(p + e)));
@@ -373,11 +385,7 @@ struct WeightMN {
 
   R2P1D_HD void advance(State& s, int dk) const {
     s.k += dk;
-    s.q += dk;
-    while (s.q >= Q) {
-      s.q -= Q;
-      ++s.tap;
-    }
+    s.pos.advance(dk, Q);
   }
 };
 
@@ -514,14 +522,14 @@ struct TemporalMN {
 
   struct State {
     int64_t col, k, n;
-    int tap, m, to, hw;
+    TapInner pos;  // (tap, m) of the column
+    int to, hw;
   };
 
   R2P1D_HD void start(State& s, int64_t col, int64_t k) const {
     s.col = col;
     s.k = k;
-    s.tap = static_cast<int>(col / M);
-    s.m = static_cast<int>(col - static_cast<int64_t>(s.tap) * M);
+    s.pos = TapInner::of(col, M);
     const int64_t q = k / HW;
     s.hw = static_cast<int>(k - q * HW);
     s.to = static_cast<int>(q % To);
@@ -538,17 +546,17 @@ struct TemporalMN {
   R2P1D_HD float element(const State& s, int64_t col) const {
     const int64_t ones = rows - 1;
     if (col >= ones) return col == ones ? 1.f : 0.f;
-    const int tap = static_cast<int>(col / M), m = static_cast<int>(col % M);
-    const int64_t off = offset(s, tap, m);
-    return off < 0 ? 0.f : bn(Elem<EK>::to_float(ldg(y + off)), m);
+    const TapInner t = TapInner::of(col, M);
+    const int64_t off = offset(s, t.tap, t.c);
+    return off < 0 ? 0.f : bn(Elem<EK>::to_float(ldg(y + off)), t.c);
   }
 
   R2P1D_HD Vec16 load(const State& s) const {
     if (s.k >= K) return C::zero();
     if (vec && s.col < rows - 1) {
-      const int64_t off = offset(s, s.tap, s.m);
+      const int64_t off = offset(s, s.pos.tap, s.pos.c);
       if (off < 0) return C::zero();
-      const int m0 = s.m;
+      const int m0 = s.pos.c;
       return map_chunk<EK>(load16(y + off), [&](float v, int e) { return bn(v, m0 + e); });
     }
     Vec16 out = C::zero();
