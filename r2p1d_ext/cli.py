@@ -1,6 +1,7 @@
-"""The ``r2p1d`` command: make-synthetic, train, eval.
+"""The ``r2p1d`` command: make-synthetic, prepare, train, eval.
 
     r2p1d make-synthetic data/synthetic
+    r2p1d prepare ~/kinetics400 data/k400_128 --short-side 128     # downsample a real set once
     r2p1d train --data data/synthetic --out runs/demo --arch r2plus1d_10 --epochs 10
     torchrun --nproc_per_node 2 -m r2p1d_ext.cli train --data DIR --out DIR   # several processes
     r2p1d eval --data data/synthetic --checkpoint runs/demo/checkpoint.pt
@@ -63,6 +64,34 @@ def _train_parser(sub):
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
+def _prepare_parser(sub):
+    p = sub.add_parser("prepare", help="downsample every video under SRC into DST once (mirrored layout, "
+                                       "short side resized, optional lower fps, a manifest); resumable")
+    p.add_argument("src", help="source folder, e.g. with train/ and val/ class folders of videos")
+    p.add_argument("dst", help="output folder (the dataset root to train on)")
+    p.add_argument("--short-side", type=_number(int, 2, "integer"), default=128,
+                   help="short side of the output in pixels, even (default 128)")
+    p.add_argument("--fps", type=_number(float, 0.01, "number"), default=None,
+                   help="lower the frame rate to this (default: keep the source's)")
+    p.add_argument("--workers", type=_number(int, 0, "integer"), default=None,
+                   help="worker processes (default: one per core; 0: in this process)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _run_prepare(args, parser) -> int:
+    from .prepare import prepare
+    try:
+        s = prepare(args.src, args.dst, args.short_side, args.fps, args.workers, args.progress)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    except KeyboardInterrupt:
+        print("interrupted: every finished video is kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"prepared {s['prepared']}, already done {s['skipped']}, skipped {len(s['failed'])} unreadable, "
+          f"{len(s['truncated'])} truncated (kept what decoded) -> {s['manifest']}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="r2p1d", description="R(2+1)D video classification on fused kernels")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ms.add_argument("--val-per-class", type=_number(int, 1, "integer"), default=12)
     ms.add_argument("--frames", type=_number(int, 1, "integer"), default=16)
     ms.add_argument("--seed", type=_number(int, 0, "integer"), default=0)
+    _prepare_parser(sub)
     _train_parser(sub)
     ev = sub.add_parser("eval", help="evaluate a checkpoint; prints and writes the metrics")
     ev.add_argument("--data", required=True)
@@ -90,6 +120,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 seed=args.seed)
         print(f"wrote {counts['train']} train and {counts['val']} val videos under {args.dir}")
         return 0
+    if args.command == "prepare":
+        return _run_prepare(args, parser)
     if args.command == "train":
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         result = train(TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}))

@@ -17,6 +17,12 @@ random ``crop_size`` crop and, with ``hflip``, a random horizontal flip. Evaluat
 ``clips_per_video`` uniformly spaced clips per video and a centre crop; average the clip
 scores per video with :func:`video_scores` for video-level accuracy.
 
+Start-up: the frame count of every video is needed up front. A folder made by ``r2p1d
+prepare`` carries them in its manifest (``root/manifest.json``), which is used by default
+(``manifest="auto"``); files it does not describe (added or replaced later) are opened and
+probed, as every file is without a manifest. Hidden files (names starting with '.', such as
+``prepare``'s half-written temporaries or macOS ``._`` files) are not videos.
+
 Note: horizontal flips change the meaning of left/right motion; turn ``hflip`` off for
 classes defined by direction (the built-in synthetic set).
 """
@@ -24,12 +30,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from . import manifest as manifest_file
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
@@ -38,6 +46,10 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".m
 
 class VideoDecodeError(RuntimeError):
     pass
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".")
 
 
 def probe_frame_count(path: str) -> int:
@@ -99,7 +111,8 @@ class VideoDataset(Dataset):
                  short_side: int = 128, crop_size: int = 112, train: Optional[bool] = None,
                  hflip: bool = True, clips_per_video: int = 1,
                  mean: Sequence[float] = KINETICS_MEAN, std: Sequence[float] = KINETICS_STD,
-                 extensions: Sequence[str] = VIDEO_EXTENSIONS, seed: Optional[int] = None):
+                 extensions: Sequence[str] = VIDEO_EXTENSIONS, seed: Optional[int] = None,
+                 manifest: Union[str, None] = "auto"):
         if clip_len < 1 or frame_stride < 1 or clips_per_video < 1:
             raise ValueError(f"expected clip_len, frame_stride and clips_per_video >= 1, got "
                              f"{clip_len}, {frame_stride}, {clips_per_video}")
@@ -108,20 +121,28 @@ class VideoDataset(Dataset):
         split_dir = os.path.join(root, split)
         if not os.path.isdir(split_dir):
             raise FileNotFoundError(f"expected a folder {split_dir} holding one sub-folder per class")
-        self.classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+        self.classes = sorted(d for d in os.listdir(split_dir)
+                              if os.path.isdir(os.path.join(split_dir, d)) and not is_hidden(d))
         if not self.classes:
             raise ValueError(f"{split_dir} holds no class folders (expected {split_dir}/<class>/<video>)")
         exts = tuple(e.lower() for e in extensions)
+        rows = manifest_file.rows_by_output(_read_manifest(root, manifest))
         self.videos: List[Tuple[str, int, int]] = []  # (path, label, frames)
         self.unreadable: List[str] = []  # found at start-up
+        self.probed = 0  # files opened at start-up (those the manifest did not describe)
         for label, cls in enumerate(self.classes):
             folder = os.path.join(split_dir, cls)
-            files = sorted(f for f in os.listdir(folder) if f.lower().endswith(exts))
+            files = sorted(f for f in os.listdir(folder) if f.lower().endswith(exts) and not is_hidden(f))
             if not files:
                 raise ValueError(f"class folder {folder} holds no video files (extensions {', '.join(exts)})")
             for name in files:
                 path = os.path.join(folder, name)
+                row = rows.get(f"{split}/{cls}/{name}")
+                if manifest_file.row_matches(row, path):
+                    self.videos.append((path, label, row["frames"]))
+                    continue
                 n = probe_frame_count(path)
+                self.probed += 1
                 if n <= 0:
                     _warn_skip(path, "it cannot be opened or holds no frames")
                     self.unreadable.append(path)
@@ -169,8 +190,11 @@ class VideoDataset(Dataset):
         t, h, w, _ = frames.shape
         scale = self.short_side / min(h, w)
         nh, nw = max(self.short_side, round(h * scale)), max(self.short_side, round(w * scale))
-        resized = np.stack([cv2.resize(f, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-                            for f in frames])
+        if (nh, nw) == (h, w):  # a prepared video at this short side: nothing to resize
+            resized = frames
+        else:
+            resized = np.stack([cv2.resize(f, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1
+                                           else cv2.INTER_LINEAR) for f in frames])
         c = self.crop_size
         if self.train:
             top, left = int(rng.integers(0, nh - c + 1)), int(rng.integers(0, nw - c + 1))
@@ -201,6 +225,27 @@ class VideoDataset(Dataset):
         # Never another video's clip under this one's id and label: a flagged blank.
         c = self.crop_size
         return torch.zeros(3, self.clip_len, c, c), label, video, video
+
+
+def _read_manifest(root: str, manifest: Union[str, None]):
+    """The manifest document to take frame counts from, or None. "auto": root's, if any (an
+    unreadable one is ignored with a warning: the files are probed instead); a path: that
+    file, which must be readable; None: no manifest."""
+    if manifest is None:
+        return None
+    if manifest == "auto":
+        path = manifest_file.path_in(root)
+        if not os.path.exists(path):
+            return None
+        try:
+            return manifest_file.read(path)
+        except (OSError, manifest_file.ManifestError) as err:
+            warnings.warn(f"ignoring {path} ({err}); probing every video instead", RuntimeWarning, stacklevel=4)
+            return None
+    if not os.path.isfile(manifest):
+        raise FileNotFoundError(f"expected manifest to be 'auto', None or a manifest file, got {manifest!r} "
+                                "(no such file)")
+    return manifest_file.read(manifest)
 
 
 def _warn_skip(path: str, why: str) -> None:
