@@ -17,7 +17,8 @@ all: install
 
 # torch 2.14.1 is the CUDA 13 build (so the .cu files compile, with no GPU needed);
 # torchvision is test-only (fuse() on its r2plus1d_18); matplotlib draws the benchmark and
-# training-curve PNGs.
+# training-curve PNGs; onnx/onnxscript/onnxruntime: the ONNX export tests (tests/test_deploy.py).
+# The same sets are pyproject.toml's extras (train, test).
 # nvidia-cutlass: the CUTLASS/CuTe headers of the tensor-core kernels, installed without
 # its dependencies (they serve its Python generator, which we do not use).
 CUTLASS ?= 4.2.0.0
@@ -25,7 +26,7 @@ $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install "torch==$(TORCH)" "torchvision==$(TORCHVISION)" ninja pybind11 \
-		opencv-python-headless tqdm matplotlib pytest hypothesis
+		opencv-python-headless tqdm matplotlib pytest hypothesis onnx onnxscript onnxruntime
 	$(PIP) install --no-deps "nvidia-cutlass==$(CUTLASS)"
 	touch $@
 

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCH_LIST = "9.0"
@@ -96,15 +96,8 @@ def _extension():
                          include_dirs=[_cutlass_include()], extra_link_args=["-fopenmp"])
 
 
+# Metadata, dependencies, extras and the `r2p1d` script are in pyproject.toml.
 setup(
-    name="r2p1d_ext",
-    version="0.1.0",
-    description="Fused R(2+1)D spatiotemporal convolution for PyTorch (C++/CUDA kernels)",
-    packages=find_packages(include=["r2p1d_ext", "r2p1d_ext.*"]),
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    python_requires=">=3.9",
-    install_requires=["torch>=2.11", "tqdm", "opencv-python-headless"],
-    extras_require={"test": ["pytest", "hypothesis", "torchvision"], "plots": ["matplotlib"]},
-    entry_points={"console_scripts": ["r2p1d = r2p1d_ext.cli:main"]},
 )

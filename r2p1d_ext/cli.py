@@ -16,7 +16,13 @@ import os
 import sys
 from typing import List, Optional
 
-from .trainer import ARCHS, TrainConfig, evaluate_checkpoint, train
+try:
+    from .trainer import ARCHS, TrainConfig, evaluate_checkpoint, train
+    _MISSING = None
+except ImportError as err:  # a kernels-only install (`pip install r2p1d_ext`, no [train] extra)
+    if err.name not in ("cv2", "tqdm", "numpy"):
+        raise
+    _MISSING = err.name
 
 
 def _number(kind, minimum, name):
@@ -93,6 +99,10 @@ def _run_prepare(args, parser) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    if _MISSING is not None:
+        print(f"r2p1d needs the training dependencies (module {_MISSING!r} is missing): "
+              "pip install 'r2p1d_ext[train]'", file=sys.stderr)
+        return 1
     parser = argparse.ArgumentParser(prog="r2p1d", description="R(2+1)D video classification on fused kernels")
     sub = parser.add_subparsers(dest="command", required=True)
     ms = sub.add_parser("make-synthetic", help="write the built-in synthetic motion video dataset")

@@ -1,17 +1,22 @@
-"""fuse(model): replace every unfused (2+1)D block of a model by the fused module.
+"""fuse(model): replace every unfused (2+1)D block of a model by the fused module;
+unfuse(model): the way back, to plain PyTorch modules.
 
 Recognised blocks:
   * r2p1d_ext.reference.SpatioTemporalConv (and the original R2Plus1D-PyTorch layout);
   * any nn.Sequential run Conv3d(1,kh,kw) -> BatchNorm3d -> ReLU -> Conv3d(kt,1,1): this is
     torchvision's Conv2Plus1D and the first four modules of its R2Plus1dStem (45 mid channels).
 Weights and BatchNorm state move over as they are (the same Parameter and buffer objects),
-so outputs are unchanged.
+so outputs are unchanged. Each fused block remembers where it came from (``_unfuse_as``:
+"reference", "sequential" for a whole 4-module Sequential such as Conv2Plus1D, "splice"
+for 4 modules inside a longer one such as R2Plus1dStem), so that unfuse() restores that
+layout and its state_dict names.
 """
 from __future__ import annotations
 
 import copy
 from typing import List, Optional
 
+import torch
 from torch import nn
 
 from . import reference
@@ -45,6 +50,7 @@ def _block_from(conv_s: nn.Module, bn: nn.Module, relu: nn.Module,
         bias=False, mid_channels=mid)
     # Take the original modules themselves: parameters, buffers, device and dtype carry over.
     fused.spatial_conv, fused.bn, fused.temporal_conv = conv_s, bn, conv_t
+    fused._unfuse_as, fused._relu_inplace = "reference", relu.inplace
     return fused.train(bn.training)
 
 
@@ -58,6 +64,7 @@ def _fuse_sequential(seq: nn.Sequential) -> nn.Module:
             out.append(mods[i])
             i += 1
         else:
+            fused._unfuse_as = "sequential" if len(mods) == 4 else "splice"
             out.append(fused)
             i += 4
     if len(out) == len(mods):
@@ -84,3 +91,56 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)
     return _fuse_module(model)
+
+
+# ------------------------------------------------------------------ the way back
+def _parts(block: SpatioTemporalConv) -> List[nn.Module]:
+    """The block's four modules, in the order torchvision's Conv2Plus1D holds them."""
+    relu = nn.ReLU(inplace=getattr(block, "_relu_inplace", False))
+    return [block.spatial_conv, block.bn, relu, block.temporal_conv]
+
+
+def _plain_block(block: SpatioTemporalConv) -> nn.Module:
+    """The plain-PyTorch module in the block's place (its layout before fuse(); ours, the
+    reference block with the same state_dict names, for a block built fused)."""
+    if getattr(block, "_unfuse_as", "reference") == "sequential":
+        return nn.Sequential(*_parts(block)).train(block.training)
+    with torch.device("meta"):  # a shell: its modules are replaced by the block's own
+        plain = reference.SpatioTemporalConv(
+            block.in_channels, block.out_channels, block.kernel_size, block.stride, block.padding,
+            bias=block.spatial_conv.bias is not None, mid_channels=block.mid_channels)
+    plain.spatial_conv, plain.bn, plain.temporal_conv = block.spatial_conv, block.bn, block.temporal_conv
+    plain.relu = _parts(block)[2]
+    return plain.train(block.training)
+
+
+def _spliced(module: nn.Module) -> bool:
+    return getattr(module, "_unfuse_as", None) == "splice"
+
+
+def _unfuse_module(module: nn.Module) -> nn.Module:
+    if isinstance(module, SpatioTemporalConv):
+        return _plain_block(module)
+    if isinstance(module, nn.Sequential) and any(_spliced(m) for m in module):
+        mods: List[nn.Module] = []
+        for m in module:
+            mods += _parts(m) if _spliced(m) else [_unfuse_module(m)]
+        return nn.Sequential(*mods).train(module.training)
+    for name, child in list(module.named_children()):
+        new = _unfuse_module(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+def unfuse(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Return ``model`` with every fused block replaced by plain PyTorch modules: the layout
+    fuse() found (torchvision's Conv2Plus1D/R2Plus1dStem layout for a fused torchvision
+    model, so its state_dict names are torchvision's again), or
+    :class:`r2p1d_ext.reference.SpatioTemporalConv` (the same names as the fused module)
+    for blocks built fused. Parameters and buffers are the same objects, so outputs are
+    unchanged; the result needs no r2p1d_ext kernel (TorchScript, other runtimes).
+    With ``inplace=False`` (the default) the model is deep-copied first."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    return _unfuse_module(model)

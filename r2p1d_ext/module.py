@@ -5,9 +5,10 @@ from typing import Optional
 
 import torch
 import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import ops
+from . import ops, reference
 from ._args import block_config, output_size
 
 
@@ -147,6 +148,8 @@ class SpatioTemporalConv(nn.Module):
     def _block(self, x: Tensor, ws: Tensor, bs: Optional[Tensor], wt: Tensor,
                bt: Optional[Tensor]) -> Tensor:
         bn = self.bn
+        if torch.onnx.is_in_onnx_export():
+            return self._standard_ops(x, ws, bs, wt, bt)
         if not torch.compiler.is_compiling():
             _refuse_forward_ad(x, ws, bs, wt, bt, bn.weight, bn.bias)
         stride_hw, pad_hw = list(self.stride[1:]), list(self.padding[1:])
@@ -168,6 +171,23 @@ class SpatioTemporalConv(nn.Module):
         scale, shift = self._affine(var)
         return ops.temporal_conv_bnrelu(y, mean, scale, shift, wt, bt, self.stride[0],
                                         self.padding[0])
+
+    def _standard_ops(self, x: Tensor, ws: Tensor, bs: Optional[Tensor], wt: Tensor,
+                      bt: Optional[Tensor]) -> Tensor:
+        """The block in standard operators, for torch.onnx.export (both exporters): ONNX
+        runtimes know Conv and Relu, not our ops. With running statistics it is the
+        computation of the inference op (BatchNorm folded into the spatial conv, as
+        fused_eval gets it), so an exported model is Conv -> Relu -> Conv per block;
+        otherwise the unfused block with batch statistics (reference.spatio_temporal_conv;
+        the graph normalises with them and updates no running statistics)."""
+        bn = self.bn
+        if self.training or bn.running_mean is None:
+            return reference.spatio_temporal_conv(x, ws, bs, bn.weight, bn.bias, None, None, wt, bt,
+                                                  self.stride, self.padding, True, 0.1, bn.eps)
+        scale, shift = self._affine(bn.running_var)
+        ws_f, bs_f = self._fold(ws, bs, bn.running_mean, scale, shift)
+        z = F.relu(F.conv3d(x, ws_f, bs_f, (1, *self.stride[1:]), (0, *self.padding[1:])))
+        return F.conv3d(z, wt, bt, (self.stride[0], 1, 1), (self.padding[0], 0, 0))
 
     def _affine(self, var: Tensor):
         """BatchNorm as z = (y - mean)*scale + shift: scale = gamma/sqrt(var+eps) and
