@@ -62,6 +62,56 @@ def eval_step(model, x):
     return fn
 
 
+def export_onnx(model, x, path):
+    """The eval model as a standard ONNX file (the dynamo exporter)."""
+    torch.onnx.export(model.eval(), (x,), path, dynamo=True, verbose=False)
+    return path
+
+
+def engine_rows(model, x, reference_out, run, threads):
+    """CPU float32 inference of `model` (the unfused network, eval) exported to ONNX, in ONNX
+    Runtime and OpenVINO with `threads` threads, on the same input; per engine its median
+    time and its output's relative error against `reference_out` (the model's own eager
+    output). An engine whose package
+    is missing is skipped with a message."""
+    import tempfile
+    rows = {}
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        print(f"no ONNX export ({err.name} is not installed): no onnxruntime/openvino rows")
+        return rows
+    folder = tempfile.mkdtemp(prefix="r2p1d-onnx-")
+    path = export_onnx(model, x, os.path.join(folder, "model.onnx"))
+    inp = x.numpy()
+
+    def rel(out):
+        out = torch.as_tensor(out)
+        return float((out - reference_out).norm() / reference_out.norm())
+
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    rows["onnxruntime"] = {"eval_ms": 1e3 * run(lambda: session.run(None, {name: inp})),
+                           "rel_err": rel(session.run(None, {name: inp})[0]),
+                           "version": ort.__version__}
+    try:
+        import openvino as ov
+    except ImportError:
+        print("openvino is not installed: no openvino row")
+        return rows
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                     "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    rows["openvino"] = {"eval_ms": 1e3 * run(lambda: request.infer({0: inp})),
+                        "rel_err": rel(request.infer({0: inp})[compiled.output(0)]),
+                        "version": ov.get_version()}
+    return rows
+
+
 def peak_child(impl, arch, shape, dtype):
     """In a fresh process: the resident growth of the first training step, in MB, printed."""
     model, x, labels = build(impl, arch, "cpu", getattr(torch, dtype), shape)
@@ -79,6 +129,8 @@ def main(argv=None):
     p.add_argument("--arch", default="r2plus1d_18", choices=sorted(ARCHS))
     p.add_argument("--out", default=None,
                    help="JSON path (default bench/results/<date>-<device>-network.json)")
+    p.add_argument("--no-engines", dest="engines", action="store_false",
+                   help="CPU float32: skip the ONNX Runtime and OpenVINO inference rows")
     args = p.parse_args(argv)
 
     dev = args.device
@@ -88,7 +140,8 @@ def main(argv=None):
     shape = (args.batch, 3, args.clip_len, args.crop, args.crop)
     run = timer(dev, warmup, repeats)
 
-    rows = {}
+    rows, engines = {}, {}
+    with_engines = args.engines and not on_gpu and args.dtype == "float32"
     for impl in tqdm(IMPLS, desc="implementations", unit="impl"):
         model, x, labels = build(impl, args.arch, dev, dtype, shape)
         model.train()
@@ -104,7 +157,12 @@ def main(argv=None):
             row["train_peak_mb"] = peak_in_child(__file__, impl, args.arch, ",".join(map(str, shape)),
                                                  args.dtype)
         rows[impl] = row
+        if impl == "eager" and with_engines:
+            with torch.no_grad():  # the model as exported (its running statistics moved in the timed steps)
+                eager_out = model.eval()(x)
+            engines = engine_rows(model, x, eager_out, run, torch.get_num_threads())
         del model, x
+    rows.update(engines)
 
     best = lambda key: min(rows[i][key] for i in IMPLS if i != "fused")
     result = {
@@ -118,6 +176,9 @@ def main(argv=None):
     }
     if "train_peak_mb" in rows["fused"]:
         result["peak_vs_eager"] = rows["fused"]["train_peak_mb"] / best("train_peak_mb")
+    for engine in ("onnxruntime", "openvino"):
+        if engine in rows:
+            result[f"eval_vs_{engine}"] = rows[engine]["eval_ms"] / rows["fused"]["eval_ms"]
     print_table(result)
     suffix = "gpu" if on_gpu else "cpu"
     out = args.out or os.path.join(RESULTS, f"{result['date']}-{suffix}-network.json")
@@ -129,14 +190,19 @@ def main(argv=None):
 def print_table(result):
     print(f"\n{result['arch']} {tuple(result['shape'])} | {result['device']} | torch {result['torch']} "
           f"| {result['dtype']} | commit {result['commit']}")
-    print(f"{'impl':9} {'train ms':>10} {'eval ms':>10} {'peak MB':>9}")
+    print(f"{'impl':11} {'train ms':>10} {'eval ms':>10} {'peak MB':>9}")
     for impl, r in result["rows"].items():
         peak = f"{r['train_peak_mb']:9.0f}" if "train_peak_mb" in r else f"{'-':>9}"
-        print(f"{impl:9} {r['train_ms']:10.1f} {r['eval_ms']:10.1f} {peak}")
+        train = f"{r['train_ms']:10.1f}" if "train_ms" in r else f"{'-':>10}"
+        print(f"{impl:11} {train} {r['eval_ms']:10.1f} {peak}")
     line = (f"fused vs the better eager: train {result['train_vs_eager']:.2f}x faster, "
             f"eval {result['eval_vs_eager']:.2f}x faster")
     if "peak_vs_eager" in result:
         line += f", peak memory {result['peak_vs_eager']:.2f}x"
+    for engine in ("onnxruntime", "openvino"):
+        if f"eval_vs_{engine}" in result:
+            line += (f"; eval {result[f'eval_vs_{engine}']:.2f}x faster than {engine} "
+                     f"(its output within {result['rows'][engine]['rel_err']:.1e})")
     print(line)
 
 
@@ -148,7 +214,9 @@ def plot(result, path):
     keys = [k for k in ("train_ms", "eval_ms", "train_peak_mb") if k in result["rows"][impls[0]]]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.6))
     for ax, key in zip(axes, keys):
-        ax.bar(impls, [result["rows"][i][key] for i in impls], color=["C0", "C1", "C2"])
+        have = [i for i in impls if key in result["rows"][i]]
+        ax.bar(have, [result["rows"][i][key] for i in have], color=[f"C{impls.index(i)}" for i in have])
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         ax.set_title({"train_ms": "training step (ms)", "eval_ms": "inference (ms)",
                       "train_peak_mb": "peak memory, training (MB)"}[key])
     save_figure(fig, f"{result['arch']} {tuple(result['shape'])}, {result['device']}, "
