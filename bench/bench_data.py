@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, commit, pyplot, save, save_figure  # noqa: E402
 from r2p1d_ext.dataset import VideoDataset  # noqa: E402
-from r2p1d_ext.prepare import find_videos, prepare  # noqa: E402
+from r2p1d_ext.prepare import describe, find_videos, prepare  # noqa: E402
 from r2p1d_ext.synthetic import DEFAULT_CLASSES, render_video, write_video  # noqa: E402
 
 CLIP = dict(clip_len=16, short_side=128, crop_size=112)
@@ -260,11 +260,8 @@ def _cpu_name():
 
 def _frame_size(data):
     """(height, width) of the first video under `data`."""
-    cap = cv2.VideoCapture(os.path.join(data, find_videos(data)[0]))
-    try:
-        return int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
-    finally:
-        cap.release()
+    row = describe(os.path.join(data, find_videos(data)[0]))
+    return row["height"], row["width"]
 
 
 if __name__ == "__main__":

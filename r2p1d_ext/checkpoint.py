@@ -9,7 +9,7 @@ import os
 import random
 import tempfile
 import warnings
-from typing import Any, Dict, List
+from typing import IO, Any, Callable, Dict, List
 
 import numpy as np
 import torch
@@ -47,17 +47,17 @@ def previous(path: str) -> str:
     return f"{root}.prev{ext or '.pt'}"
 
 
-def save_atomic(obj: Dict[str, Any], path: str, keep_previous: bool = False) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over ``path``: a
-    reader (or a crash) sees the old checkpoint or the new one, never half of one. With
-    ``keep_previous`` the old one becomes ``previous(path)`` first, so that a checkpoint
-    damaged after it was written (a full disk, a bad copy) still leaves a good one."""
+def write_atomic(path: str, write: Callable[[IO], None], binary: bool = True,
+                 keep_previous: bool = False, suffix: str = TMP_SUFFIX) -> None:
+    """write(file) into a temp file (``.tmp-*<suffix>``) in `path`'s folder, fsync, then
+    rename over `path`: a reader (or a crash) sees the old file or the new one, never half
+    of one. With ``keep_previous`` the old one becomes ``previous(path)`` first."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         if keep_previous and os.path.exists(path):
@@ -67,6 +67,13 @@ def save_atomic(obj: Dict[str, Any], path: str, keep_previous: bool = False) -> 
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_atomic(obj: Dict[str, Any], path: str, keep_previous: bool = False) -> None:
+    """torch.save, atomically (write_atomic). ``keep_previous`` keeps the old checkpoint as
+    ``previous(path)``, so that one damaged after it was written (a full disk, a bad copy)
+    still leaves a good one."""
+    write_atomic(path, lambda f: torch.save(obj, f), keep_previous=keep_previous)
 
 
 def remove_stale_temporaries(folder: str) -> List[str]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Dict, List, Optional
+
+from .checkpoint import write_atomic
 
 NAME = "manifest.json"
 FORMAT = "r2p1d-prepare/1"
@@ -31,16 +32,7 @@ def write(path: str, settings: Dict[str, Any], rows: List[Dict[str, Any]],
     doc = {"format": FORMAT, "settings": settings, "source": source, "complete": complete,
            "videos": sorted(rows, key=lambda r: r["output"]),
            "failed": sorted(failed, key=lambda r: r["source"])}
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: json.dump(doc, f, indent=1), binary=False, suffix=".json")
 
 
 def read(path: str) -> Dict[str, Any]:

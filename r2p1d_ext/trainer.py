@@ -204,10 +204,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dty
 
 # ------------------------------------------------------------------ logs and plots
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    ckpt.write_atomic(path, lambda f: json.dump(obj, f, indent=2), binary=False, suffix=".json")
 
 
 def _append_csv(path: str, row: Dict[str, Any]) -> None:
