@@ -210,6 +210,16 @@ inline std::pair<SpatialGeom, TemporalGeom> check_fused_eval(
   return {g, tg};
 }
 
+// fused_eval's optional residual: a tensor of the output's shape, dtype and device.
+inline void check_residual(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                           at::IntArrayRef out_shape) {
+  if (!residual.has_value() || !residual->defined()) return;
+  check_same_device(x, *residual, "residual");
+  check_same_dtype(x, *residual, "residual");
+  TORCH_CHECK_VALUE(residual->sizes() == out_shape, "r2p1d: expected a residual of the output's shape ",
+                    out_shape, ", but got ", residual->sizes());
+}
+
 inline void check_running_stats(const at::Tensor& running_mean, const at::Tensor& running_var,
                                 const at::Tensor& num_batches_tracked, const at::Tensor& mean,
                                 const at::Tensor& var, int64_t count) {

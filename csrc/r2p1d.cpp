@@ -53,9 +53,13 @@ TORCH_LIBRARY(r2p1d, m) {
       " Tensor grad_weight, Tensor grad_bias)");
   // Inference: out = temporal(relu(spatial(x))) with BatchNorm already folded into the
   // spatial weight and bias; the intermediate is kept per tile, never as a whole tensor.
+  // For a whole residual network (docs/inference.md): out += residual (a tensor of out's
+  // shape) and then, with relu, out = relu(out), both in the temporal conv's output loop;
+  // a BatchNorm after the block is folded into the temporal weight and bias by the caller.
   m.def(
       "fused_eval(Tensor x, Tensor spatial_weight, Tensor? spatial_bias, Tensor temporal_weight,"
-      " Tensor? temporal_bias, int[3] stride, int[3] padding) -> Tensor");
+      " Tensor? temporal_bias, int[3] stride, int[3] padding, Tensor? residual=None,"
+      " bool relu=False) -> Tensor");
   // nn.BatchNorm running-statistics update from a batch's mean and biased variance over
   // `count` values: num_batches_tracked += 1, factor = momentum or 1/num_batches_tracked,
   // running_mean += factor*(mean - running_mean), running_var likewise with the unbiased

@@ -5,8 +5,12 @@ Recognised blocks:
   * r2p1d_ext.reference.SpatioTemporalConv (and the original R2Plus1D-PyTorch layout);
   * any nn.Sequential run Conv3d(1,kh,kw) -> BatchNorm3d -> ReLU -> Conv3d(kt,1,1): this is
     torchvision's Conv2Plus1D and the first four modules of its R2Plus1dStem (45 mid channels).
+and around them, so that a network's eval forward runs folded (r2p1d_ext/folding.py):
+  * nn.Sequential(fused block, BatchNorm3d[, ReLU]) -> network.ConvBN (same children);
+  * torchvision's video BasicBlock -> network.BasicBlock (same children; its downsample
+    Sequential(Conv3d, BatchNorm3d) -> ConvBN), whose eval forward is one op per conv.
 Weights and BatchNorm state move over as they are (the same Parameter and buffer objects),
-so outputs are unchanged. Each fused block remembers where it came from (``_unfuse_as``:
+so outputs are unchanged (up to float rounding, in eval, where BatchNorm is folded). Each fused block remembers where it came from (``_unfuse_as``:
 "reference", "sequential" for a whole 4-module Sequential such as Conv2Plus1D, "splice"
 for 4 modules inside a longer one such as R2Plus1dStem), so that unfuse() restores that
 layout and its state_dict names.
@@ -21,6 +25,7 @@ from torch import nn
 
 from . import reference
 from .module import SpatioTemporalConv
+from .network import BasicBlock, ConvBN
 
 
 def _plain_conv(conv: nn.Module) -> bool:
@@ -72,6 +77,51 @@ def _fuse_sequential(seq: nn.Sequential) -> nn.Module:
     return out[0] if len(out) == 1 else nn.Sequential(*out).train(seq.training)
 
 
+def _conv_bn_layout(seq: nn.Module, conv_type=SpatioTemporalConv) -> bool:
+    """nn.Sequential(conv, BatchNorm3d[, ReLU]), the conv a fused block (or conv_type)."""
+    mods = list(seq) if type(seq) is nn.Sequential else []
+    return (len(mods) in (2, 3) and isinstance(mods[0], conv_type)
+            and type(mods[1]) in (nn.BatchNorm3d, nn.SyncBatchNorm)
+            and (len(mods) == 2 or type(mods[2]) is nn.ReLU))
+
+
+def _as_conv_bn(seq: nn.Sequential) -> ConvBN:
+    return ConvBN(*seq).train(seq.training)
+
+
+def _torchvision_basic_block(module: nn.Module) -> bool:
+    kind = type(module)
+    return kind.__name__ == "BasicBlock" and kind.__module__ == "torchvision.models.video.resnet"
+
+
+def _moved(module: nn.Module, cls: type, names) -> nn.Module:
+    """A `cls` instance holding `module`'s children and attributes `names` (no __init__:
+    the modules themselves move, as in _block_from)."""
+    new = cls.__new__(cls)
+    nn.Module.__init__(new)
+    for name in names:
+        setattr(new, name, getattr(module, name))
+    return new.train(module.training)
+
+
+_BASIC_BLOCK_PARTS = ("conv1", "conv2", "relu", "downsample", "stride")
+
+
+def _adopt_basic_block(block: nn.Module) -> nn.Module:
+    """torchvision's BasicBlock (convs already fused) as network.BasicBlock, whose eval
+    forward folds; unfuse() gives the torchvision class back."""
+    if not (_conv_bn_layout(block.conv1) or isinstance(block.conv1, ConvBN)):
+        return block  # a conv fuse() could not fuse: torchvision's forward stays
+    new = _moved(block, BasicBlock, _BASIC_BLOCK_PARTS)
+    for name in ("conv1", "conv2"):
+        if _conv_bn_layout(getattr(new, name)):
+            setattr(new, name, _as_conv_bn(getattr(new, name)))
+    if new.downsample is not None and _conv_bn_layout(new.downsample, nn.Conv3d):
+        new.downsample = _as_conv_bn(new.downsample)
+    new._unfuse_cls = type(block)
+    return new
+
+
 def _fuse_module(module: nn.Module) -> nn.Module:
     if isinstance(module, reference.SpatioTemporalConv):
         return _block_from(module.spatial_conv, module.bn, module.relu, module.temporal_conv)
@@ -79,8 +129,11 @@ def _fuse_module(module: nn.Module) -> nn.Module:
         new = _fuse_module(child)
         if new is not child:
             setattr(module, name, new)
+    if _torchvision_basic_block(module):
+        return _adopt_basic_block(module)
     if isinstance(module, nn.Sequential):
-        return _fuse_sequential(module)
+        module = _fuse_sequential(module)
+        return _as_conv_bn(module) if _conv_bn_layout(module) else module
     return module
 
 
@@ -130,6 +183,10 @@ def _unfuse_module(module: nn.Module) -> nn.Module:
         new = _unfuse_module(child)
         if new is not child:
             setattr(module, name, new)
+    if isinstance(module, ConvBN):
+        return nn.Sequential(*module).train(module.training)
+    if isinstance(module, BasicBlock) and "_unfuse_cls" in module.__dict__:
+        return _moved(module, module._unfuse_cls, _BASIC_BLOCK_PARTS)
     return module
 
 

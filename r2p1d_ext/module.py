@@ -8,7 +8,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import ops, reference
+from . import folding, ops, reference
 from ._args import block_config, output_size
 
 
@@ -21,6 +21,17 @@ def _check_conv3d_only_options(dilation, groups, padding_mode) -> None:
     if padding_mode != "zeros":
         raise ValueError(f"SpatioTemporalConv: expected padding_mode='zeros' (the only padding the kernels do), "
                          f"got {padding_mode!r}")
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """The input's memory format, which the output takes (the ops' own layout is device-wide:
+    NCDHW on the CPU, channels_last_3d on CUDA; see ops.py)."""
+    return (torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d)
+            and not x.is_contiguous() else torch.contiguous_format)
+
+
+def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
+    return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
 
 
 def _refuse_forward_ad(*tensors: Optional[Tensor]) -> None:
@@ -116,25 +127,85 @@ class SpatioTemporalConv(nn.Module):
         if unbatched:
             x = x.unsqueeze(0)
         self._check_input(x)
-        # The output takes the input's memory format (the ops' own layout is device-wide:
-        # NCDHW on the CPU, channels_last_3d on CUDA; see ops.py).
-        fmt = (torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d)
-               and not x.is_contiguous() else torch.contiguous_format)
-        ws, bs = self.spatial_conv.weight, self.spatial_conv.bias
-        wt, bt = self.temporal_conv.weight, self.temporal_conv.bias
-        if torch.is_autocast_enabled(x.device.type):
-            # As nn.Conv3d under autocast: convolutions run in the autocast dtype; the
-            # BatchNorm statistics and affine map stay float32.
-            dt = torch.get_autocast_dtype(x.device.type)
-            x, ws, wt = x.to(dt), ws.to(dt), wt.to(dt)
-            bs = bs.to(dt) if bs is not None else None
-            bt = bt.to(dt) if bt is not None else None
-        if x.shape[0] == 0:
-            out = self._empty_batch(x, ws, bs, wt, bt)
+        fmt = _memory_format(x)
+        if x.shape[0] > 0 and self.folds_batchnorm() and not torch.onnx.is_in_onnx_export():
+            # Running statistics: BatchNorm folds into the spatial weights and one op computes
+            # the block, with or without autograd (its backward is fused_eval's own, ops.py).
+            out = self._inference(x, None, None, False)
         else:
-            out = self._block(x, ws, bs, wt, bt)
+            ws, bs = self.spatial_conv.weight, self.spatial_conv.bias
+            wt, bt = self.temporal_conv.weight, self.temporal_conv.bias
+            dt = _autocast_dtype(x)
+            if dt is not None:
+                # As nn.Conv3d under autocast: convolutions run in the autocast dtype; the
+                # BatchNorm statistics and affine map stay float32.
+                x, ws, wt = x.to(dt), ws.to(dt), wt.to(dt)
+                bs = bs.to(dt) if bs is not None else None
+                bt = bt.to(dt) if bt is not None else None
+            if x.shape[0] == 0:
+                out = self._empty_batch(x, ws, bs, wt, bt)
+            else:
+                out = self._block(x, ws, bs, wt, bt)
         out = out.contiguous(memory_format=fmt)
         return out.squeeze(0) if unbatched else out
+
+    # -------------------------------------------------------------------- inference
+    def folds_batchnorm(self) -> bool:
+        """Whether the block runs as one inference op: eval with running statistics."""
+        return not self.training and self.bn.running_mean is not None
+
+    def train(self, mode: bool = True):
+        if mode:  # the folded inference weights are a copy of the parameters: free them
+            folding.clear_caches(self)
+        return super().train(mode)
+
+    def fused_inference(self, x: Tensor, post: Optional[nn.Module] = None,
+                        residual: Optional[Tensor] = None, relu: bool = False) -> Tensor:
+        """``relu(post(self(x)) + residual)`` in eval as one ``fused_eval`` op, for a 5-D
+        batch: ``post`` a BatchNorm3d with running statistics (folded into the temporal
+        conv), ``residual`` a tensor of the output's shape. Networks call it through
+        :func:`r2p1d_ext.folding.conv_bn`, which checks that it applies."""
+        self._check_input(x)
+        return self._inference(x, post, residual, relu).contiguous(memory_format=_memory_format(x))
+
+    def _inference(self, x: Tensor, post: Optional[nn.Module], residual: Optional[Tensor],
+                   relu: bool) -> Tensor:
+        bn = self.bn
+        if not torch.compiler.is_compiling():
+            _refuse_forward_ad(x, residual, self.spatial_conv.weight, self.spatial_conv.bias,
+                               self.temporal_conv.weight, self.temporal_conv.bias, bn.weight, bn.bias,
+                               *([post.weight, post.bias] if post is not None else []))
+        dt = _autocast_dtype(x)
+        ws, bs, wt, bt = self._inference_weights(post, dt)
+        if dt is not None:
+            x = x.to(dt)
+            residual = residual.to(dt) if residual is not None else None
+        return ops.fused_eval(x, ws, bs, wt, bt, list(self.stride), list(self.padding), residual, relu)
+
+    def _inference_weights(self, post: Optional[nn.Module], dt: Optional[torch.dtype]):
+        """The weights fused_eval takes: BatchNorm folded into the spatial conv, ``post``
+        (if any) into the temporal conv, cast to the autocast dtype ``dt`` (if any); cached
+        while the parameters and statistics are unchanged (r2p1d_ext/folding.py). On the
+        CPU the temporal weight is laid out (O, kt, M) in memory, the order the kernel's
+        GEMM reads (no copy per call)."""
+        bn = self.bn
+        ws, bs = self.spatial_conv.weight, self.spatial_conv.bias
+        wt, bt = self.temporal_conv.weight, self.temporal_conv.bias
+        sources = [ws, bs, wt, bt, *folding.bn_sources(bn), *folding.bn_sources(post)]
+        extra = (bn.eps, id(post), post.eps if post is not None else None, dt)
+
+        def compute():
+            scale, shift = self._affine(bn.running_var)
+            ws_f, bs_f = self._fold(ws, bs, bn.running_mean, scale, shift)
+            wt_f, bt_f = (wt, bt) if post is None else folding.fold_after(wt, bt, post)
+            if dt is not None:
+                ws_f, bs_f, wt_f = ws_f.to(dt), bs_f.to(dt), wt_f.to(dt)
+                bt_f = bt_f.to(dt) if bt_f is not None else None
+            if wt_f.device.type == "cpu":  # memory (O, kt, M): the CPU kernel's GEMM operand
+                wt_f = wt_f.permute(0, 2, 1, 3, 4).contiguous().permute(0, 2, 1, 3, 4)
+            return ws_f, bs_f, wt_f, bt_f
+
+        return folding.cache_of(self).get(sources, extra, compute)
 
     def _empty_batch(self, x: Tensor, *weights: Optional[Tensor]) -> Tensor:
         """A batch of 0 clips, as nn.Conv3d takes it: an empty output of the right shape, still
@@ -153,13 +224,6 @@ class SpatioTemporalConv(nn.Module):
         if not torch.compiler.is_compiling():
             _refuse_forward_ad(x, ws, bs, wt, bt, bn.weight, bn.bias)
         stride_hw, pad_hw = list(self.stride[1:]), list(self.padding[1:])
-        if not self.training and bn.running_mean is not None:
-            # Running statistics: BatchNorm folds into the spatial weights and one op computes
-            # the block, with or without autograd (its backward is fused_eval's own, ops.py).
-            scale, shift = self._affine(bn.running_var)
-            ws_f, bs_f = self._fold(ws, bs, bn.running_mean, scale, shift)
-            return ops.fused_eval(x, ws_f, bs_f, wt, bt, list(self.stride), list(self.padding))
-
         y, mean, var = ops.spatial_conv_stats(x, ws, bs, stride_hw, pad_hw)
         count = y.numel() // y.shape[1]
         if self.training and count <= 1:

@@ -14,6 +14,10 @@ Two layouts:
 ``conv`` selects the block class (the fused module by default; the pure-PyTorch
 ``r2p1d_ext.reference.SpatioTemporalConv`` builds the same network unfused).
 
+In eval the residual blocks run folded (r2p1d_ext/folding.py, docs/inference.md): each
+BatchNorm after a block folds into the block's temporal conv, the residual add and ReLU
+run in its output loop, and the shortcut's BatchNorm folds into its 1x1x1 conv.
+
 ``channels_last`` (default: on CUDA) makes the network work in ``torch.channels_last_3d``:
 its input is converted once, and every activation after it stays in that layout, which is
 what the CUDA tensor-core kernels read and write.
@@ -25,6 +29,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Type
 import torch
 from torch import Tensor, nn
 
+from .folding import conv_bn
 from .module import SpatioTemporalConv
 
 Conv = Type[nn.Module]
@@ -60,11 +65,10 @@ class SpatioTemporalResBlock(nn.Module):
         self.outrelu = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
-        res = self.relu1(self.bn1(self.conv1(x)))
-        res = self.bn2(self.conv2(res))
+        res = conv_bn(self.conv1, self.bn1, x, self.relu1)
         if self.downsample:
-            x = self.downsamplebn(self.downsampleconv(x))
-        return self.outrelu(x + res)
+            x = conv_bn(self.downsampleconv, self.downsamplebn, x)
+        return conv_bn(self.conv2, self.bn2, res, self.outrelu, residual=x)
 
 
 class SpatioTemporalResLayer(nn.Module):
@@ -132,8 +136,25 @@ def _tv_mid_channels(in_planes: int, planes: int) -> int:
     return (in_planes * planes * 3 * 3 * 3) // (in_planes * 3 * 3 + 3 * planes)
 
 
+class ConvBN(nn.Sequential):
+    """``nn.Sequential(conv, BatchNorm3d[, ReLU])`` that runs folded in eval (one op for a
+    fused block: :func:`r2p1d_ext.folding.conv_bn`). The same children and state_dict
+    names as the plain Sequential; fuse() makes torchvision's such Sequentials this."""
+
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None,
+                relu: Optional[nn.Module] = None) -> Tensor:
+        """``relu(self(x) + residual)``; the ReLU is the Sequential's own third module, or
+        ``relu`` (a residual block's, applied after the add)."""
+        if len(self) not in (2, 3) or (len(self) == 3 and relu is not None):
+            out = super().forward(x)
+            out = out + residual if residual is not None else out
+            return relu(out) if relu is not None else out
+        return conv_bn(self[0], self[1], x, self[2] if len(self) == 3 else relu, residual)
+
+
 class BasicBlock(nn.Module):
-    """torchvision's video BasicBlock with its Conv2Plus1D convs fused."""
+    """torchvision's video BasicBlock with its Conv2Plus1D convs fused; in eval its second
+    conv, BatchNorm, residual add and ReLU are one op."""
 
     expansion = 1
 
@@ -141,16 +162,18 @@ class BasicBlock(nn.Module):
                  downsample: nn.Module | None = None, conv: Conv = SpatioTemporalConv):
         super().__init__()
         mid = _tv_mid_channels(in_planes, planes)
-        self.conv1 = nn.Sequential(conv(in_planes, planes, 3, stride, 1, bias=False, mid_channels=mid),
-                                   nn.BatchNorm3d(planes), nn.ReLU(inplace=True))
-        self.conv2 = nn.Sequential(conv(planes, planes, 3, 1, 1, bias=False, mid_channels=mid),
-                                   nn.BatchNorm3d(planes))
+        self.conv1 = ConvBN(conv(in_planes, planes, 3, stride, 1, bias=False, mid_channels=mid),
+                            nn.BatchNorm3d(planes), nn.ReLU(inplace=True))
+        self.conv2 = ConvBN(conv(planes, planes, 3, 1, 1, bias=False, mid_channels=mid),
+                            nn.BatchNorm3d(planes))
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
         residual = x if self.downsample is None else self.downsample(x)
+        if isinstance(self.conv2, ConvBN):
+            return self.conv2(self.conv1(x), residual, self.relu)
         return self.relu(self.conv2(self.conv1(x)) + residual)
 
 
@@ -163,7 +186,7 @@ class VideoResNet(nn.Module):
         layers = _check_layer_sizes(layers)
         self.channels_last = channels_last
         # torchvision's R2Plus1dStem: (1,7,7) conv to 45 channels, BN, ReLU, (3,1,1) conv to 64.
-        self.stem = nn.Sequential(
+        self.stem = ConvBN(
             conv(3, 64, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False, mid_channels=45),
             nn.BatchNorm3d(64), nn.ReLU(inplace=True))
         self.inplanes = 64
@@ -188,7 +211,7 @@ class VideoResNet(nn.Module):
     def _make_layer(self, planes: int, blocks: int, stride: int, conv: Conv) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes:
-            downsample = nn.Sequential(
+            downsample = ConvBN(
                 nn.Conv3d(self.inplanes, planes, kernel_size=1, stride=stride, bias=False),
                 nn.BatchNorm3d(planes))
         layers = [BasicBlock(self.inplanes, planes, stride, downsample, conv)]

@@ -5,7 +5,7 @@ implementations registered per dispatch key); autograd lives here, apart from th
 Ops (all tensors NCDHW):
   spatial_conv_stats(x, w_s, b_s, stride_hw, padding_hw) -> (y, mean, var)
   temporal_conv_bnrelu(y, mean, scale, shift, w_t, b_t, stride_t, padding_t) -> out
-  fused_eval(x, w_s_folded, b_s_folded, w_t, b_t, stride, padding) -> out
+  fused_eval(x, w_s_folded, b_s_folded, w_t, b_t, stride, padding, residual=None, relu=False) -> out
   update_running_stats(running_mean!, running_var!, num_batches_tracked!, mean, var, count, momentum)
 and the backward ops spatial_conv_backward / temporal_conv_bnrelu_backward.
 
@@ -59,10 +59,13 @@ def temporal_conv_bnrelu(y: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, 
 
 def fused_eval(x: Tensor, spatial_weight: Tensor, spatial_bias: Optional[Tensor],
                temporal_weight: Tensor, temporal_bias: Optional[Tensor], stride: List[int],
-               padding: List[int]) -> Tensor:
-    """Inference block with BatchNorm folded into the spatial weight and bias (no autograd)."""
+               padding: List[int], residual: Optional[Tensor] = None, relu: bool = False) -> Tensor:
+    """Inference block with BatchNorm folded into the spatial weight and bias:
+    temporal(relu(spatial(x))), then ``+ residual`` (a tensor of the output's shape) and
+    ``relu`` if given, in the temporal conv's output loop (a residual network's add and
+    ReLU; a BatchNorm after the block folds into the temporal weight and bias)."""
     return _ops.fused_eval(x, spatial_weight, spatial_bias, temporal_weight, temporal_bias,
-                           stride, padding)
+                           stride, padding, residual, relu)
 
 
 def update_running_stats(running_mean: Tensor, running_var: Tensor, num_batches_tracked: Tensor,
@@ -176,7 +179,7 @@ def _temporal_conv_bnrelu_backward_fake(grad_out, y, mean, scale, shift, weight,
 
 @torch.library.register_fake("r2p1d::fused_eval")
 def _fused_eval_fake(x, spatial_weight, spatial_bias, temporal_weight, temporal_bias, stride,
-                     padding):
+                     padding, residual=None, relu=False):
     _check(len(stride) == 3 and len(padding) == 3,
            f"expected 3 strides and 3 paddings (t, h, w), but got {len(stride)} and {len(padding)}")
     _check_spatial(x, spatial_weight, spatial_bias, stride[1:], padding[1:])
@@ -185,9 +188,13 @@ def _fused_eval_fake(x, spatial_weight, spatial_bias, temporal_weight, temporal_
     n, _, t, h, w = x.shape
     _, _, _, kh, kw = spatial_weight.shape
     o, _, kt, _, _ = temporal_weight.shape
-    return _empty5d(x, (n, o, output_size(t, kt, stride[0], padding[0]),
-                        output_size(h, kh, stride[1], padding[1]),
-                        output_size(w, kw, stride[2], padding[2])))
+    shape = (n, o, output_size(t, kt, stride[0], padding[0]), output_size(h, kh, stride[1], padding[1]),
+             output_size(w, kw, stride[2], padding[2]))
+    if residual is not None:
+        _check_like(x, residual, "residual", "input")
+        _check(tuple(residual.shape) == shape,
+               f"expected a residual of the output's shape {list(shape)}, but got {list(residual.shape)}")
+    return _empty5d(x, shape)
 
 
 @torch.library.register_fake("r2p1d::update_running_stats")
@@ -264,16 +271,20 @@ def fused_eval_grads(ops, grad_out: Tensor, x: Tensor, spatial_weight: Tensor,
 
 
 def _fused_eval_setup_context(ctx, inputs, output):
-    x, ws, bs, wt, bt, stride, padding = inputs
-    ctx.save_for_backward(x, ws, bs, wt)
+    x, ws, bs, wt, bt, stride, padding = inputs[:7]
+    relu = inputs[8] if len(inputs) > 8 else False
+    ctx.save_for_backward(x, ws, bs, wt, output if relu else None)
     ctx.stride, ctx.padding, ctx.has_bt = stride, padding, bt is not None
 
 
 def _fused_eval_backward(ctx, grad_out):
-    x, ws, bs, wt = ctx.saved_tensors
+    x, ws, bs, wt, out = ctx.saved_tensors
+    if out is not None:  # the final ReLU: gradient where the output is positive
+        grad_out = torch.where(out > 0, grad_out, 0)
     grads = fused_eval_grads(_ops, grad_out, x, ws, bs, wt, ctx.has_bt, ctx.stride, ctx.padding,
                              list(ctx.needs_input_grad[:5]))
-    return (*grads, None, None)
+    grad_residual = grad_out if len(ctx.needs_input_grad) > 7 and ctx.needs_input_grad[7] else None
+    return (*grads, None, None, grad_residual, None)
 
 
 torch.library.register_autograd("r2p1d::fused_eval", _fused_eval_backward,

@@ -75,8 +75,12 @@ class EmulatedOps:
     def temporal_conv_bnrelu(self, y, mean, scale, shift, w, b, stride, padding):
         return self._temporal.apply(y, mean, scale, shift, w, b, stride, padding)
 
-    def fused_eval(self, x, ws, bs, wt, bt, stride, padding):
-        return self._fused_eval.apply(x, ws, bs, wt, bt, stride, padding)
+    def fused_eval(self, x, ws, bs, wt, bt, stride, padding, residual=None, relu=False):
+        # The residual add and ReLU follow the tensor-core kernels as separate passes, as in
+        # csrc/cuda/fused_eval_cuda.cu.
+        out = self._fused_eval.apply(x, ws, bs, wt, bt, stride, padding)
+        out = out + residual if residual is not None else out
+        return torch.relu(out) if relu else out
 
 
 class _Planned:

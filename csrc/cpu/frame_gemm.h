@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include "../checks.h"
+#include "row_kernels.h"
 
 namespace r2p1d::cpu {
 
@@ -87,11 +88,10 @@ void col2im_channel(const T* col, int64_t ld, const SpatialGeom& g, T* gx) {
 }
 
 // im2col of a whole frame whose channel c starts at x + c*chan_stride: the (C*kh*kw,
-// Ho*Wo) matrix col, contiguous.
+// Ho*Wo) matrix col, row stride ld.
 template <typename T>
-void im2col_frame(const T* x, int64_t chan_stride, const SpatialGeom& g, T* col) {
-  const int64_t plane = g.out_plane();
-  for (int64_t c = 0; c < g.C; ++c) im2col_channel(x + c * chan_stride, g, col + c * g.kh * g.kw * plane, plane);
+void im2col_frame(const T* x, int64_t chan_stride, const SpatialGeom& g, T* col, int64_t ld) {
+  for (int64_t c = 0; c < g.C; ++c) im2col_channel(x + c * chan_stride, g, col + c * g.kh * g.kw * ld, ld);
 }
 
 // col (C*kh*kw rows, row stride ld) = im2col of the consecutive (n, t) frames [f0, f0 +
@@ -146,7 +146,7 @@ void temporal_output_frame(at::Tensor& out_f, const at::Tensor& w_taps, const T*
     T* p = out_f.data_ptr<T>();
     const int64_t ld = out_f.stride(0), cols = out_f.size(1);
     for (int64_t o = 0; o < out_f.size(0); ++o)
-      for (int64_t q = 0; q < cols; ++q) p[o * ld + q] += bias[o];
+      rows::output_epilogue<T>(p + o * ld, nullptr, bias[o], false, cols);
   }
 }
 

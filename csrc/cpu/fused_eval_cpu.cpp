@@ -22,30 +22,59 @@ inline std::pair<int64_t, int64_t> input_span(int64_t to0, int64_t to1, int64_t 
   return {std::max<int64_t>(0, to0 * st - pt), std::min<int64_t>(T, (to1 - 1) * st - pt + kt)};
 }
 
-// Output steps whose taps all fall in the padding: only the bias remains.
+// Output steps whose taps all fall in the padding: only the bias remains (then the
+// residual and the ReLU, as for every output).
 template <typename T>
-void fill_bias(T* op, int64_t n, int64_t O, int64_t To, int64_t to0, int64_t to1,
-               int64_t plane, const T* bias) {
+void fill_bias(T* op, const T* rp, bool relu, int64_t n, int64_t O, int64_t To, int64_t to0,
+               int64_t to1, int64_t plane, const T* bias) {
   for (int64_t to = to0; to < to1; ++to)
-    for (int64_t o = 0; o < O; ++o)
-      std::fill_n(op + ((n * O + o) * To + to) * plane, plane, bias ? bias[o] : T(0));
+    for (int64_t o = 0; o < O; ++o) {
+      const int64_t at = ((n * O + o) * To + to) * plane;
+      std::fill_n(op + at, plane, T(0));
+      rows::output_epilogue(op + at, rp ? rp + at : nullptr, bias ? bias[o] : T(0), relu, plane);
+    }
+}
+
+// Output frame `to` of one sample: the taps that fall inside the input read consecutive
+// frames of z, which the unit buffer holds one after another ((frame, channel) rows), and
+// wk is the temporal weight as (O, kt*M) with columns in (tap, channel) order; so the
+// frame is one GEMM over all its in-range taps (K = taps*M) rather than one product per
+// tap summed into the output (kt passes over it). Then bias, residual and ReLU in one pass
+// over the frame while it is in cache. zs: the sample's z, its frame ti at zs + (ti - lo)*M*plane.
+template <typename T>
+void output_frame(const SpatialGeom& g, const TemporalGeom& tg, const Tensor& wk, const T* bias,
+                  const T* res, bool relu, int64_t to, const T* zs, int64_t lo, T* out) {
+  const int64_t plane = g.out_plane(), O = tg.O, M = g.M, ld = tg.To * plane;
+  const int64_t first = to * tg.st - tg.pt;  // the input step of tap 0
+  const int64_t k0 = std::max<int64_t>(0, -first), k1 = std::min<int64_t>(tg.kt, g.T - first);
+  Tensor out_f = mat(out, O, plane, ld);
+  if (k1 > k0) {
+    const T* z = zs + (first + k0 - lo) * M * plane;
+    at::mm_out(out_f, wk.narrow(1, k0 * M, (k1 - k0) * M),
+               mat(const_cast<T*>(z), (k1 - k0) * M, plane, plane));
+  } else {
+    out_f.zero_();
+  }
+  for (int64_t o = 0; o < O; ++o)
+    rows::output_epilogue(out + o * ld, res ? res + o * ld : nullptr, bias ? bias[o] : T(0), relu,
+                          plane);
 }
 
 // The op works in units of whole samples (as many as keep the unit's buffers within
 // ~32 MB: more columns per GEMM) or, when one sample alone is larger, of runs of output
 // steps of one sample. Per unit: the activated intermediate z of the unit's input steps
 // (consecutive (n, t) frames) into scratch memory, frame-major (frame j, channel m at
-// z + (j*M + m)*Ho*Wo), by Winograd for 3x3 stride-1 convs and otherwise by im2col and
-// one GEMM over all the unit's frames; then the temporal products, one (sample, output
-// step) per task.
+// z + (j*M + m)*Ho*Wo), by Winograd for 3x3 stride-1 convs with enough tiles
+// (pays_in_inference) and otherwise by im2col and a GEMM per frame; then the temporal
+// products, one (sample, output step) per task.
 template <typename T>
 void fused_eval_units(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
                       const Tensor& spatial_weight, const T* bsp, const Tensor& wk,
-                      const T* btp, T* op) {
+                      const T* btp, const T* rp, bool relu, T* op) {
   const int64_t plane = g.out_plane(), O = tg.O, To = tg.To, kdim = g.C * g.kh * g.kw;
-  const bool wino = winograd::applies(g.kh, g.kw, g.sh, g.sw, g.ph, g.pw);
-  // Bytes per frame of a unit: z, and for im2col also its matrix and the GEMM's output.
-  const int64_t frame_bytes = (wino ? g.M : kdim + 2 * g.M) * plane * static_cast<int64_t>(sizeof(T));
+  const bool wino = winograd::applies(g.kh, g.kw, g.sh, g.sw, g.ph, g.pw) &&
+                    winograd::pays_in_inference(g.N * g.T, g.Ho, g.Wo);
+  const int64_t frame_bytes = g.M * plane * static_cast<int64_t>(sizeof(T));  // a frame of z
   const int64_t budget = 32 << 20;
   const int64_t samples = std::clamp<int64_t>(budget / (frame_bytes * g.T), 1, g.N);
   const bool whole = frame_bytes * g.T <= budget;
@@ -55,14 +84,25 @@ void fused_eval_units(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
   const Scratch zs = Scratch::of<T>(unit_frames * g.M * plane);
   T* zp = zs.data<T>();
   // Winograd: one tile size for all units, chosen for a full one (the filters are
-  // transformed per unit, a chunk at a time). im2col: the weight as a matrix, and the
-  // unit's buffers.
+  // transformed per unit, a chunk at a time). im2col: the weight as a matrix, and a
+  // frame's matrix per thread.
   const int64_t R = wino ? winograd::tile_size(unit_frames, g.Ho, g.Wo) : 0;
   std::optional<winograd::Filters> U;
   if (wino) U.emplace(spatial_weight.reshape({g.M, g.C, 3, 3}), false, R);
   const Tensor w2 = wino ? Tensor() : spatial_weight.reshape({g.M, kdim}).contiguous();
-  const Scratch cols = Scratch::of<T>(wino ? 0 : kdim * unit_frames * plane);
-  const Scratch outs = Scratch::of<T>(wino ? 0 : g.M * unit_frames * plane);
+  // im2col: frames per GEMM (>= 256 columns), then evened out so that the threads get the
+  // same number of groups (8 frames of 7x7 at conv5_x's first block: 2 groups of 4, not
+  // 6 + 2).
+  const int64_t threads = at::get_num_threads();
+  int64_t group = std::clamp<int64_t>((256 + plane - 1) / plane, 1, unit_frames);
+  int64_t n_groups = (unit_frames + group - 1) / group;
+  const bool per_thread = n_groups >= threads;
+  if (per_thread) {
+    n_groups = (n_groups + threads - 1) / threads * threads;
+    group = (unit_frames + n_groups - 1) / n_groups;
+  }
+  const int64_t group_values = (kdim + (group > 1 ? g.M : 0)) * group * plane;  // matrix + GEMM output
+  const Scratch cols = Scratch::of<T>(wino ? 0 : group_values * (per_thread ? threads : 1));
   const auto x_rows = frame_rows(xp, g.C, g.T, g.H, g.W);
   for (int64_t n0 = 0; n0 < g.N; n0 += samples) {
     const int64_t n1 = std::min(g.N, n0 + samples);
@@ -71,7 +111,7 @@ void fused_eval_units(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
       auto [lo, hi] = input_span(to0, to1, tg.st, tg.pt, tg.kt, g.T);
       if (whole) std::tie(lo, hi) = std::pair<int64_t, int64_t>{0, g.T};
       if (hi <= lo) {
-        for (int64_t n = n0; n < n1; ++n) fill_bias(op, n, O, To, to0, to1, plane, btp);
+        for (int64_t n = n0; n < n1; ++n) fill_bias(op, rp, relu, n, O, To, to0, to1, plane, btp);
         continue;
       }
       const int64_t span = hi - lo, first = n0 * g.T + lo;  // the unit's first (n, t) frame
@@ -85,27 +125,48 @@ void fused_eval_units(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
             },
             [](int64_t, const T*, int64_t) {}, opts);
       } else {
-        const int64_t ld = frames * plane;
-        T *col = cols.data<T>(), *out = outs.data<T>();
-        im2col_group(g, xp, first, frames, col, ld);
-        Tensor out_mat = mat(out, g.M, ld, ld);
-        at::mm_out(out_mat, w2, mat(col, kdim, ld, ld));
-        at::parallel_for(0, frames * g.M, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t item = begin; item < end; ++item) {
-            const int64_t j = item / g.M, m = item % g.M;
-            rows::bias_relu(static_cast<const T*>(out + m * ld + j * plane), zp + (j * g.M + m) * plane,
-                            bsp ? bsp[m] : T(0), plane);
-          }
-        });
+        // A group of frames at a time (one frame where it has >= 256 outputs): its im2col
+        // matrix (kdim x group*plane, ~2 MB at R(2+1)D-18's stem and strided convs) stays
+        // in the thread's cache for the GEMM, whose output becomes the group's z rows,
+        // activated (a frame alone is written in place). Each thread takes whole groups
+        // when there are enough of them; otherwise the GEMM is spread over the threads.
+        auto group_z = [&](int64_t j0, T* col, T* tmp) {
+          const int64_t cnt = std::min(group, frames - j0), ld = cnt * plane;
+          for (int64_t j = 0; j < cnt; ++j)
+            im2col_frame(frame_channel(xp, g.C, g.T, g.in_plane(), first + j0 + j, 0),
+                            g.T * g.in_plane(), g, col + j * plane, ld);
+          T* z = zp + j0 * g.M * plane;
+          T* out = cnt == 1 ? z : tmp;
+          Tensor out_mat = mat(out, g.M, ld, ld);
+          at::mm_out(out_mat, w2, mat(col, kdim, ld, ld));
+          for (int64_t j = 0; j < cnt; ++j)
+            for (int64_t m = 0; m < g.M; ++m) {
+              T* zrow = z + (j * g.M + m) * plane;
+              const T bias = bsp ? bsp[m] : T(0);
+              if (cnt == 1) {
+                rows::output_epilogue(zrow, static_cast<const T*>(nullptr), bias, true, plane);
+              } else {
+                rows::bias_relu(static_cast<const T*>(out + m * ld + j * plane), zrow, bias, plane);
+              }
+            }
+        };
+        const int64_t groups = (frames + group - 1) / group;
+        if (per_thread) {
+          at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+            T* col = cols.data<T>() + at::get_thread_num() * group_values;
+            for (int64_t q = begin; q < end; ++q) group_z(q * group, col, col + kdim * group * plane);
+          });
+        } else {
+          for (int64_t q = 0; q < groups; ++q) group_z(q * group, cols.data<T>(), cols.data<T>() + kdim * group * plane);
+        }
       }
       const int64_t steps = to1 - to0;
       at::parallel_for(0, (n1 - n0) * steps, 1, [&](int64_t begin, int64_t end) {
         for (int64_t item = begin; item < end; ++item) {
           const int64_t n = n0 + item / steps, to = to0 + item % steps;
-          Tensor out_f = mat(op + (n * O * To + to) * plane, O, plane, To * plane);
-          temporal_output_frame<T>(out_f, wk, btp, to, tg.st, tg.pt, g.T, [&](int64_t ti) {
-            return mat(zp + ((n - n0) * span + ti - lo) * g.M * plane, g.M, plane, plane);
-          });
+          const int64_t at = (n * O * To + to) * plane;  // this output frame, in out and residual
+          output_frame(g, tg, wk, btp, rp ? rp + at : nullptr, relu, to,
+                       zp + (n - n0) * span * g.M * plane, lo, op + at);
         }
       });
     }
@@ -115,32 +176,39 @@ void fused_eval_units(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
 Tensor fused_eval_cpu(const Tensor& x, const Tensor& spatial_weight,
                       const std::optional<Tensor>& spatial_bias, const Tensor& temporal_weight,
                       const std::optional<Tensor>& temporal_bias, at::IntArrayRef stride,
-                      at::IntArrayRef padding) {
+                      at::IntArrayRef padding, const std::optional<Tensor>& residual, bool relu) {
   KernelScope scope;
   const auto geom = check_fused_eval(x, spatial_weight, spatial_bias, temporal_weight,
                                      temporal_bias, stride, padding);
   const SpatialGeom& g = geom.first;
   const TemporalGeom& tg = geom.second;
   const int64_t O = tg.O, To = tg.To;
+  check_residual(x, residual, {g.N, O, To, g.Ho, g.Wo});
   if (is_reduced(x)) {
     return fused_eval_cpu(to_float(x), to_float(spatial_weight), to_float(spatial_bias),
-                          to_float(temporal_weight), to_float(temporal_bias), stride, padding)
+                          to_float(temporal_weight), to_float(temporal_bias), stride, padding,
+                          to_float(residual), relu)
         .to(x.scalar_type());
   }
   const Tensor xc = x.contiguous();
-  const Tensor wk = taps_major(temporal_weight);
+  // (O, kt*M), columns in (tap, channel) order: a copy unless the caller keeps the weight
+  // in that layout (the module's cached inference weights do).
+  const Tensor wk = temporal_weight.reshape({O, g.M, tg.kt}).permute({0, 2, 1}).contiguous()
+                        .view({O, tg.kt * g.M});
   const Tensor bs = spatial_bias.has_value() && spatial_bias->defined()
                         ? spatial_bias->contiguous() : Tensor();
   const Tensor bt = temporal_bias.has_value() && temporal_bias->defined()
                         ? temporal_bias->contiguous() : Tensor();
+  const Tensor res = residual.has_value() && residual->defined() ? residual->contiguous() : Tensor();
   Tensor out = at::empty({g.N, O, To, g.Ho, g.Wo}, x.options());
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_eval_cpu", [&] {
     const scalar_t* xp = xc.data_ptr<scalar_t>();
     const scalar_t* bsp = bs.defined() ? bs.data_ptr<scalar_t>() : nullptr;
     const scalar_t* btp = bt.defined() ? bt.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* rp = res.defined() ? res.data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.data_ptr<scalar_t>();
-    fused_eval_units<scalar_t>(g, tg, xp, spatial_weight, bsp, wk, btp, op);
+    fused_eval_units<scalar_t>(g, tg, xp, spatial_weight, bsp, wk, btp, rp, relu, op);
   });
   return out;
 }

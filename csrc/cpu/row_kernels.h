@@ -46,6 +46,22 @@ R2P1D_MULTIVERSION void add_bias(const T* __restrict src, T* __restrict dst, T b
   for (int64_t q = 0; q < len; ++q) dst[q] = src[q] + bias;
 }
 
+// The temporal conv's output epilogue, in place: row = row + bias (+ res[q] where res is
+// not null), then relu if asked (fused_eval's residual add and the ReLU after it).
+template <typename T>
+R2P1D_MULTIVERSION void output_epilogue(T* __restrict row, const T* __restrict res, T bias,
+                                        bool relu, int64_t len) {
+  if (res != nullptr && relu) {
+    for (int64_t q = 0; q < len; ++q) row[q] = std::max(row[q] + bias + res[q], T(0));
+  } else if (res != nullptr) {
+    for (int64_t q = 0; q < len; ++q) row[q] = row[q] + bias + res[q];
+  } else if (relu) {
+    for (int64_t q = 0; q < len; ++q) row[q] = std::max(row[q] + bias, T(0));
+  } else {
+    for (int64_t q = 0; q < len; ++q) row[q] += bias;
+  }
+}
+
 // Sum of (v[q] - c)^Power (Power 1 or 2): T sums over blocks of 1024 (vectorised), double
 // across blocks.
 template <int Power, typename T>

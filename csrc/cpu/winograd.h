@@ -56,6 +56,16 @@ inline bool applies(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, 
   return kh == 3 && kw == 3 && sh == 1 && sw == 1 && ph <= 2 && pw <= 2 && setting() >= 0;
 }
 
+// Whether Winograd pays for itself in inference (fused_eval), where nothing amortises the
+// filter transform over a backward pass: it writes P*M*C values per call (16/9 of the
+// weight for F(2x2)), while the GEMMs it shortens shrink with the tile count. Measured on
+// R(2+1)D-18's conv5_x (512 -> 1152 channels, 7x7 frames; bench/NOTES.md): 16 tiles (one
+// frame) 3.0-3.6 ms against im2col's 2.2-2.8; 64 tiles (four frames) a tie. A forced
+// R2P1D_WINOGRAD tile size always takes it.
+inline bool pays_in_inference(int64_t F, int64_t Ho, int64_t Wo) {
+  return setting() > 0 || F * ((Ho + 1) / 2) * ((Wo + 1) / 2) >= 64;
+}
+
 // The output tile size for F frames of Ho x Wo outputs. F(4x4) does 1.78x fewer
 // multiply-adds than F(2x2) on frames whose sides are multiples of 4, fewer on others (the
 // last tiles are part padding); it is taken where it saves at least a quarter of them and
