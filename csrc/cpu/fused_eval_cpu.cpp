@@ -123,7 +123,7 @@ void fused_eval_units(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
             [&](int64_t f, int64_t m, int64_t oh, const T* row) {
               rows::bias_relu(row, zp + (f * g.M + m) * plane + oh * g.Wo, bsp ? bsp[m] : T(0), g.Wo);
             },
-            [](int64_t, const T*, int64_t) {}, opts);
+            nullptr, opts);
       } else {
         // A group of frames at a time (one frame where it has >= 256 outputs): its im2col
         // matrix (kdim x group*plane, ~2 MB at R(2+1)D-18's stem and strided convs) stays

@@ -6,6 +6,7 @@
 // (no tensor destructors run during static destruction at exit).
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <mutex>
@@ -41,8 +42,9 @@ class Scratch {
   }
 
  private:
-  // The most one op holds at once (fused_eval: z, and the Winograd V, Y and filters).
-  static constexpr size_t kKeep = 4;
+  // The most one op holds at once (fused_eval: z, the Winograd V, Y and filters, and a
+  // transform's per-thread buffers, or the im2col matrices).
+  static constexpr size_t kKeep = 6;
   explicit Scratch(int64_t bytes) {
     if (bytes <= 0) return;  // nothing to hand out (and no pooled buffer to tie up)
     {
@@ -68,6 +70,24 @@ class Scratch {
     return *pool;
   }
   at::Tensor buf_;
+};
+
+// One scratch region per thread of at::parallel_for, from the pool: the transforms' tile
+// buffers (~1.4 MB per thread and batch at R(2+1)D-18's conv2_x with F(4x4)) were
+// std::vectors, allocated and zero-filled in every parallel region, and glibc hands
+// buffers that large back to the OS, so each was page-faulted in afresh.
+template <typename T>
+class PerThread {
+ public:
+  explicit PerThread(int64_t per_thread)
+      : per_(per_thread), buf_(Scratch::of<T>(per_thread * at::get_num_threads())) {}
+  // This thread's region (valid inside at::parallel_for, whose thread numbers are below
+  // at::get_num_threads()).
+  T* mine() const { return buf_.data<T>() + at::get_thread_num() * per_; }
+
+ private:
+  int64_t per_;
+  Scratch buf_;
 };
 
 }  // namespace r2p1d::cpu

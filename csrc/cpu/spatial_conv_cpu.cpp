@@ -254,7 +254,7 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cpu(
           [&](int64_t f, int64_t c, int64_t ih, const scalar_t* row) {
             std::copy(row, row + g.W, frame_channel(gxp, g.C, g.T, g.in_plane(), f, c) + ih * g.W);
           },
-          [](int64_t, const scalar_t*, int64_t) {}, xc.options());
+          nullptr, xc.options());
     }
     if (mask[1]) {
       const winograd::Plan plan(g.frames(), g.C, g.H, g.W, g.M, g.ph, g.pw,

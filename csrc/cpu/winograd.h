@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "row_kernels.h"
@@ -422,8 +423,11 @@ void input_transform(const Plan& p, const Batch& batch, int64_t c0, int64_t c1, 
   const int64_t r0 = batch.r0, nr = batch.r1 - batch.r0, ld = batch.S;
   const int64_t Wp = p.padded_width(), G = rows_per_item(p.TW, nr);
   const int64_t groups = (nr + G - 1) / G;
+  const int64_t n_rows = G * p.N * Wp, n_e = p.N * p.N * G * p.TW;
+  const PerThread<T> buffers(n_rows + 2 * n_e);
   at::parallel_for(0, groups * (c1 - c0), 4, [&](int64_t begin, int64_t end) {
-    std::vector<T> rows(G * p.N * Wp), e(p.N * p.N * G * p.TW), f(e.size());
+    T* const rows = buffers.mine();
+    T *const e = rows + n_rows, *const f = e + n_e;
     for (int64_t item = begin; item < end; ++item) {
       // Channel-major items: consecutive items read consecutive rows of one plane and
       // write consecutive columns of V (sequential memory, few TLB misses).
@@ -433,7 +437,7 @@ void input_transform(const Plan& p, const Batch& batch, int64_t c0, int64_t c1, 
         const int64_t r = r0 + first + g, fr = r / p.TH, a = r % p.TH;
         // The N input rows of this tile row, zero-padded to Wp columns.
         for (int64_t i = 0; i < p.N; ++i) {
-          T* row = rows.data() + (g * p.N + i) * Wp;
+          T* row = rows + (g * p.N + i) * Wp;
           const int64_t ih = p.R * a - p.ph + i;
           if (ih >= 0 && ih < p.H) {
             std::fill(row, row + p.pw, T(0));
@@ -444,7 +448,7 @@ void input_transform(const Plan& p, const Batch& batch, int64_t c0, int64_t c1, 
           }
         }
       }
-      input_tile_rows<T>(p.R, count, rows.data(), e.data(), f.data(), Wp, p.TW,
+      input_tile_rows<T>(p.R, count, rows, e, f, Wp, p.TW,
                          V + (c - c0) * ld + first * p.TW, pv);
     }
   });
@@ -452,27 +456,35 @@ void input_transform(const Plan& p, const Batch& batch, int64_t c0, int64_t c1, 
 
 // Output transform of a batch's channels [m0, m1), point xi of channel m's tiles at
 // Y + xi * py + (m - m0) * S: every output row goes to out_row(f, m, oh, row), then the
-// batch's values of channel m, contiguous, to out_channel(m, values, n).
+// batch's values of channel m, contiguous, to out_channel(m, values, n). With nullptr for
+// out_channel (inference: no statistics), rows are handed over where the transform wrote
+// them, without the copy that makes them contiguous.
 template <typename T, typename OutRow, typename OutChannel>
 void output_transform(const Plan& p, const Batch& batch, int64_t m0, int64_t m1, const T* Y,
                       int64_t py, OutRow&& out_row, OutChannel&& out_channel) {
+  constexpr bool contiguous = !std::is_same_v<std::decay_t<OutChannel>, std::nullptr_t>;
   const int64_t r0 = batch.r0, r1 = batch.r1, S = batch.S;
+  const int64_t n_out = p.R * p.R * S, n_rt = p.R * p.N * S;
+  const PerThread<T> buffers(2 * n_out + n_rt + (contiguous ? p.R * (r1 - r0) * p.Wo : 0));
   at::parallel_for(m0, m1, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> out(p.R * p.R * S), quad(p.R * p.R * S), rt(p.R * p.N * S),
-        chan(p.R * (r1 - r0) * p.Wo);
+    T* const out = buffers.mine();
+    T *const quad = out + n_out, *const rt = quad + n_out, *const chan = rt + n_rt;
     for (int64_t m = begin; m < end; ++m) {
       // All of the channel's tiles in this batch in one call (its S tiles are contiguous
       // in Y): R "rows" of R*S values, the rows of every tile side by side.
-      output_tile_row<T>(p.R, Y + (m - m0) * S, py, S, quad.data(), rt.data(), out.data());
+      output_tile_row<T>(p.R, Y + (m - m0) * S, py, S, quad, rt, out);
       int64_t n = 0;  // values of channel m so far in this batch
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t f = r / p.TH, a = r % p.TH;
         for (int64_t i = 0; i < p.R && p.R * a + i < p.Ho; ++i, n += p.Wo) {
-          std::copy_n(out.data() + i * p.R * S + p.R * (r - r0) * p.TW, p.Wo, chan.data() + n);
-          out_row(f, m, p.R * a + i, static_cast<const T*>(chan.data() + n));
+          const T* row = out + i * p.R * S + p.R * (r - r0) * p.TW;
+          if constexpr (contiguous) {
+            row = std::copy_n(row, p.Wo, chan + n) - p.Wo;
+          }
+          out_row(f, m, p.R * a + i, row);
         }
       }
-      out_channel(m, static_cast<const T*>(chan.data()), n);
+      if constexpr (contiguous) out_channel(m, static_cast<const T*>(chan), n);
     }
   });
 }
@@ -480,7 +492,8 @@ void output_transform(const Plan& p, const Batch& batch, int64_t m0, int64_t m1,
 // Runs the forward convolution of all frames with the filters of U (weight rows: the
 // plan's M outputs, or flipped its C inputs): for every output row, out_row(f, m, oh, row)
 // receives the Wo values of channel m, row oh of frame f. After a batch's rows of channel
-// m, out_channel(m, values, n) receives those n values again, contiguous (for statistics).
+// m, out_channel(m, values, n) receives those n values again, contiguous (for statistics;
+// nullptr where none are needed).
 // Rows reach a given channel in (frame, row) order and batches run in order; different
 // channels are processed concurrently.
 //
