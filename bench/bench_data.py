@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, commit, pyplot, save, save_figure  # noqa: E402
+from common import RESULTS, commit, cpu_name, pyplot, save, save_figure  # noqa: E402
 from r2p1d_ext.dataset import VideoDataset  # noqa: E402
 from r2p1d_ext.prepare import describe, find_videos, prepare  # noqa: E402
 from r2p1d_ext.synthetic import DEFAULT_CLASSES, render_video, write_video  # noqa: E402
@@ -204,7 +204,7 @@ def main():
     prepare_rate = timed_prepare(raw, prepared, args.workers)
     timed_prepare(many_raw, many, args.workers, short_side=32, fresh=False)
 
-    result = {"device": f"{_cpu_name()}, {len(os.sched_getaffinity(0))} cores",
+    result = {"device": f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores",
               "torch": torch.__version__, "commit": commit(), "date": datetime.date.today().isoformat(),
               "command": " ".join(shlex.quote(a) for a in ["python"] + sys.argv), "workers": args.workers,
               "clip": CLIP, "sources": f"{args.videos} videos 1280x720, {frames} frames, mp4v",
@@ -245,17 +245,6 @@ def main():
     stem = args.out or os.path.join(RESULTS, f"{result['date']}-cpu-data.json")
     save(result, stem)
     chart(result, os.path.splitext(stem)[0] + ".png")
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return os.uname().machine
 
 
 def _frame_size(data):

@@ -28,6 +28,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (RESULTS, add_run_options, commit, configure, device_name,  # noqa: E402
                     peak_in_child, pyplot, resident_growth_mb, save, save_figure, timer)
+import engines  # noqa: E402
 from r2p1d_ext import network, reference  # noqa: E402
 
 IMPLS = ("fused", "eager", "eager_cl")
@@ -62,53 +63,16 @@ def eval_step(model, x):
     return fn
 
 
-def export_onnx(model, x, path):
-    """The eval model as a standard ONNX file (the dynamo exporter)."""
-    torch.onnx.export(model.eval(), (x,), path, dynamo=True, verbose=False)
-    return path
-
-
 def engine_rows(model, x, reference_out, run, threads):
     """CPU float32 inference of `model` (the unfused network, eval) exported to ONNX, in ONNX
-    Runtime and OpenVINO with `threads` threads, on the same input; per engine its median
-    time and its output's relative error against `reference_out` (the model's own eager
-    output). An engine whose package
-    is missing is skipped with a message."""
-    import tempfile
+    Runtime and OpenVINO with `threads` threads, on the same input (bench/engines.py); per
+    engine its median time and its output's relative error against `reference_out` (the
+    model's own eager output)."""
     rows = {}
-    try:
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as err:
-        print(f"no ONNX export ({err.name} is not installed): no onnxruntime/openvino rows")
-        return rows
-    folder = tempfile.mkdtemp(prefix="r2p1d-onnx-")
-    path = export_onnx(model, x, os.path.join(folder, "model.onnx"))
     inp = x.numpy()
-
-    def rel(out):
-        out = torch.as_tensor(out)
-        return float((out - reference_out).norm() / reference_out.norm())
-
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    rows["onnxruntime"] = {"eval_ms": 1e3 * run(lambda: session.run(None, {name: inp})),
-                           "rel_err": rel(session.run(None, {name: inp})[0]),
-                           "version": ort.__version__}
-    try:
-        import openvino as ov
-    except ImportError:
-        print("openvino is not installed: no openvino row")
-        return rows
-    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                     "INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
-    rows["openvino"] = {"eval_ms": 1e3 * run(lambda: request.infer({0: inp})),
-                        "rel_err": rel(request.infer({0: inp})[compiled.output(0)]),
-                        "version": ov.get_version()}
+    for name, (infer, version) in engines.load(model, x, threads).items():
+        rows[name] = {"eval_ms": 1e3 * run(lambda: infer(inp)),
+                      "rel_err": engines.rel_err(infer(inp), reference_out), "version": version}
     return rows
 
 
@@ -140,7 +104,7 @@ def main(argv=None):
     shape = (args.batch, 3, args.clip_len, args.crop, args.crop)
     run = timer(dev, warmup, repeats)
 
-    rows, engines = {}, {}
+    rows, engine_results = {}, {}
     with_engines = args.engines and not on_gpu and args.dtype == "float32"
     for impl in tqdm(IMPLS, desc="implementations", unit="impl"):
         model, x, labels = build(impl, args.arch, dev, dtype, shape)
@@ -160,9 +124,9 @@ def main(argv=None):
         if impl == "eager" and with_engines:
             with torch.no_grad():  # the model as exported (its running statistics moved in the timed steps)
                 eager_out = model.eval()(x)
-            engines = engine_rows(model, x, eager_out, run, torch.get_num_threads())
+            engine_results = engine_rows(model, x, eager_out, run, torch.get_num_threads())
         del model, x
-    rows.update(engines)
+    rows.update(engine_results)
 
     best = lambda key: min(rows[i][key] for i in IMPLS if i != "fused")
     result = {

@@ -56,11 +56,19 @@ void im2col_channel(const T* x, const SpatialGeom& g, T* col, int64_t ld) {
           std::fill(out, out + g.Wo, T(0));
           continue;
         }
+        // Columns [ow0, ow1) read inside the row (iw = ow*sw - pw + j in [0, W)); the rest
+        // is padding. The inner loop then has no branch and vectorises (a copy for sw = 1).
+        const int64_t shift = j - g.pw;
+        const int64_t ow0 = std::min<int64_t>(g.Wo, shift >= 0 ? 0 : (-shift + g.sw - 1) / g.sw);
+        const int64_t ow1 = std::max<int64_t>(ow0, std::min<int64_t>(g.Wo, (g.W - shift + g.sw - 1) / g.sw));
         const T* xrow = x + ih * g.W;
-        for (int64_t ow = 0; ow < g.Wo; ++ow) {
-          const int64_t iw = ow * g.sw - g.pw + j;
-          out[ow] = (iw >= 0 && iw < g.W) ? xrow[iw] : T(0);
+        std::fill(out, out + ow0, T(0));
+        if (g.sw == 1) {
+          std::copy(xrow + ow0 + shift, xrow + ow1 + shift, out + ow0);
+        } else {
+          for (int64_t ow = ow0; ow < ow1; ++ow) out[ow] = xrow[ow * g.sw + shift];
         }
+        std::fill(out + ow1, out + g.Wo, T(0));
       }
     }
   }
