@@ -51,6 +51,7 @@ demo: install
 bench: install
 	$(PY) bench/bench_block.py
 	$(PY) bench/bench_network.py
+	$(PY) bench/bench_inference.py
 	$(PY) bench/bench_data.py
 
 # The GPU machines have no network: the wheels their stock PyTorch image lacks travel in

@@ -38,25 +38,33 @@ def _signature(t: Optional[Tensor]):
 class FoldCache:
     """One cached value computed from a list of tensors (and hashable extras), recomputed
     when any source changes. Holds a reference to each source's data while cached, so a
-    freed source's address cannot come back as a false match. Empty after deepcopy and
-    pickling (a cache is never saved with a model)."""
+    freed source's address cannot come back as a false match. Safe for threads running the
+    same model at once: the entry (key, value, sources) is replaced as one object, and a
+    reader keeps the entry it found. Empty after deepcopy and pickling (a cache is never
+    saved with a model)."""
 
     def __init__(self) -> None:
-        self.clear()
+        self._entry = None
 
     def clear(self) -> None:
-        self._key, self._keep, self._value = None, None, None
+        self._entry = None
+
+    @property
+    def value(self) -> Optional[tuple]:
+        entry = self._entry
+        return entry[1] if entry is not None else None
 
     def get(self, sources: Sequence[Optional[Tensor]], extra: tuple, compute: Callable[[], tuple]) -> tuple:
         if not _cacheable(sources):
             return compute()
         key = (tuple(_signature(t) for t in sources), extra)
-        if key != self._key:
-            self.clear()  # the old value's memory is free before the new one is made
-            value = compute()
-            self._key, self._value = key, tuple(v.detach() if v is not None else None for v in value)
-            self._keep = [t.detach() for t in sources if t is not None]
-        return self._value
+        entry = self._entry
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        self._entry = None  # the old folds' memory is free before the new ones are made
+        value = tuple(v.detach() if v is not None else None for v in compute())
+        self._entry = (key, value, [t.detach() for t in sources if t is not None])
+        return value
 
     def __deepcopy__(self, memo) -> "FoldCache":
         return FoldCache()
@@ -65,7 +73,7 @@ class FoldCache:
         return {}
 
     def __setstate__(self, state: dict) -> None:
-        self.clear()
+        self._entry = None
 
 
 def _cacheable(sources: Sequence[Optional[Tensor]]) -> bool:

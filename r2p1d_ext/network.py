@@ -65,6 +65,7 @@ class SpatioTemporalResBlock(nn.Module):
         self.outrelu = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
+        # folded in eval where it can be (folding.conv_bn); otherwise module by module
         res = conv_bn(self.conv1, self.bn1, x, self.relu1)
         if self.downsample:
             x = conv_bn(self.downsampleconv, self.downsamplebn, x)
@@ -171,6 +172,15 @@ class BasicBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # plain modules only (an unfused model)
+            residual = x if self.downsample is None else self.downsample(x)
+            return self.relu(self.conv2(self.conv1(x)) + residual)
+        return self._folding_forward(x)
+
+    @torch.jit.unused
+    def _folding_forward(self, x: Tensor) -> Tensor:
+        """The same computation; with ConvBN convs, the second conv, its BatchNorm, the
+        residual add and the ReLU are one op in eval (folding.conv_bn)."""
         residual = x if self.downsample is None else self.downsample(x)
         if isinstance(self.conv2, ConvBN):
             return self.conv2(self.conv1(x), residual, self.relu)

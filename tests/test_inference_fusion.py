@@ -177,6 +177,17 @@ def test_fused_torchvision_model_folds_and_unfuses_back():
         assert_close(back(x), tv(x), 1e-6, "unfused logits")
 
 
+def test_unfused_network_still_scripts():
+    """The folding forward is Python only: TorchScript compiles the plain one (torchvision's
+    layout; the paper layout's blocks without a shortcut never scripted: they lack its
+    modules)."""
+    torch.manual_seed(0)
+    model = r2p1d_ext.unfuse(_randomised(network.r2plus1d_10(num_classes=5))).eval()
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert_close(torch.jit.script(model)(x), model(x), 1e-6, "scripted")
+
+
 def test_training_mode_keeps_batchnorm_separate():
     torch.manual_seed(0)
     model = network.r2plus1d_10(num_classes=5).train()
@@ -278,16 +289,16 @@ def test_train_empties_the_cache_and_copies_carry_none():
     with torch.no_grad():
         model(torch.randn(1, 3, 4, 32, 32))
     block = model.layer1[0].conv1[0]
-    assert block._fold_cache._value is not None
-    assert copy.deepcopy(block)._fold_cache._value is None
-    assert pickle.loads(pickle.dumps(block))._fold_cache._value is None
+    assert block._fold_cache.value is not None
+    assert copy.deepcopy(block)._fold_cache.value is None
+    assert pickle.loads(pickle.dumps(block))._fold_cache.value is None
     saved = io.BytesIO()
     torch.save(model, saved)
     fresh = io.BytesIO()
     torch.save(copy.deepcopy(model), fresh)
     assert saved.tell() == pytest.approx(fresh.tell(), rel=0.01), "a saved model must not hold folded weights"
     model.train()
-    assert block._fold_cache._value is None
+    assert block._fold_cache.value is None
 
 
 def test_cache_not_used_under_autograd_or_for_inference_tensors(monkeypatch):
@@ -295,11 +306,38 @@ def test_cache_not_used_under_autograd_or_for_inference_tensors(monkeypatch):
     block = SpatioTemporalConv(4, 6, 3, padding=1).eval()
     x = torch.randn(1, 4, 3, 8, 8)
     block(x).sum().backward()  # parameters require grad: folded in the graph, not cached
-    assert block._fold_cache._value is None and block.spatial_conv.weight.grad is not None
+    assert block._fold_cache.value is None and block.spatial_conv.weight.grad is not None
     with torch.inference_mode():
         inf_block = SpatioTemporalConv(4, 6, 3, padding=1).eval()
         assert_close(inf_block(x), reference_of(inf_block)(x), 1e-5, "inference tensors")
-    assert inf_block._fold_cache._value is None
+    assert inf_block._fold_cache.value is None
+
+
+def test_threads_share_an_eval_model():
+    """Requests served by several threads on one model: every output right, while the
+    first calls race to fill the caches and later ones read them."""
+    import threading
+    torch.manual_seed(0)
+    model = _randomised(network.r2plus1d_10(num_classes=5)).eval()
+    inputs = [torch.randn(1, 3, 4, 32, 32) for _ in range(4)]
+    with torch.no_grad():
+        want = [_unfused_twin(model)(x) for x in inputs]
+    errors = []
+
+    def serve(i):
+        try:
+            with torch.no_grad():
+                for _ in range(3):
+                    assert_close(model(inputs[i]), want[i], 1e-5, f"thread {i}")
+        except Exception as err:  # noqa: BLE001  (reported by the main thread)
+            errors.append(err)
+
+    threads = [threading.Thread(target=serve, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
 
 
 def reference_of(block):
