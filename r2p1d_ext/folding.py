@@ -106,25 +106,34 @@ def clear_caches(module: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------- the folds
-def bn_affine(bn: nn.Module, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
-    """A BatchNorm's running statistics as (mean, scale, shift): bn(v) = (v - mean)*scale +
-    shift, in `dtype` (float32 at least: see SpatioTemporalConv._affine)."""
-    scale = torch.rsqrt(bn.running_var.to(dtype) + bn.eps)
+def bn_scale_shift(bn: nn.Module, var: Tensor) -> Tuple[Tensor, Tensor]:
+    """BatchNorm as z = (y - mean)*scale + shift: scale = gamma/sqrt(var+eps) and shift =
+    beta (differentiable in var, gamma and beta), in float32 at least: a module cast to
+    bfloat16/float16 keeps its BatchNorm parameters and running statistics in that dtype,
+    and rsqrt(var + eps) in it would round the scale by up to 0.4%."""
+    dtype = torch.float64 if var.dtype == torch.float64 else torch.float32
+    scale = torch.rsqrt(var.to(dtype) + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight.to(dtype)
     shift = bn.bias.to(dtype) if bn.bias is not None else torch.zeros_like(scale)
-    return bn.running_mean.to(dtype), scale, shift
+    return scale, shift
+
+
+def fold_into(weight: Tensor, bias: Optional[Tensor], mean: Tensor, scale: Tensor,
+              shift: Tensor) -> Tuple[Tensor, Tensor]:
+    """Weight and bias of a conv with the per-output-channel map (v - mean)*scale + shift
+    after it: w*scale and (b - mean)*scale + shift, computed in the scale's precision, cast
+    to the weight's dtype."""
+    w = (weight.to(scale.dtype) * scale.view(-1, *([1] * (weight.dim() - 1)))).to(weight.dtype)
+    mean = mean.to(scale.dtype)
+    centred = -mean if bias is None else bias.to(scale.dtype) - mean
+    return w, (centred * scale + shift).to(weight.dtype)
 
 
 def fold_after(weight: Tensor, bias: Optional[Tensor], bn: nn.Module) -> Tuple[Tensor, Tensor]:
-    """Weight and bias of conv followed by BatchNorm ``bn`` (eval): bn(conv(x; w, b)) =
-    conv(x; w*scale, (b - mean)*scale + shift). Computed in float32 at least, returned in
-    the weight's dtype."""
-    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    mean, scale, shift = bn_affine(bn, dtype)
-    w = (weight.to(dtype) * scale.view(-1, *([1] * (weight.dim() - 1)))).to(weight.dtype)
-    centred = -mean if bias is None else bias.to(dtype) - mean
-    return w, (centred * scale + shift).to(weight.dtype)
+    """Weight and bias of conv followed by BatchNorm ``bn`` in eval (running statistics)."""
+    scale, shift = bn_scale_shift(bn, bn.running_var)
+    return fold_into(weight, bias, bn.running_mean, scale, shift)
 
 
 def bn_sources(bn: Optional[nn.Module]) -> List[Optional[Tensor]]:
@@ -163,6 +172,8 @@ def folds(conv: nn.Module, bn: nn.Module, relu: Optional[nn.Module], x: Tensor) 
         return False
     if not bn_folds(bn) or _hooked(conv, bn, relu):
         return False
+    if getattr(conv, "out_channels", None) != bn.num_features:
+        return False  # the modules one by one raise the mismatch (a fold would broadcast it)
     if isinstance(conv, SpatioTemporalConv):
         return conv.folds_batchnorm()
     return _plain_conv3d(conv)

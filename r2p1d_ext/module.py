@@ -254,24 +254,11 @@ class SpatioTemporalConv(nn.Module):
         return F.conv3d(z, wt, bt, (self.stride[0], 1, 1), (self.padding[0], 0, 0))
 
     def _affine(self, var: Tensor):
-        """BatchNorm as z = (y - mean)*scale + shift: scale = gamma/sqrt(var+eps) and
-        shift = beta (differentiable in var, gamma and beta), in float32 at least: a module
-        cast to bfloat16/float16 keeps its BatchNorm parameters and running statistics in
-        that dtype, and rsqrt(var + eps) in it would round the scale by up to 0.4%."""
-        bn = self.bn
-        dtype = torch.float64 if var.dtype == torch.float64 else torch.float32
-        scale = torch.rsqrt(var.to(dtype) + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight.to(dtype)
-        shift = bn.bias.to(dtype) if bn.bias is not None else torch.zeros_like(scale)
-        return scale, shift
+        """The block's BatchNorm as (scale, shift) for variance ``var`` (folding.bn_scale_shift)."""
+        return folding.bn_scale_shift(self.bn, var)
 
     @staticmethod
     def _fold(ws: Tensor, bs: Optional[Tensor], mean: Tensor, scale: Tensor, shift: Tensor):
         """Spatial weight and bias with BatchNorm folded in: relu((conv(x)+b-mean)*scale+shift)
-        = relu(conv(x; w*scale) + (b-mean)*scale + shift); computed in the statistics'
-        precision, then cast to the convolution dtype."""
-        ws_f = (ws.to(scale.dtype) * scale.view(-1, 1, 1, 1, 1)).to(ws.dtype)
-        mean = mean.to(scale.dtype)
-        centred = -mean if bs is None else bs.to(scale.dtype) - mean
-        return ws_f, (centred * scale + shift).to(ws.dtype)
+        = relu(conv(x; w*scale) + (b-mean)*scale + shift)."""
+        return folding.fold_into(ws, bs, mean, scale, shift)

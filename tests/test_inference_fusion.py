@@ -209,6 +209,13 @@ def test_batchnorm_without_running_stats_is_not_folded():
         assert_close(block(x), want, 1e-5, "batch-statistics BatchNorm")
 
 
+def test_batchnorm_of_the_wrong_size_still_raises():
+    """A one-feature BatchNorm after a 6-channel block: the fold would broadcast it."""
+    block = network.ConvBN(SpatioTemporalConv(4, 6, 3, padding=1), nn.BatchNorm3d(1)).eval()
+    with torch.no_grad(), pytest.raises(RuntimeError):
+        block(torch.randn(1, 4, 3, 8, 8))
+
+
 def test_hooks_are_honoured():
     """A hook on a module the fold would skip: the modules run one by one, hooks called."""
     torch.manual_seed(0)
