@@ -134,7 +134,7 @@ void fused_eval_units(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
           const int64_t cnt = std::min(group, frames - j0), ld = cnt * plane;
           for (int64_t j = 0; j < cnt; ++j)
             im2col_frame(frame_channel(xp, g.C, g.T, g.in_plane(), first + j0 + j, 0),
-                            g.T * g.in_plane(), g, col + j * plane, ld);
+                         g.T * g.in_plane(), g, col + j * plane, ld);
           T* z = zp + j0 * g.M * plane;
           T* out = cnt == 1 ? z : tmp;
           Tensor out_mat = mat(out, g.M, ld, ld);
@@ -157,7 +157,8 @@ void fused_eval_units(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
             for (int64_t q = begin; q < end; ++q) group_z(q * group, col, col + kdim * group * plane);
           });
         } else {
-          for (int64_t q = 0; q < groups; ++q) group_z(q * group, cols.data<T>(), cols.data<T>() + kdim * group * plane);
+          for (int64_t q = 0; q < groups; ++q)
+            group_z(q * group, cols.data<T>(), cols.data<T>() + kdim * group * plane);
         }
       }
       const int64_t steps = to1 - to0;
