@@ -54,6 +54,15 @@ def randomize_bn(bn: torch.nn.BatchNorm3d, generator=None):
         bn.running_var.uniform_(0.5, 2.0, generator=generator)
 
 
+def randomize_all_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """randomize_bn on every BatchNorm3d of `model` (a folded BatchNorm must then show)."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            randomize_bn(m, gen)
+    return model
+
+
 def make_pair(*args, device="cpu", dtype=torch.float32, **kwargs):
     """A reference block in float64 and the fused block in `dtype` with the same state
     (values representable in `dtype`, so the reference sees exactly the fused inputs)."""

@@ -9,17 +9,9 @@ from torch import nn
 import r2p1d_ext
 from r2p1d_ext import reference
 
-from conftest import assert_close, randomize_bn
+from conftest import assert_close, randomize_all_bn
 
 tv_video = pytest.importorskip("torchvision.models.video", reason="torchvision is a test dependency")
-
-
-def _randomize_all_bn(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm3d):
-            randomize_bn(m, gen)
-    return model
 
 
 def _count(model, cls):
@@ -32,7 +24,7 @@ def test_fuse_reference_block_and_nested_model():
         nn.Sequential(reference.SpatioTemporalConv(8, 8, (3, 5, 5), (2, 1, 1), (1, 2, 2), bias=False)),
         nn.AdaptiveAvgPool3d(1),
     ).double()
-    _randomize_all_bn(model)
+    randomize_all_bn(model)
     fused = r2p1d_ext.fuse(model)
     assert _count(fused, r2p1d_ext.SpatioTemporalConv) == 2
     assert _count(fused, reference.SpatioTemporalConv) == 0
@@ -65,7 +57,7 @@ def test_fuse_keeps_mixed_bias():
     seq = nn.Sequential(nn.Conv3d(3, 6, (1, 3, 3), padding=(0, 1, 1), bias=True), nn.BatchNorm3d(6),
                         nn.ReLU(), nn.Conv3d(6, 4, (3, 1, 1), padding=(1, 0, 0), bias=False),
                         nn.ReLU()).double()
-    _randomize_all_bn(seq)
+    randomize_all_bn(seq)
     fused = r2p1d_ext.fuse(seq)
     assert isinstance(fused[0], r2p1d_ext.SpatioTemporalConv) and len(fused) == 2
     x = torch.randn(2, 3, 4, 6, 6, dtype=torch.float64)
@@ -77,7 +69,7 @@ def test_fuse_keeps_mixed_bias():
 @pytest.fixture(scope="module")
 def tv_model():
     torch.manual_seed(0)
-    return _randomize_all_bn(tv_video.r2plus1d_18(num_classes=10))
+    return randomize_all_bn(tv_video.r2plus1d_18(num_classes=10))
 
 
 def test_fuse_torchvision_r2plus1d_18_structure(tv_model):

@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import r2p1d_ext
 from r2p1d_ext import SpatioTemporalConv, folding, network, ops, reference
 
-from conftest import DEVICES, assert_close, randomize_bn
+from conftest import DEVICES, assert_close, randomize_all_bn
 
 OPS = torch.ops.r2p1d
 
@@ -130,14 +130,6 @@ class _AtenOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _randomised(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm3d):
-            randomize_bn(m, gen)
-    return model
-
-
 def _unfused_twin(model):
     """The same network with every module run on its own (unfuse: plain PyTorch)."""
     return r2p1d_ext.unfuse(model)
@@ -147,7 +139,7 @@ def _unfused_twin(model):
                                    lambda: network.R2Plus1DClassifier(5, [1, 1, 1, 1])])
 def test_eval_network_equals_its_modules_one_by_one(build):
     torch.manual_seed(0)
-    model = _randomised(build()).eval()
+    model = randomize_all_bn(build()).eval()
     twin = _unfused_twin(model).double()
     x = torch.randn(2, 3, 8, 32, 32)
     with torch.no_grad():
@@ -163,7 +155,7 @@ def test_eval_network_equals_its_modules_one_by_one(build):
 def test_fused_torchvision_model_folds_and_unfuses_back():
     tv_video = pytest.importorskip("torchvision.models.video")
     torch.manual_seed(0)
-    tv = _randomised(tv_video.r2plus1d_18(num_classes=5)).eval()
+    tv = randomize_all_bn(tv_video.r2plus1d_18(num_classes=5)).eval()
     fused = r2p1d_ext.fuse(tv)
     assert isinstance(fused.layer2[0], network.BasicBlock)
     assert isinstance(fused.layer2[0].downsample, network.ConvBN) and isinstance(fused.stem, network.ConvBN)
@@ -182,7 +174,7 @@ def test_unfused_network_still_scripts():
     layout; the paper layout's blocks without a shortcut never scripted: they lack its
     modules)."""
     torch.manual_seed(0)
-    model = r2p1d_ext.unfuse(_randomised(network.r2plus1d_10(num_classes=5))).eval()
+    model = r2p1d_ext.unfuse(randomize_all_bn(network.r2plus1d_10(num_classes=5))).eval()
     x = torch.randn(1, 3, 4, 32, 32)
     with torch.no_grad():
         assert_close(torch.jit.script(model)(x), model(x), 1e-6, "scripted")
@@ -219,7 +211,7 @@ def test_batchnorm_of_the_wrong_size_still_raises():
 def test_hooks_are_honoured():
     """A hook on a module the fold would skip: the modules run one by one, hooks called."""
     torch.manual_seed(0)
-    model = _randomised(network.r2plus1d_10(num_classes=5)).eval()
+    model = randomize_all_bn(network.r2plus1d_10(num_classes=5)).eval()
     x = torch.randn(1, 3, 4, 32, 32)
     with torch.no_grad():
         want = model(x)
@@ -235,7 +227,7 @@ def test_eval_gradients_reach_every_parameter():
     """With autograd in eval the fold is part of the graph (nothing cached): gradients as
     the modules one by one give them."""
     torch.manual_seed(0)
-    model = _randomised(network.r2plus1d_10(num_classes=3)).double().eval()
+    model = randomize_all_bn(network.r2plus1d_10(num_classes=3)).double().eval()
     twin = _unfused_twin(model)
     x = torch.randn(1, 3, 4, 16, 16, dtype=torch.float64)
     params, twin_params = list(model.parameters()), list(twin.parameters())
@@ -247,7 +239,7 @@ def test_eval_gradients_reach_every_parameter():
 
 def test_autocast_bfloat16_on_the_cpu():
     torch.manual_seed(0)
-    model = _randomised(network.r2plus1d_10(num_classes=5)).eval()
+    model = randomize_all_bn(network.r2plus1d_10(num_classes=5)).eval()
     twin = _unfused_twin(model)
     x = torch.randn(1, 3, 4, 32, 32)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -268,7 +260,7 @@ def _counting_folds(monkeypatch):
 
 def test_folded_weights_are_reused_until_a_parameter_changes(monkeypatch):
     torch.manual_seed(0)
-    model = _randomised(network.r2plus1d_10(num_classes=5)).eval()
+    model = randomize_all_bn(network.r2plus1d_10(num_classes=5)).eval()
     x = torch.randn(1, 3, 4, 32, 32)
     calls = _counting_folds(monkeypatch)
     with torch.no_grad():
@@ -292,7 +284,7 @@ def test_folded_weights_are_reused_until_a_parameter_changes(monkeypatch):
 
 def test_train_empties_the_cache_and_copies_carry_none():
     torch.manual_seed(0)
-    model = _randomised(network.r2plus1d_10(num_classes=5)).eval()
+    model = randomize_all_bn(network.r2plus1d_10(num_classes=5)).eval()
     with torch.no_grad():
         model(torch.randn(1, 3, 4, 32, 32))
     block = model.layer1[0].conv1[0]
@@ -325,7 +317,7 @@ def test_threads_share_an_eval_model():
     first calls race to fill the caches and later ones read them."""
     import threading
     torch.manual_seed(0)
-    model = _randomised(network.r2plus1d_10(num_classes=5)).eval()
+    model = randomize_all_bn(network.r2plus1d_10(num_classes=5)).eval()
     inputs = [torch.randn(1, 3, 4, 32, 32) for _ in range(4)]
     with torch.no_grad():
         want = [_unfused_twin(model)(x) for x in inputs]
