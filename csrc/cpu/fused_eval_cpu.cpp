@@ -22,25 +22,14 @@ inline std::pair<int64_t, int64_t> input_span(int64_t to0, int64_t to1, int64_t 
   return {std::max<int64_t>(0, to0 * st - pt), std::min<int64_t>(T, (to1 - 1) * st - pt + kt)};
 }
 
-// Output steps whose taps all fall in the padding: only the bias remains (then the
-// residual and the ReLU, as for every output).
-template <typename T>
-void fill_bias(T* op, const T* rp, bool relu, int64_t n, int64_t O, int64_t To, int64_t to0,
-               int64_t to1, int64_t plane, const T* bias) {
-  for (int64_t to = to0; to < to1; ++to)
-    for (int64_t o = 0; o < O; ++o) {
-      const int64_t at = ((n * O + o) * To + to) * plane;
-      std::fill_n(op + at, plane, T(0));
-      rows::output_epilogue(op + at, rp ? rp + at : nullptr, bias ? bias[o] : T(0), relu, plane);
-    }
-}
-
 // Output frame `to` of one sample: the taps that fall inside the input read consecutive
 // frames of z, which the unit buffer holds one after another ((frame, channel) rows), and
 // wk is the temporal weight as (O, kt*M) with columns in (tap, channel) order; so the
 // frame is one GEMM over all its in-range taps (K = taps*M) rather than one product per
 // tap summed into the output (kt passes over it). Then bias, residual and ReLU in one pass
-// over the frame while it is in cache. zs: the sample's z, its frame ti at zs + (ti - lo)*M*plane.
+// over the frame while it is in cache. zs: the sample's z, its frame ti at zs + (ti - lo)*M*plane
+// (not read for a step whose taps all fall in the padding: only the bias remains, then the
+// residual and the ReLU).
 template <typename T>
 void output_frame(const SpatialGeom& g, const TemporalGeom& tg, const Tensor& wk, const T* bias,
                   const T* res, bool relu, int64_t to, const T* zs, int64_t lo, T* out) {
@@ -110,8 +99,12 @@ void fused_eval_units(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
       const int64_t to1 = std::min(To, to0 + run);
       auto [lo, hi] = input_span(to0, to1, tg.st, tg.pt, tg.kt, g.T);
       if (whole) std::tie(lo, hi) = std::pair<int64_t, int64_t>{0, g.T};
-      if (hi <= lo) {
-        for (int64_t n = n0; n < n1; ++n) fill_bias(op, rp, relu, n, O, To, to0, to1, plane, btp);
+      if (hi <= lo) {  // every tap of these steps is padding
+        for (int64_t n = n0; n < n1; ++n)
+          for (int64_t to = to0; to < to1; ++to) {
+            const int64_t at = (n * O * To + to) * plane;
+            output_frame(g, tg, wk, btp, rp ? rp + at : nullptr, relu, to, zp, lo, op + at);
+          }
         continue;
       }
       const int64_t span = hi - lo, first = n0 * g.T + lo;  // the unit's first (n, t) frame
