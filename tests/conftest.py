@@ -1,4 +1,5 @@
 """Shared helpers: devices, tolerances, module pairs (fused vs reference)."""
+import contextlib
 import os
 
 import pytest
@@ -16,6 +17,21 @@ settings.register_profile("stress", max_examples=500, deadline=None,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 HAS_CUDA = torch.cuda.is_available()
+
+
+@contextlib.contextmanager
+def env_setting(name, value):
+    """Runs with the environment variable `name` set to `value` (the kernels' settings,
+    R2P1D_WINOGRAD and the like, are read at every call), then restores it."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU"))]
 
 # ||out - ref|| / ||ref|| against a float64 reference of the same inputs (DESIGN.md section 4).

@@ -54,11 +54,13 @@ def test_residual_and_relu_match_pytorch(device, with_residual, relu):
 
 
 # Temporal padding past the kernel (kt=1, pt=1): the first and last output steps read only
-# padding, so they are the bias, then the residual and the ReLU (fill_bias); a strided conv
-# with 7x7 frames: the im2col path in frame groups; 56x56 frames: one frame per GEMM.
+# padding, so they are the bias, then the residual and the ReLU (output_frame's no-tap
+# branch); a strided conv with 7x7 frames: the im2col path in frame groups; 56x56 frames:
+# one frame per GEMM; one 7x7 frame (one output frame: its GEMM on all threads), with 256
+# channels: the narrow, deep GEMM run transposed.
 @pytest.mark.parametrize("kw", [dict(kt=1, padding=(1, 1, 1)), dict(stride=(2, 2, 2), h=14, t=6),
                                 dict(h=56, t=3, n=1, c=3, k=7, stride=(1, 2, 2), padding=(1, 3, 3)),
-                                dict(h=7, t=1, n=1, c=16, m=24)])
+                                dict(h=7, t=1, n=1, c=16, m=24), dict(h=7, t=1, n=1, c=256, m=24)])
 def test_residual_relu_on_every_kernel_path(kw):
     x, ws, bs, wt, bt, stride, padding, res = _args(dtype=torch.float32, **kw)
     out = ops.fused_eval(x, ws, bs, wt, bt, stride, padding, res, True)

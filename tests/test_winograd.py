@@ -5,8 +5,6 @@ tile batches), float64 gradcheck, statistics with |mean| >> std, concurrent call
 the scratch pool, and which tile size the automatic choice takes. Each runs with both tile
 sizes forced through R2P1D_WINOGRAD (read by the kernels at every call). The general
 random-shape tests (test_module.py) reach this path only rarely."""
-import contextlib
-import os
 import threading
 
 import pytest
@@ -19,25 +17,16 @@ from torch.autograd import gradcheck
 from r2p1d_ext import ops
 from r2p1d_ext._args import default_mid_channels
 
-from conftest import assert_close, spatial_reference
+from conftest import assert_close, env_setting, spatial_reference
 from test_module import _run
 
 OPS = torch.ops.r2p1d
 TILES = ["2", "4"]
 
 
-@contextlib.contextmanager
 def winograd(setting):
     """Runs the block with R2P1D_WINOGRAD set to `setting` (2, 4, off or auto)."""
-    old = os.environ.get("R2P1D_WINOGRAD")
-    os.environ["R2P1D_WINOGRAD"] = setting
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["R2P1D_WINOGRAD"]
-        else:
-            os.environ["R2P1D_WINOGRAD"] = old
+    return env_setting("R2P1D_WINOGRAD", setting)
 
 
 @st.composite

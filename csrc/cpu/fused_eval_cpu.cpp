@@ -9,6 +9,7 @@
 
 #include "frame_gemm.h"
 #include "row_kernels.h"
+#include "temporal_winograd.h"
 #include "winograd.h"
 
 namespace r2p1d::cpu {
@@ -90,9 +91,17 @@ void fused_eval_units(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
     n_groups = (n_groups + threads - 1) / threads * threads;
     group = (unit_frames + n_groups - 1) / n_groups;
   }
-  const int64_t group_values = (kdim + (group > 1 ? g.M : 0)) * group * plane;  // matrix + GEMM output
+  // A GEMM this narrow (conv5_x at batch 1: one 7x7 frame, 49 columns) and this deep runs
+  // transposed, z^T = col^T W^T: MKL's kernels fit 49 rows better than 49 columns
+  // (measured at K = 4608: 2.3-2.5 ms against 2.6-2.8 with cold weights; at K = 1152 the
+  // plain product was the faster, bench/NOTES.md).
+  const bool narrow = group * plane < 64 && kdim >= 2048;
+  const int64_t group_values = (kdim + (group > 1 || narrow ? g.M : 0)) * group * plane;  // matrix + GEMM output
   const Scratch cols = Scratch::of<T>(wino ? 0 : group_values * (per_thread ? threads : 1));
   const auto x_rows = frame_rows(xp, g.C, g.T, g.H, g.W);
+  // F(4, 3) along time: its transformed temporal weights, once per call.
+  const Tensor U_t = temporal_winograd::applies(tg, std::min(run, To))
+                         ? temporal_winograd::transformed_weights(wk, O, g.M) : Tensor();
   for (int64_t n0 = 0; n0 < g.N; n0 += samples) {
     const int64_t n1 = std::min(g.N, n0 + samples);
     for (int64_t to0 = 0; to0 < To; to0 += run) {
@@ -129,6 +138,15 @@ void fused_eval_units(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
             im2col_frame(frame_channel(xp, g.C, g.T, g.in_plane(), first + j0 + j, 0),
                          g.T * g.in_plane(), g, col + j * plane, ld);
           T* z = zp + j0 * g.M * plane;
+          if (narrow) {  // tmp (ld, M) = col^T w2^T, then z rows = relu(tmp columns + bias)
+            Tensor out_t = mat(tmp, ld, g.M, g.M);
+            at::mm_out(out_t, mat(col, kdim, ld, ld).t(), w2.t());
+            for (int64_t q = 0; q < ld; ++q)
+              for (int64_t m = 0; m < g.M; ++m)
+                z[(q / plane * g.M + m) * plane + q % plane] =
+                    std::max(tmp[q * g.M + m] + (bsp ? bsp[m] : T(0)), T(0));
+            return;
+          }
           T* out = cnt == 1 ? z : tmp;
           Tensor out_mat = mat(out, g.M, ld, ld);
           at::mm_out(out_mat, w2, mat(col, kdim, ld, ld));
@@ -154,15 +172,29 @@ void fused_eval_units(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
             group_z(q * group, cols.data<T>(), cols.data<T>() + kdim * group * plane);
         }
       }
-      const int64_t steps = to1 - to0;
-      at::parallel_for(0, (n1 - n0) * steps, 1, [&](int64_t begin, int64_t end) {
+      // The temporal conv: whole tiles of 4 output steps by F(4, 3) where it applies, the
+      // remaining steps one GEMM per (sample, step).
+      const int64_t tiles = U_t.defined() && temporal_winograd::applies(tg, to1 - to0)
+                                ? (to1 - to0) / temporal_winograd::kOut : 0;
+      if (tiles > 0)
+        temporal_winograd::output_tiles(g, tg, U_t, btp, rp, relu, n0, n1, to0, tiles, zp, lo,
+                                        span, op);
+      const int64_t direct0 = to0 + tiles * temporal_winograd::kOut, steps = to1 - direct0;
+      auto frames_out = [&](int64_t begin, int64_t end) {
         for (int64_t item = begin; item < end; ++item) {
-          const int64_t n = n0 + item / steps, to = to0 + item % steps;
+          const int64_t n = n0 + item / steps, to = direct0 + item % steps;
           const int64_t at = (n * O * To + to) * plane;  // this output frame, in out and residual
           output_frame(g, tg, wk, btp, rp ? rp + at : nullptr, relu, to,
                        zp + (n - n0) * span * g.M * plane, lo, op + at);
         }
-      });
+      };
+      // One output frame per thread; with fewer frames than threads (conv5_x at batch 1:
+      // one), each GEMM is spread over the threads instead.
+      if ((n1 - n0) * steps >= threads) {
+        at::parallel_for(0, (n1 - n0) * steps, 1, frames_out);
+      } else {
+        frames_out(0, (n1 - n0) * steps);
+      }
     }
   }
 }

@@ -151,17 +151,20 @@ inline int64_t chunk_rows(const Plan& p, int64_t rows, int64_t row_bytes, int64_
   return (rows + chunks - 1) / chunks;
 }
 
+// The filter transforms G (points x taps) of F(2, 3) and F(4, 3); the temporal F(4, 3) of
+// temporal_winograd.h uses kG4 too.
+constexpr double kG2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+constexpr double kG4[6][3] = {{1.0 / 4, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                              {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                              {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+
 // The filter transform as a matrix: K[(a,b)][(i,j)] = G[a][i] * G[b][j], so that for
 // every filter g, (G g G^T)[a][b] = sum over taps (i,j) of K[(a,b)][(i,j)] * g[i][j]. The
 // transform of all filters at once is then one (P x 9) x (9 x filters) matrix product.
 // Built in double and rounded once.
 inline at::Tensor filter_matrix(int64_t R, const at::TensorOptions& opts) {
-  static const double G2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
-  static const double G4[6][3] = {{1.0 / 4, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                  {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                                  {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
   const int64_t n = R + 2;
-  auto G = [&](int64_t a, int64_t i) { return R == 2 ? G2[a][i] : G4[a][i]; };
+  auto G = [&](int64_t a, int64_t i) { return R == 2 ? kG2[a][i] : kG4[a][i]; };
   at::Tensor K = at::empty({n * n, 9}, at::TensorOptions().dtype(at::kDouble));
   double* k = K.data_ptr<double>();
   for (int64_t a = 0; a < n; ++a)
