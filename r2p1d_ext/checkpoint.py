@@ -9,7 +9,7 @@ import os
 import random
 import tempfile
 import warnings
-from typing import IO, Any, Callable, Dict, List
+from typing import IO, Any, Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -76,10 +76,12 @@ def save_atomic(obj: Dict[str, Any], path: str, keep_previous: bool = False) -> 
     write_atomic(path, lambda f: torch.save(obj, f), keep_previous=keep_previous)
 
 
-def remove_stale_temporaries(folder: str) -> List[str]:
-    """Deletes the temp files that a process killed inside save_atomic left in `folder`
-    (each up to a whole checkpoint); returns their paths."""
-    stale = glob.glob(os.path.join(glob.escape(folder), TMP_PREFIX + "*" + TMP_SUFFIX))
+def remove_stale_temporaries(folder: str, suffixes: Sequence[str] = (TMP_SUFFIX, ".json")) -> List[str]:
+    """Deletes the temp files that a process killed inside write_atomic left in `folder`:
+    checkpoints (``.tmp-*.pt``, each up to a whole checkpoint) and JSON files (logs,
+    manifests); returns their paths. Only for a folder no live process is writing into."""
+    stale = sorted(path for suffix in suffixes
+                   for path in glob.glob(os.path.join(glob.escape(folder), TMP_PREFIX + "*" + suffix)))
     for tmp in stale:
         os.unlink(tmp)
     return stale

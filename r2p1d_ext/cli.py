@@ -85,11 +85,14 @@ def _prepare_parser(sub):
 
 
 def _run_prepare(args, parser) -> int:
-    from .prepare import prepare
+    from .prepare import FolderBusyError, prepare
     try:
         s = prepare(args.src, args.dst, args.short_side, args.fps, args.workers, args.progress)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
+    except FolderBusyError as err:
+        print(f"r2p1d prepare: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: every finished video is kept; run the same command again to resume", file=sys.stderr)
         return 130

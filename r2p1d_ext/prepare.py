@@ -22,11 +22,14 @@ Nothing is lost or left half-done: each video is written under a hidden temporar
 every output that exists and is newer than its source, and removes the temporaries of a
 killed run. Unreadable inputs are skipped with one warning each, counted and listed in the
 manifest (``DST/manifest.json``, see :mod:`r2p1d_ext.manifest`), which also records the
-settings: preparing into a folder made with other settings is an error.
+settings: preparing into a folder made with other settings is an error, and so is a second
+run into a folder that a live run is preparing into (``DST/.prepare.lock``).
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import fcntl
 import math
 import multiprocessing
 import os
@@ -37,6 +40,7 @@ import cv2
 from tqdm import tqdm
 
 from . import manifest
+from .checkpoint import remove_stale_temporaries
 from .dataset import VIDEO_EXTENSIONS, VideoDecodeError, is_hidden
 
 CODEC, CONTAINER = "mp4v", ".mp4"
@@ -77,14 +81,46 @@ def temporary_name(path: str) -> str:
 
 
 def remove_temporaries(dst: str) -> List[str]:
-    """Deletes the half-written outputs that a killed run left under `dst`."""
-    stale = []
+    """Deletes what a killed run left half-written under `dst`: outputs and the manifest's
+    temporary file. Only under the folder's lock (`exclusive`): another live run's
+    temporaries are its work in progress."""
+    stale = remove_stale_temporaries(dst, (".json",))
     for folder, _, files in os.walk(dst):
         for f in files:
             if f.startswith(".") and PART in f and f.endswith(CONTAINER):
                 stale.append(os.path.join(folder, f))
                 os.unlink(stale[-1])
     return stale
+
+
+LOCK = ".prepare.lock"
+
+
+class FolderBusyError(RuntimeError):
+    """Another live `prepare` run holds the destination folder's lock."""
+
+
+@contextlib.contextmanager
+def exclusive(dst: str):
+    """Holds `dst`'s lock (``DST/.prepare.lock``, an flock) while preparing into it: a second
+    run into the same folder would remove the first's temporaries and overwrite its
+    manifest with its own rows, so it is a clear error instead. The kernel releases an
+    flock when its holder exits, even on kill -9: no stale lock outlives a killed run."""
+    path = os.path.join(dst, LOCK)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise FolderBusyError(f"another r2p1d prepare (process {holder}) is writing into {dst}; wait for it "
+                               "to finish (a re-run then skips what it prepared), or prepare into another "
+                               "folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def convert(source: str, output: str, short_side: int, fps: Optional[float]) -> Tuple[Dict[str, Any], str]:
@@ -225,6 +261,13 @@ def prepare(src: str, dst: str, short_side: int = 128, fps: Optional[float] = No
     _check_names(jobs)
     settings = {"short_side": short_side, "fps": None if fps is None else float(fps), "codec": CODEC}
     os.makedirs(dst, exist_ok=True)
+    with exclusive(dst):
+        return _prepare(src, dst, jobs, settings, short_side, fps, workers, progress)
+
+
+def _prepare(src: str, dst: str, jobs: List[str], settings: Dict[str, Any], short_side: int,
+             fps: Optional[float], workers: int, progress: bool) -> Dict[str, Any]:
+    """prepare() once the arguments are checked and the folder is locked."""
     previous = _previous_rows(dst, settings)
     remove_temporaries(dst)
 

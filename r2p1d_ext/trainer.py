@@ -403,7 +403,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     if ddp.main:
         _check_writable(cfg.out)
         for tmp in ckpt.remove_stale_temporaries(cfg.out):
-            say(f"removed {tmp}, left by a run killed while writing a checkpoint")
+            say(f"removed {tmp}, left by a run killed while writing it")
     path = os.path.join(cfg.out, "checkpoint.pt")
     epoch, batches_done, step, history = 0, 0, 0, []
     if os.path.exists(path):

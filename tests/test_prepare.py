@@ -213,9 +213,10 @@ def test_interrupted_write_leaves_no_half_file_and_resumes(source, tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         prep.prepare(source, str(dst), short_side=32, workers=0, progress=False)
     monkeypatch.setattr(prep.cv2, "resize", real)
-    # The finished video and the manifest of it; nothing of the second, not even a temporary.
+    # The finished video and the manifest of it; nothing of the second, not even a temporary
+    # (the lock file stays: runs exclude each other by an flock on it, not by its presence).
     assert _outputs(dst) == ["manifest.json", "train/left/a.mp4"]
-    assert not [f for _, _, files in os.walk(dst) for f in files if f.startswith(".")]
+    assert [f for _, _, files in os.walk(dst) for f in files if f.startswith(".")] == [prep.LOCK]
     doc = manifest.read(manifest.path_in(str(dst)))
     assert not doc["complete"] and [r["output"] for r in doc["videos"]] == ["train/left/a.mp4"]
     summary = prep.prepare(source, str(dst), short_side=32, workers=0, progress=False)
@@ -274,10 +275,31 @@ def test_stale_temporaries_and_other_settings(source, tmp_path):
     stale = dst / "train" / "left" / f".a{prep.PART}12345.mp4"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half a video")
+    stale_manifest = dst / ".tmp-k1ll3d.json"  # a manifest write cut short by a kill
+    stale_manifest.write_text('{"format": ')
     prep.prepare(source, str(dst), short_side=32, workers=0, progress=False)
-    assert not stale.exists()
+    assert not stale.exists() and not stale_manifest.exists()
     with pytest.raises(ValueError, match="was prepared with .*'short_side': 32.* not .*'short_side': 64"):
         prep.prepare(source, str(dst), short_side=64, workers=0, progress=False)
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(source, tmp_path, capsys):
+    """While one run holds DST's lock, another into DST is a clear error naming the holder,
+    and it touches nothing (not the first run's temporaries, not its manifest); once the
+    lock is released (the holder exits, however), a run goes ahead."""
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    busy = dst / "train" / "a" / f".v{prep.PART}999.mp4"  # the live run's work in progress
+    busy.parent.mkdir(parents=True)
+    busy.write_bytes(b"being written")
+    with prep.exclusive(str(dst)):
+        with pytest.raises(prep.FolderBusyError, match=f"another r2p1d prepare \\(process {os.getpid()}\\) is writing into"):
+            prep.prepare(source, str(dst), short_side=32, workers=0, progress=False)
+        assert cli(["prepare", source, str(dst), "--workers", "0"]) == 1
+        assert "is writing into" in capsys.readouterr().err
+        assert busy.exists() and not (dst / "manifest.json").exists()
+    summary = prep.prepare(source, str(dst), short_side=32, workers=0, progress=False)
+    assert summary["prepared"] == len(LAYOUT) and not busy.exists()
 
 
 def test_bad_arguments_are_clear_errors(source, tmp_path, capsys):

@@ -235,14 +235,17 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(data, tmp_path):
 
 
 def test_stale_temporary_checkpoints_are_removed(data, tmp_path):
-    """A kill during a checkpoint write leaves .tmp-*.pt (up to a whole checkpoint each);
-    the next run removes them."""
+    """A kill during a checkpoint or JSON-log write leaves .tmp-*.pt (up to a whole
+    checkpoint each) or .tmp-*.json; the next run removes them and nothing else."""
     out = tmp_path / "run"
     out.mkdir()
     (out / ".tmp-abc123.pt").write_bytes(b"x" * 1000)
+    (out / ".tmp-def456.json").write_text('{"epoch": ')
     (out / "notes.tmp").write_text("not ours")
+    (out / ".tmp-notes.txt").write_text("not ours either")
     train(_config(data, out, epochs=1))
-    assert not list(out.glob(".tmp-*.pt")) and (out / "notes.tmp").exists()
+    assert not list(out.glob(".tmp-*.pt")) and not list(out.glob(".tmp-*.json"))
+    assert (out / "notes.tmp").exists() and (out / ".tmp-notes.txt").exists()
 
 
 def test_last_incomplete_batch_is_dropped(data, tmp_path):
