@@ -113,9 +113,9 @@ def exclusive(dst: str):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise FolderBusyError(f"another r2p1d prepare (process {holder}) is writing into {dst}; wait for it "
-                               "to finish (a re-run then skips what it prepared), or prepare into another "
-                               "folder") from None
+            raise FolderBusyError(f"another r2p1d prepare (process {holder}) is writing into {dst}; wait for "
+                                  "it to finish (a re-run then skips what it prepared), or prepare into "
+                                  "another folder") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield

@@ -82,8 +82,9 @@ R2P1D_MULTIVERSION void input_rows(const T* __restrict x0, const T* __restrict x
   }
 }
 
-// o_i[q] = sum_p A^T[i][p] y_p[q] (the 6 product rows y + p*ld to the 4 output rows
-// out + i*ostride), then bias, residual (res + i*ostride where res is not null) and ReLU.
+// o_i[q] = sum_p A^T[i][p] y_p[q]: the 6 product rows y + p*ld to the 4 output rows
+// out + i*ostride (the caller's epilogue then adds the bias and the residual, and applies
+// the ReLU, while they are in cache).
 template <typename T>
 R2P1D_MULTIVERSION void output_rows(const T* __restrict y, int64_t ld, T* __restrict out,
                                     int64_t ostride, int64_t n) {
