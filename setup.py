@@ -76,24 +76,29 @@ def _cutlass_include():
     return include
 
 
+def _sources(*folders, ext):
+    return sorted(path for folder in folders for path in glob.glob(os.path.join("csrc", folder, "*" + ext)))
+
+
 def _extension():
-    # Every build: the CPU kernels, the tensor-core kernel choice (plain C++) and the CPU
-    # emulator of the tensor-core kernels (csrc/emulate/), which the tests run without a GPU.
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp")
-                     + glob.glob("csrc/cuda/tc/*.cpp") + glob.glob("csrc/emulate/*.cpp"))
+    # Every build: the schemas, the CPU kernels, the tensor-core kernel choice (csrc/tc/, plain
+    # C++) and the CPU emulator of the tensor-core kernels (csrc/emulate/), which the tests run
+    # without a GPU. Includes name their file from csrc/ (docs/architecture.md, the layers).
+    sources = _sources("", "cpu", "tc", "emulate", ext=".cpp")
+    include_dirs = [os.path.join(HERE, "csrc")]
     # No -std flag: torch.utils.cpp_extension adds the standard this torch needs (C++20 for 2.14)
     cxx = ["-O3", "-fopenmp"]
     if not _use_cuda():
-        return CppExtension("r2p1d_ext._C", sources, extra_compile_args={"cxx": cxx},
-                            extra_link_args=["-fopenmp"])
+        return CppExtension("r2p1d_ext._C", sources, include_dirs=include_dirs,
+                            extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
     # Without a GPU torch cannot detect an arch: default to a small explicit list.
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
-    sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp")
-                      + glob.glob("csrc/cuda/tc/*.cu"))
+    # The CUDA ops' registration and routing, the direct kernels, the tensor-core launchers.
+    sources += _sources("cuda", ext=".cpp") + _sources("cuda/direct", "cuda/igemm", ext=".cu")
     # -DNDEBUG: without it nvcc serialises the tensor-core instructions (warning C7510).
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-DNDEBUG"]
     return CUDAExtension("r2p1d_ext._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc},
-                         include_dirs=[_cutlass_include()], extra_link_args=["-fopenmp"])
+                         include_dirs=include_dirs + [_cutlass_include()], extra_link_args=["-fopenmp"])
 
 
 # Metadata, dependencies, extras and the `r2p1d` script are in pyproject.toml.

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import r2p1d_ext  # noqa: E402
-from common import (RESULTS, add_run_options, commit, configure, device_name,  # noqa: E402
-                    peak_in_child, pyplot, resident_growth_mb, save, save_figure, timer)
+from common import (RESULTS, add_run_options, commit, configure, device_name, eval_step,  # noqa: E402
+                    peak_in_child, pyplot, resident_growth_mb, save, save_figure, timer, train_step)
 from r2p1d_ext import reference  # noqa: E402
 from r2p1d_ext.measure import saved_activation_bytes  # noqa: E402
 
@@ -45,20 +45,6 @@ def block_flops(block, shape):
     n, c, t, h, w = shape
     m, o, (kt, kh, kw) = block.mid_channels, block.out_channels, block.kernel_size
     return 2 * n * t * h * w * (m * c * kh * kw + o * m * kt)  # stride 1, 'same' padding
-
-
-def train_step(module, x):
-    def fn():
-        module.zero_grad(set_to_none=True)
-        module(x).sum().backward()
-    return fn
-
-
-def eval_step(module, x):
-    def fn():
-        with torch.no_grad():
-            module(x)
-    return fn
 
 
 def build_impls(c, dev, dtype, compile_=False, channels_last=True, shape=None, compile_mode=None):

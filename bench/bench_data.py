@@ -37,9 +37,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, commit, cpu_name, pyplot, save, save_figure  # noqa: E402
-from r2p1d_ext.dataset import VideoDataset  # noqa: E402
-from r2p1d_ext.prepare import describe, find_videos, prepare  # noqa: E402
-from r2p1d_ext.synthetic import DEFAULT_CLASSES, render_video, write_video  # noqa: E402
+from r2p1d_ext.data.dataset import VideoDataset  # noqa: E402
+from r2p1d_ext.data.prepare import describe, find_videos, prepare  # noqa: E402
+from r2p1d_ext.data.synthetic import DEFAULT_CLASSES, render_video, write_video  # noqa: E402
 
 CLIP = dict(clip_len=16, short_side=128, crop_size=112)
 
@@ -123,8 +123,8 @@ def codec_comparison(source, out_dir, short_side, seconds=2.0):
     each codec OpenCV's FFmpeg can write here; per codec the bytes per second of video, the
     PSNR against the resized frames, and the rate of random 16-frame clip reads
     (read_frames: seek + decode, no transform) over `seconds`."""
-    from r2p1d_ext.dataset import probe_frame_count, read_frames
-    from r2p1d_ext.prepare import output_size
+    from r2p1d_ext.data.video import probe_frame_count, read_frames
+    from r2p1d_ext.data.prepare import output_size
     cap = cv2.VideoCapture(source)
     frames = []
     while True:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CPU inference benchmark (issue 14's table): r2plus1d_18 (torchvision's layout) fused
+"""CPU inference benchmark (the table of docs/inference.md): r2plus1d_18 (torchvision's layout) fused
 against the same network unfused in eager PyTorch (contiguous and channels_last_3d) and the
 eager network exported to ONNX in ONNX Runtime and OpenVINO (bench/engines.py), float32,
 the same weights and input everywhere, at several batch x clip-length sizes.
@@ -28,10 +28,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import engines  # noqa: E402
 from common import RESULTS, commit, device_name, pyplot, save, save_figure  # noqa: E402
-from r2p1d_ext import network, reference  # noqa: E402
+from r2p1d_ext import models, reference  # noqa: E402
 
-ARCHS = {"r2plus1d_10": network.r2plus1d_10, "r2plus1d_18": network.r2plus1d_18,
-         "r2plus1d_34": network.r2plus1d_34}
+ARCHS = {"r2plus1d_10": models.r2plus1d_10, "r2plus1d_18": models.r2plus1d_18,
+         "r2plus1d_34": models.r2plus1d_34}
 
 
 def _randomised_bn(model):

@@ -123,6 +123,22 @@ def device_name(device):
     return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
+def train_step(module, x, loss=lambda out: out.sum()):
+    """One forward and backward of `module` on `x` (gradients reset first), as a closure."""
+    def fn():
+        module.zero_grad(set_to_none=True)
+        loss(module(x)).backward()
+    return fn
+
+
+def eval_step(module, x):
+    """One forward of `module` on `x` without autograd, as a closure."""
+    def fn():
+        with torch.no_grad():
+            module(x)
+    return fn
+
+
 def pyplot():
     """matplotlib.pyplot with the file backend, or None (matplotlib is optional)."""
     try:

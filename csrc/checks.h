@@ -220,6 +220,13 @@ inline void check_residual(const at::Tensor& x, const std::optional<at::Tensor>&
                     out_shape, ", but got ", residual->sizes());
 }
 
+// fused_eval's residual add and final ReLU where a kernel family does not do them in its
+// output loop (the CUDA kernels and their emulator: one elementwise pass each, in place).
+inline void add_residual_relu(at::Tensor& out, const std::optional<at::Tensor>& residual, bool relu) {
+  if (residual.has_value() && residual->defined()) out.add_(*residual);
+  if (relu) out.relu_();
+}
+
 inline void check_running_stats(const at::Tensor& running_mean, const at::Tensor& running_var,
                                 const at::Tensor& num_batches_tracked, const at::Tensor& mean,
                                 const at::Tensor& var, int64_t count) {

@@ -1,6 +1,7 @@
-// The r2p1d ops on the tensor-core GEMMs (csrc/cuda/tc/): torch tensors in, channels-last
+// The r2p1d ops on the tensor-core GEMMs (csrc/tc/): torch tensors in, channels-last
 // tensors out. Written once against a Backend, which plans and runs each GEMM:
-//   the GPU backend (csrc/cuda/tc_ops_cuda.cpp) launches the kernels on the current stream;
+//   the GPU backend (csrc/cuda/ops_cuda.cpp) launches the kernels (csrc/cuda/igemm/) on the
+//   current stream;
 //   the CPU emulator (csrc/emulate/) runs the same CTA code on the host, for CI's tests.
 // Backend: tc::Plan plan(const tc::GemmExtent&, tc::ElemKind); void run(const Args&, const tc::Plan&).
 //
@@ -16,8 +17,8 @@
 #include <tuple>
 
 #include "checks.h"
-#include "cuda/tc/args.h"
-#include "cuda/tc/plan.h"
+#include "tc/args.h"
+#include "tc/plan.h"
 
 namespace r2p1d::tc_ops {
 
@@ -203,11 +204,12 @@ template <class Backend>
 Tensor fused_eval(Backend& be, const Tensor& x, const Tensor& spatial_weight,
                   const std::optional<Tensor>& spatial_bias, const Tensor& temporal_weight,
                   const std::optional<Tensor>& temporal_bias, at::IntArrayRef stride,
-                  at::IntArrayRef padding) {
+                  at::IntArrayRef padding, const std::optional<Tensor>& residual, bool relu) {
   const auto geom = check_fused_eval(x, spatial_weight, spatial_bias, temporal_weight, temporal_bias,
                                      stride, padding);
   const SpatialGeom& g = geom.first;
   const TemporalGeom& tg = geom.second;
+  check_residual(x, residual, {g.N, tg.O, tg.To, g.Ho, g.Wo});
   const tc::ElemKind elem = elem_of(x.scalar_type());
   const Tensor xc = channels_last(x), ws = channels_last(spatial_weight), wt = channels_last(temporal_weight);
   Tensor bs, bt;
@@ -221,6 +223,7 @@ Tensor fused_eval(Backend& be, const Tensor& x, const Tensor& spatial_weight,
   const tc::TemporalFpropArgs ta{temporal_shape(tg), elem, z.data_ptr(), nullptr, nullptr, nullptr,
                                  wt.data_ptr(), ptr_or_null(temporal_bias, bt), out.data_ptr()};
   be.run(ta, be.plan(tc::extent_of(ta), elem));
+  add_residual_relu(out, residual, relu);
   return out;
 }
 

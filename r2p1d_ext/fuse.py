@@ -5,9 +5,9 @@ Recognised blocks:
   * r2p1d_ext.reference.SpatioTemporalConv (and the original R2Plus1D-PyTorch layout);
   * any nn.Sequential run Conv3d(1,kh,kw) -> BatchNorm3d -> ReLU -> Conv3d(kt,1,1): this is
     torchvision's Conv2Plus1D and the first four modules of its R2Plus1dStem (45 mid channels).
-and around them, so that a network's eval forward runs folded (r2p1d_ext/folding.py):
-  * nn.Sequential(fused block, BatchNorm3d[, ReLU]) -> network.ConvBN (same children);
-  * torchvision's video BasicBlock -> network.BasicBlock (same children; its downsample
+and around them, so that a network's eval forward runs folded (r2p1d_ext/conv_bn.py):
+  * nn.Sequential(fused block, BatchNorm3d[, ReLU]) -> conv_bn.ConvBN (same children);
+  * torchvision's video BasicBlock -> models.BasicBlock (same children; its downsample
     Sequential(Conv3d, BatchNorm3d) -> ConvBN), whose eval forward is one op per conv.
 Weights and BatchNorm state move over as they are (the same Parameter and buffer objects),
 so outputs are unchanged (up to float rounding, in eval, where BatchNorm is folded). Each fused block remembers where it came from (``_unfuse_as``:
@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from . import reference
+from .conv_bn import ConvBN
+from .models.video_resnet import BasicBlock
 from .module import SpatioTemporalConv
-from .network import BasicBlock, ConvBN
 
 
 def _plain_conv(conv: nn.Module) -> bool:
@@ -108,7 +109,7 @@ _BASIC_BLOCK_PARTS = ("conv1", "conv2", "relu", "downsample", "stride")
 
 
 def _adopt_basic_block(block: nn.Module) -> nn.Module:
-    """torchvision's BasicBlock (convs already fused) as network.BasicBlock, whose eval
+    """torchvision's BasicBlock (convs already fused) as models.BasicBlock, whose eval
     forward folds; unfuse() gives the torchvision class back."""
     if not (_conv_bn_layout(block.conv1) or isinstance(block.conv1, ConvBN)):
         return block  # a conv fuse() could not fuse: torchvision's forward stays

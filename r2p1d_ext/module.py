@@ -164,7 +164,7 @@ class SpatioTemporalConv(nn.Module):
         """``relu(post(self(x)) + residual)`` in eval as one ``fused_eval`` op, for a 5-D
         batch: ``post`` a BatchNorm3d with running statistics (folded into the temporal
         conv), ``residual`` a tensor of the output's shape. Networks call it through
-        :func:`r2p1d_ext.folding.conv_bn`, which checks that it applies."""
+        :func:`r2p1d_ext.conv_bn.conv_bn`, which checks that it applies."""
         self._check_input(x)
         return self._inference(x, post, residual, relu).contiguous(memory_format=_memory_format(x))
 

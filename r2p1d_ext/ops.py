@@ -15,7 +15,8 @@ kernel family ran (R2P1D_CUDA_KERNELS). The fake kernels below state the same ru
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+import functools
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -204,11 +205,20 @@ def _update_running_stats_fake(running_mean, running_var, num_batches_tracked, m
 
 
 # ---------------------------------------------------------------------------- autograd
-def _spatial_setup_context(ctx, inputs, output):
-    x, weight, bias, stride, padding = inputs
-    y, mean, _ = output
-    ctx.save_for_backward(x, weight, y, mean)
-    ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+class OpSet:
+    """The block's ops of one op namespace, each called with `extra` keyword arguments after
+    its own: ``torch.ops.r2p1d`` (none), or the tensor-core emulator's
+    ``torch.ops.r2p1d_tc_emulate``, whose ops take the plan (``sm_count``, ``tile``) after the
+    r2p1d op's arguments (csrc/emulate/tc_emulate.cpp). The autograd formulas below call the
+    backward ops through one, so that both namespaces share them."""
+
+    def __init__(self, namespace: str = "r2p1d", **extra):
+        self.namespace, self.extra = namespace, extra
+        self._ops = getattr(torch.ops, namespace)
+
+    def __getattr__(self, name: str):
+        op = getattr(self._ops, name)
+        return functools.partial(op, **self.extra) if self.extra else op
 
 
 def _spatial_backward(ctx, grad_y, grad_mean, grad_var):
@@ -218,32 +228,18 @@ def _spatial_backward(ctx, grad_y, grad_mean, grad_var):
     # None keeps their share, and with it y of other samples, out of grad_y.
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
             ctx.has_bias and ctx.needs_input_grad[2]]
-    grad_x, grad_w, grad_b = _ops.spatial_conv_backward(
+    grad_x, grad_w, grad_b = ctx.ops.spatial_conv_backward(
         grad_y, x, weight, y, mean, grad_mean, grad_var, ctx.stride, ctx.padding, mask)
-    return grad_x, grad_w, grad_b, None, None
-
-
-torch.library.register_autograd("r2p1d::spatial_conv_stats", _spatial_backward,
-                                setup_context=_spatial_setup_context)
-
-
-def _temporal_setup_context(ctx, inputs, output):
-    y, mean, scale, shift, weight, bias, stride, padding = inputs
-    ctx.save_for_backward(y, mean, scale, shift, weight)
-    ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+    return (grad_x, grad_w, grad_b, None, None) + (None,) * len(ctx.ops.extra)
 
 
 def _temporal_backward(ctx, grad_out):
     y, mean, scale, shift, weight = ctx.saved_tensors
     need = ctx.needs_input_grad
     mask = [need[0], need[1], need[2], need[3], need[4], ctx.has_bias and need[5]]
-    grads = _ops.temporal_conv_bnrelu_backward(grad_out, y, mean, scale, shift, weight, ctx.stride,
-                                               ctx.padding, mask)
-    return (*grads, None, None)
-
-
-torch.library.register_autograd("r2p1d::temporal_conv_bnrelu", _temporal_backward,
-                                setup_context=_temporal_setup_context)
+    grads = ctx.ops.temporal_conv_bnrelu_backward(grad_out, y, mean, scale, shift, weight, ctx.stride,
+                                                  ctx.padding, mask)
+    return (*grads, None, None) + (None,) * len(ctx.ops.extra)
 
 
 def fused_eval_grads(ops, grad_out: Tensor, x: Tensor, spatial_weight: Tensor,
@@ -251,9 +247,9 @@ def fused_eval_grads(ops, grad_out: Tensor, x: Tensor, spatial_weight: Tensor,
                      stride: List[int], padding: List[int], needs: List[bool]):
     """Gradients of fused_eval (BatchNorm already folded): the spatial output y is recomputed,
     then the temporal backward with the identity BatchNorm (mean 0, scale 1, shift 0: its
-    ReLU mask is y > 0) and the spatial backward with no statistics' share. `ops` is the op
-    namespace (torch.ops.r2p1d, or the emulator's in the tests); `needs` the inputs' flags
-    (x, spatial weight, spatial bias, temporal weight, temporal bias)."""
+    ReLU mask is y > 0) and the spatial backward with no statistics' share. `ops` is an
+    OpSet; `needs` the inputs' flags (x, spatial weight, spatial bias, temporal weight,
+    temporal bias)."""
     y, _, _ = ops.spatial_conv_stats(x, spatial_weight, spatial_bias, stride[1:], padding[1:])
     zeros = torch.zeros(y.shape[1], dtype=_stats_dtype(y.dtype), device=y.device)
     ones = torch.ones_like(zeros)
@@ -270,25 +266,52 @@ def fused_eval_grads(ops, grad_out: Tensor, x: Tensor, spatial_weight: Tensor,
     return grad_x, grad_ws, grad_bs, grad_wt, grad_bt
 
 
-def _fused_eval_setup_context(ctx, inputs, output):
-    x, ws, bs, wt, bt, stride, padding = inputs[:7]
-    relu = inputs[8] if len(inputs) > 8 else False
-    ctx.save_for_backward(x, ws, bs, wt, output if relu else None)
-    ctx.stride, ctx.padding, ctx.has_bt = stride, padding, bt is not None
-
-
 def _fused_eval_backward(ctx, grad_out):
     x, ws, bs, wt, out = ctx.saved_tensors
     if out is not None:  # the final ReLU: gradient where the output is positive
         grad_out = torch.where(out > 0, grad_out, 0)
-    grads = fused_eval_grads(_ops, grad_out, x, ws, bs, wt, ctx.has_bt, ctx.stride, ctx.padding,
+    grads = fused_eval_grads(ctx.ops, grad_out, x, ws, bs, wt, ctx.has_bt, ctx.stride, ctx.padding,
                              list(ctx.needs_input_grad[:5]))
-    grad_residual = grad_out if len(ctx.needs_input_grad) > 7 and ctx.needs_input_grad[7] else None
-    return (*grads, None, None, grad_residual, None)
+    # needs_input_grad covers the arguments passed, which a call may end before residual.
+    need = ctx.needs_input_grad
+    grad_residual = grad_out if len(need) > 7 and need[7] else None
+    return (*grads, None, None, grad_residual, None) + (None,) * len(ctx.ops.extra)
 
 
-torch.library.register_autograd("r2p1d::fused_eval", _fused_eval_backward,
-                                setup_context=_fused_eval_setup_context)
+def register_autograd(namespace: str = "r2p1d", extra: Sequence[str] = ()) -> None:
+    """Registers the autograd formulas of spatial_conv_stats, temporal_conv_bnrelu and
+    fused_eval for the ops of `namespace`, whose schemas are the r2p1d ops' followed by the
+    arguments named in `extra` (passed on, unchanged, to the backward ops of the namespace).
+    Called once here for ``r2p1d``; the tests call it for the emulator's namespace."""
+
+    def own(ctx, inputs):
+        n = len(inputs) - len(extra)
+        ctx.ops = OpSet(namespace, **dict(zip(extra, inputs[n:])))
+        return inputs[:n]
+
+    def spatial_setup(ctx, inputs, output):
+        x, weight, bias, stride, padding = own(ctx, inputs)
+        y, mean, _ = output
+        ctx.save_for_backward(x, weight, y, mean)
+        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+
+    def temporal_setup(ctx, inputs, output):
+        y, mean, scale, shift, weight, bias, stride, padding = own(ctx, inputs)
+        ctx.save_for_backward(y, mean, scale, shift, weight)
+        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+
+    def fused_eval_setup(ctx, inputs, output):
+        x, ws, bs, wt, bt, stride, padding, _, relu = own(ctx, inputs)
+        ctx.save_for_backward(x, ws, bs, wt, output if relu else None)
+        ctx.stride, ctx.padding, ctx.has_bt = stride, padding, bt is not None
+
+    for name, backward, setup in (("spatial_conv_stats", _spatial_backward, spatial_setup),
+                                  ("temporal_conv_bnrelu", _temporal_backward, temporal_setup),
+                                  ("fused_eval", _fused_eval_backward, fused_eval_setup)):
+        torch.library.register_autograd(f"{namespace}::{name}", backward, setup_context=setup)
+
+
+register_autograd()
 
 
 # ---------------------------------------------------------------------------- higher order

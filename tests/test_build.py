@@ -33,7 +33,7 @@ def test_cuda_kernel_compiled_and_registered(op):
                     or (shutil.which("nvcc") is None and not os.environ.get("CUDA_HOME")),
                     reason="CPU-only torch or no CUDA toolkit: a CppExtension build")
 def test_tensor_core_kernels_compiled():
-    """The tensor-core GEMM kernels (csrc/cuda/tc/) are in the library: their device entry
+    """The tensor-core GEMM kernels (csrc/tc/, launched from csrc/cuda/igemm/) are in the library: their device entry
     points exist only in a CUDA build (the CPU emulator runs the same code without them)."""
     import r2p1d_ext._C as ext
     with open(ext.__file__, "rb") as f:

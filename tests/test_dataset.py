@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from r2p1d_ext import dataset as ds
-from r2p1d_ext.synthetic import MOTIONS, make_synthetic, render_video
+from r2p1d_ext.data import dataset as ds
+from r2p1d_ext.data import video
+from r2p1d_ext.data.synthetic import MOTIONS, make_synthetic, render_video
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +55,9 @@ def test_clip_frames_are_the_requested_frames(tmp_path):
     for f in frames:
         writer.write(f)
     writer.release()
-    got = ds.read_frames(path, start=5, count=4, stride=3, total=20)
+    got = video.read_frames(path, start=5, count=4, stride=3, total=20)
     assert [round(float(f.mean()) / 8) for f in got] == [5, 8, 11, 14]
-    looped = ds.read_frames(path, start=15, count=4, stride=3, total=20)  # 15, 18, 21->1, 24->4
+    looped = video.read_frames(path, start=15, count=4, stride=3, total=20)  # 15, 18, 21->1, 24->4
     assert [round(float(f.mean()) / 8) for f in looped] == [15, 18, 1, 4]
 
 
@@ -97,11 +98,11 @@ def test_a_video_that_fails_to_decode_later(tmp_path, monkeypatch):
     for cls in ("a", "b"):
         (root / "val" / cls).mkdir(parents=True)
         _write(str(root / "val" / cls / "v.mp4"), render_video(np.random.default_rng(0), "up", 6, (32, 32)))
-    real = ds.read_frames
+    real = video.read_frames
 
     def flaky(path, *args):
         if path.endswith(os.path.join("a", "v.mp4")):
-            raise ds.VideoDecodeError(f"truncated stream in {path}")
+            raise video.VideoDecodeError(f"truncated stream in {path}")
         return real(path, *args)
 
     monkeypatch.setattr(ds, "read_frames", flaky)

@@ -1,5 +1,5 @@
-"""Whole-network inference fusion (issue 14): fused_eval's residual and ReLU, BatchNorm
-folded after a block and into the shortcut (r2p1d_ext/folding.py), the folded-weight
+"""Whole-network inference fusion (docs/inference.md): fused_eval's residual and ReLU, BatchNorm
+folded after a block and into the shortcut (r2p1d_ext/conv_bn.py, folding.py), the folded-weight
 cache, and where the folding must not apply. Reference: the same modules run one by one
 in float64, or plain PyTorch ops."""
 import copy
@@ -16,18 +16,11 @@ from torch.library import opcheck
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import r2p1d_ext
-from r2p1d_ext import SpatioTemporalConv, folding, network, ops, reference
+from r2p1d_ext import SpatioTemporalConv, folding, models, ops, reference
 
 from conftest import DEVICES, assert_close, randomize_all_bn
 
 OPS = torch.ops.r2p1d
-
-
-def _reference_block(x, ws, bs, wt, bt, stride, padding, residual=None, relu=False):
-    z = F.relu(F.conv3d(x, ws, bs, (1, *stride[1:]), (0, *padding[1:])))
-    out = F.conv3d(z, wt, bt, (stride[0], 1, 1), (padding[0], 0, 0))
-    out = out + residual if residual is not None else out
-    return F.relu(out) if relu else out
 
 
 def _args(device="cpu", dtype=torch.float64, n=2, c=5, m=6, o=7, t=5, h=9, k=3, stride=(1, 1, 1),
@@ -48,7 +41,7 @@ def test_residual_and_relu_match_pytorch(device, with_residual, relu):
     x, ws, bs, wt, bt, stride, padding, res = _args(device)
     res = res if with_residual else None
     out = ops.fused_eval(x, ws, bs, wt, bt, stride, padding, res, relu)
-    assert_close(out, _reference_block(x, ws, bs, wt, bt, stride, padding, res, relu), 1e-12, "out")
+    assert_close(out, reference.fused_eval(x, ws, bs, wt, bt, stride, padding, res, relu), 1e-12, "out")
     if relu:
         assert (out >= 0).all()
 
@@ -64,7 +57,7 @@ def test_residual_and_relu_match_pytorch(device, with_residual, relu):
 def test_residual_relu_on_every_kernel_path(kw):
     x, ws, bs, wt, bt, stride, padding, res = _args(dtype=torch.float32, **kw)
     out = ops.fused_eval(x, ws, bs, wt, bt, stride, padding, res, True)
-    want = _reference_block(*(t.double() for t in (x, ws, bs, wt, bt)), stride, padding, res.double(), True)
+    want = reference.fused_eval(*(t.double() for t in (x, ws, bs, wt, bt)), stride, padding, res.double(), True)
     assert_close(out, want, 1e-5, "out")
 
 
@@ -74,7 +67,7 @@ def test_residual_in_runs_of_a_large_sample(kt):
     (kt=1 with padding 1: runs of steps that read only padding)."""
     x, ws, bs, wt, bt, stride, padding, res = _args(dtype=torch.float32, n=1, c=8, m=64, o=8, t=20, h=112, kt=kt)
     out = ops.fused_eval(x, ws, bs, wt, bt, stride, padding, res, True)
-    want = _reference_block(*(t.double() for t in (x, ws, bs, wt, bt)), stride, padding, res.double(), True)
+    want = reference.fused_eval(*(t.double() for t in (x, ws, bs, wt, bt)), stride, padding, res.double(), True)
     assert_close(out, want, 1e-5, "out")
 
 
@@ -87,7 +80,7 @@ def test_residual_relu_random_shapes(n, c, m, o, t, h, kt, st_, ss, pt, relu):
     x, ws, bs, wt, bt, stride, padding, res = _args(
         n=n, c=c, m=m, o=o, t=t, h=h, kt=kt, stride=(st_, ss, ss), padding=(pt, 1, 1))
     out = ops.fused_eval(x, ws, bs, wt, bt, stride, padding, res, relu)
-    assert_close(out, _reference_block(x, ws, bs, wt, bt, stride, padding, res, relu), 1e-12, "out")
+    assert_close(out, reference.fused_eval(x, ws, bs, wt, bt, stride, padding, res, relu), 1e-12, "out")
 
 
 def test_gradcheck_with_residual_and_relu():
@@ -137,8 +130,8 @@ def _unfused_twin(model):
     return r2p1d_ext.unfuse(model)
 
 
-@pytest.mark.parametrize("build", [lambda: network.r2plus1d_10(num_classes=5),
-                                   lambda: network.R2Plus1DClassifier(5, [1, 1, 1, 1])])
+@pytest.mark.parametrize("build", [lambda: models.r2plus1d_10(num_classes=5),
+                                   lambda: models.R2Plus1DClassifier(5, [1, 1, 1, 1])])
 def test_eval_network_equals_its_modules_one_by_one(build):
     torch.manual_seed(0)
     model = randomize_all_bn(build()).eval()
@@ -159,8 +152,8 @@ def test_fused_torchvision_model_folds_and_unfuses_back():
     torch.manual_seed(0)
     tv = randomize_all_bn(tv_video.r2plus1d_18(num_classes=5)).eval()
     fused = r2p1d_ext.fuse(tv)
-    assert isinstance(fused.layer2[0], network.BasicBlock)
-    assert isinstance(fused.layer2[0].downsample, network.ConvBN) and isinstance(fused.stem, network.ConvBN)
+    assert isinstance(fused.layer2[0], models.BasicBlock)
+    assert isinstance(fused.layer2[0].downsample, models.ConvBN) and isinstance(fused.stem, models.ConvBN)
     x = torch.randn(1, 3, 8, 32, 32)
     with torch.no_grad():
         assert_close(fused(x), copy.deepcopy(tv).double()(x.double()), 1e-5, "logits")
@@ -176,7 +169,7 @@ def test_unfused_network_still_scripts():
     layout; the paper layout's blocks without a shortcut never scripted: they lack its
     modules)."""
     torch.manual_seed(0)
-    model = r2p1d_ext.unfuse(randomize_all_bn(network.r2plus1d_10(num_classes=5))).eval()
+    model = r2p1d_ext.unfuse(randomize_all_bn(models.r2plus1d_10(num_classes=5))).eval()
     x = torch.randn(1, 3, 4, 32, 32)
     with torch.no_grad():
         assert_close(torch.jit.script(model)(x), model(x), 1e-6, "scripted")
@@ -184,8 +177,8 @@ def test_unfused_network_still_scripts():
 
 def test_training_mode_keeps_batchnorm_separate():
     torch.manual_seed(0)
-    model = network.r2plus1d_10(num_classes=5).train()
-    twin = network.r2plus1d_10(num_classes=5, conv=reference.SpatioTemporalConv).train()
+    model = models.r2plus1d_10(num_classes=5).train()
+    twin = models.r2plus1d_10(num_classes=5, conv=reference.SpatioTemporalConv).train()
     twin.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, 4, 32, 32)
     assert_close(model(x), twin(x), 1e-4, "train logits")
@@ -195,7 +188,7 @@ def test_training_mode_keeps_batchnorm_separate():
 
 def test_batchnorm_without_running_stats_is_not_folded():
     torch.manual_seed(0)
-    block = network.ConvBN(SpatioTemporalConv(4, 6, 3, padding=1), nn.BatchNorm3d(6, track_running_stats=False),
+    block = models.ConvBN(SpatioTemporalConv(4, 6, 3, padding=1), nn.BatchNorm3d(6, track_running_stats=False),
                            nn.ReLU()).eval()
     x = torch.randn(2, 4, 3, 8, 8)
     with torch.no_grad():
@@ -205,7 +198,7 @@ def test_batchnorm_without_running_stats_is_not_folded():
 
 def test_batchnorm_of_the_wrong_size_still_raises():
     """A one-feature BatchNorm after a 6-channel block: the fold would broadcast it."""
-    block = network.ConvBN(SpatioTemporalConv(4, 6, 3, padding=1), nn.BatchNorm3d(1)).eval()
+    block = models.ConvBN(SpatioTemporalConv(4, 6, 3, padding=1), nn.BatchNorm3d(1)).eval()
     with torch.no_grad(), pytest.raises(RuntimeError):
         block(torch.randn(1, 4, 3, 8, 8))
 
@@ -213,7 +206,7 @@ def test_batchnorm_of_the_wrong_size_still_raises():
 def test_hooks_are_honoured():
     """A hook on a module the fold would skip: the modules run one by one, hooks called."""
     torch.manual_seed(0)
-    model = randomize_all_bn(network.r2plus1d_10(num_classes=5)).eval()
+    model = randomize_all_bn(models.r2plus1d_10(num_classes=5)).eval()
     x = torch.randn(1, 3, 4, 32, 32)
     with torch.no_grad():
         want = model(x)
@@ -229,7 +222,7 @@ def test_eval_gradients_reach_every_parameter():
     """With autograd in eval the fold is part of the graph (nothing cached): gradients as
     the modules one by one give them."""
     torch.manual_seed(0)
-    model = randomize_all_bn(network.r2plus1d_10(num_classes=3)).double().eval()
+    model = randomize_all_bn(models.r2plus1d_10(num_classes=3)).double().eval()
     twin = _unfused_twin(model)
     x = torch.randn(1, 3, 4, 16, 16, dtype=torch.float64)
     params, twin_params = list(model.parameters()), list(twin.parameters())
@@ -241,7 +234,7 @@ def test_eval_gradients_reach_every_parameter():
 
 def test_autocast_bfloat16_on_the_cpu():
     torch.manual_seed(0)
-    model = randomize_all_bn(network.r2plus1d_10(num_classes=5)).eval()
+    model = randomize_all_bn(models.r2plus1d_10(num_classes=5)).eval()
     twin = _unfused_twin(model)
     x = torch.randn(1, 3, 4, 32, 32)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -262,7 +255,7 @@ def _counting_folds(monkeypatch):
 
 def test_folded_weights_are_reused_until_a_parameter_changes(monkeypatch):
     torch.manual_seed(0)
-    model = randomize_all_bn(network.r2plus1d_10(num_classes=5)).eval()
+    model = randomize_all_bn(models.r2plus1d_10(num_classes=5)).eval()
     x = torch.randn(1, 3, 4, 32, 32)
     calls = _counting_folds(monkeypatch)
     with torch.no_grad():
@@ -286,7 +279,7 @@ def test_folded_weights_are_reused_until_a_parameter_changes(monkeypatch):
 
 def test_train_empties_the_cache_and_copies_carry_none():
     torch.manual_seed(0)
-    model = randomize_all_bn(network.r2plus1d_10(num_classes=5)).eval()
+    model = randomize_all_bn(models.r2plus1d_10(num_classes=5)).eval()
     with torch.no_grad():
         model(torch.randn(1, 3, 4, 32, 32))
     block = model.layer1[0].conv1[0]
@@ -319,7 +312,7 @@ def test_threads_share_an_eval_model():
     first calls race to fill the caches and later ones read them."""
     import threading
     torch.manual_seed(0)
-    model = randomize_all_bn(network.r2plus1d_10(num_classes=5)).eval()
+    model = randomize_all_bn(models.r2plus1d_10(num_classes=5)).eval()
     inputs = [torch.randn(1, 3, 4, 32, 32) for _ in range(4)]
     with torch.no_grad():
         want = [_unfused_twin(model)(x) for x in inputs]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import r2p1d_ext
-from r2p1d_ext import network, reference
+from r2p1d_ext import models, reference
 
 from conftest import assert_close, randomize_bn
 
@@ -18,8 +18,8 @@ def _randomize(model, seed=0):
 
 def test_original_layout_shapes_and_fused_vs_reference():
     torch.manual_seed(0)
-    ref = _randomize(network.R2Plus1DClassifier(5, [1, 1, 1, 1], conv=reference.SpatioTemporalConv)).double()
-    fused = network.R2Plus1DClassifier(5, [1, 1, 1, 1]).double()
+    ref = _randomize(models.R2Plus1DClassifier(5, [1, 1, 1, 1], conv=reference.SpatioTemporalConv)).double()
+    fused = models.R2Plus1DClassifier(5, [1, 1, 1, 1]).double()
     fused.load_state_dict(ref.state_dict())
     ref.load_state_dict(fused.state_dict())  # both ways
     x = torch.randn(2, 3, 4, 32, 32, dtype=torch.float64)
@@ -28,11 +28,11 @@ def test_original_layout_shapes_and_fused_vs_reference():
         out = fused(x)
         assert out.shape == (2, 5)
         assert_close(out, ref(x), 1e-10, "logits")
-        assert network.R2Plus1DNet([1, 1, 1, 1])(x.float()).shape == (2, 512)
+        assert models.R2Plus1DNet([1, 1, 1, 1])(x.float()).shape == (2, 512)
 
 
 def test_original_layout_is_made_of_fused_blocks():
-    net = network.R2Plus1DNet([2, 2, 2, 2])
+    net = models.R2Plus1DNet([2, 2, 2, 2])
     blocks = [m for m in net.modules() if isinstance(m, r2p1d_ext.SpatioTemporalConv)]
     assert len(blocks) == 1 + 2 * 8 + 3  # stem, two per block, three downsampling convs
     assert net.conv1.kernel_size == (3, 7, 7) and net.conv1.stride == (1, 2, 2)
@@ -40,7 +40,7 @@ def test_original_layout_is_made_of_fused_blocks():
 
 def test_bad_layer_sizes():
     with pytest.raises(ValueError, match="expected layer_sizes to be 4 positive ints"):
-        network.R2Plus1DNet([2, 2, 2])
+        models.R2Plus1DNet([2, 2, 2])
 
 
 tv_video = pytest.importorskip("torchvision.models.video", reason="torchvision is a test dependency")
@@ -56,10 +56,10 @@ def test_torchvision_layout_loads_torchvision_weights(name, layers):
         tv = tv_video.VideoResNet(tv_video.resnet.BasicBlock, [tv_video.resnet.Conv2Plus1D] * 4,
                                   layers, tv_video.resnet.R2Plus1dStem, num_classes=7)
     _randomize(tv)
-    ours = getattr(network, name)(num_classes=7)
+    ours = getattr(models, name)(num_classes=7)
     n_params = lambda m: sum(p.numel() for p in m.parameters())
     assert n_params(ours) == n_params(tv)
-    network.load_torchvision_state_dict(ours, tv.state_dict())  # strict: every key maps
+    models.load_torchvision_state_dict(ours, tv.state_dict())  # strict: every key maps
     tv.double().eval(); ours.double().eval()
     x = torch.randn(1, 3, 4, 32, 32, dtype=torch.float64)
     with torch.no_grad():
@@ -68,7 +68,7 @@ def test_torchvision_layout_loads_torchvision_weights(name, layers):
 
 def test_networks_take_channels_last_and_autocast():
     torch.manual_seed(0)
-    model = network.r2plus1d_10(num_classes=4).train()
+    model = models.r2plus1d_10(num_classes=4).train()
     x = torch.randn(2, 3, 4, 32, 32).to(memory_format=torch.channels_last_3d)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)

@@ -1,12 +1,12 @@
 """Each r2p1d op on its own: float64 gradcheck, torch.library.opcheck (schema, fake kernel,
-autograd registration, AOT dispatch), fake-tensor shapes, and agreement with plain PyTorch."""
+autograd registration, AOT dispatch), fake-tensor shapes, and agreement with the op's
+reference in r2p1d_ext/reference.py."""
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.autograd import gradcheck
 from torch.library import opcheck
 
-from r2p1d_ext import ops
+from r2p1d_ext import ops, reference
 
 from conftest import DEVICES, assert_close, spatial_reference
 
@@ -51,11 +51,9 @@ def _eval_args(device, dtype=torch.float64):
 @pytest.mark.parametrize("bias", [True, False])
 def test_spatial_conv_stats_values(device, bias):
     x, w, b, stride, padding = _spatial_args(device, bias=bias)
-    y, mean, var = ops.spatial_conv_stats(x, w, b, stride, padding)
-    ref = F.conv3d(x, w, b, (1, *stride), (0, *padding))
-    assert_close(y, ref, 1e-12, "y")
-    assert_close(mean, ref.mean((0, 2, 3, 4)), 1e-12, "mean")
-    assert_close(var, ref.var((0, 2, 3, 4), unbiased=False), 1e-12, "var")
+    got = ops.spatial_conv_stats(x, w, b, stride, padding)
+    for name, a, r in zip(("y", "mean", "var"), got, reference.spatial_conv_stats(x, w, b, stride, padding)):
+        assert_close(a, r, 1e-12, name)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -63,19 +61,15 @@ def test_spatial_conv_stats_values(device, bias):
 def test_temporal_conv_bnrelu_values(device, stride, padding):
     y, mean, scale, shift, w, b, _, _ = _temporal_args(device, stride=stride, padding=padding)
     out = ops.temporal_conv_bnrelu(y, mean, scale, shift, w, b, stride, padding)
-    z = F.relu((y - mean.view(1, -1, 1, 1, 1)) * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1))
     # Padding in z space: the reference pads after the activation, as conv3d does.
-    ref = F.conv3d(z, w, b, (stride, 1, 1), (padding, 0, 0))
-    assert_close(out, ref, 1e-12, "out")
+    assert_close(out, reference.temporal_conv_bnrelu(y, mean, scale, shift, w, b, stride, padding), 1e-12, "out")
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_eval_values(device):
     x, ws, bs, wt, bt, stride, padding = _eval_args(device)
     out = ops.fused_eval(x, ws, bs, wt, bt, stride, padding)
-    z = F.relu(F.conv3d(x, ws, bs, (1, *stride[1:]), (0, *padding[1:])))
-    ref = F.conv3d(z, wt, bt, (stride[0], 1, 1), (padding[0], 0, 0))
-    assert_close(out, ref, 1e-12, "out")
+    assert_close(out, reference.fused_eval(x, ws, bs, wt, bt, stride, padding), 1e-12, "out")
 
 
 @pytest.mark.parametrize("kernel,T,t_stride", [(5, 12, 1), (5, 12, 2), (3, 60, 1)],
@@ -88,25 +82,28 @@ def test_fused_eval_large_sample_in_runs(kernel, T, t_stride):
     x = torch.randn(1, 3, T, 96, 96, generator=g, dtype=torch.float64)
     ws, bs = torch.randn(8, 3, 1, kernel, kernel, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
     wt, bt = torch.randn(5, 8, 3, 1, 1, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
-    out = ops.fused_eval(x, ws, bs, wt, bt, [t_stride, 1, 1], [1, kernel // 2, kernel // 2])
-    z = F.relu(F.conv3d(x, ws, bs, padding=(0, kernel // 2, kernel // 2)))
-    assert_close(out, F.conv3d(z, wt, bt, (t_stride, 1, 1), (1, 0, 0)), 1e-12, "out")
+    stride, padding = [t_stride, 1, 1], [1, kernel // 2, kernel // 2]
+    out = ops.fused_eval(x, ws, bs, wt, bt, stride, padding)
+    assert_close(out, reference.fused_eval(x, ws, bs, wt, bt, stride, padding), 1e-12, "out")
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_update_running_stats_matches_batchnorm(device, momentum):
+    """The op, its reference and nn.BatchNorm3d agree over three batches."""
     bn = torch.nn.BatchNorm3d(4, momentum=momentum).double().to(device)
-    rm, rv = bn.running_mean.clone(), bn.running_var.clone()
-    nbt = bn.num_batches_tracked.clone()
+    state = [bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()]
+    ref_state = [t.clone() for t in state]
     for step in range(3):
         y = torch.randn(2, 4, 3, 5, 5, dtype=torch.float64, device=device) * (step + 1) + step
         bn(y)
-        ops.update_running_stats(rm, rv, nbt, y.mean((0, 2, 3, 4)), y.var((0, 2, 3, 4), unbiased=False),
-                                 y.numel() // 4, momentum)
-    assert_close(rm, bn.running_mean, 1e-12, "running_mean")
-    assert_close(rv, bn.running_var, 1e-12, "running_var")
-    assert nbt.item() == bn.num_batches_tracked.item() == 3
+        stats = (y.mean((0, 2, 3, 4)), y.var((0, 2, 3, 4), unbiased=False), y.numel() // 4, momentum)
+        ops.update_running_stats(*state, *stats)
+        reference.update_running_stats(*ref_state, *stats)
+    for got in (state, ref_state):
+        assert_close(got[0], bn.running_mean, 1e-12, "running_mean")
+        assert_close(got[1], bn.running_var, 1e-12, "running_var")
+        assert got[2].item() == bn.num_batches_tracked.item() == 3
 
 
 # ---------------------------------------------------------------- gradcheck (float64)
@@ -164,9 +161,7 @@ def test_temporal_backward_matches_pytorch(shape, stride, padding):
     out = ops.temporal_conv_bnrelu(*inputs, None, stride, padding)
     grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
     got = torch.autograd.grad(out, inputs, grad_out)
-    view = lambda v: v.view(1, -1, 1, 1, 1)
-    z = F.relu((y - view(mean)) * view(scale) + view(shift))
-    ref = F.conv3d(z, w, None, (stride, 1, 1), (padding, 0, 0))
+    ref = reference.temporal_conv_bnrelu(*inputs, None, stride, padding)
     assert_close(out, ref, 1e-12, "out")
     want = torch.autograd.grad(ref, inputs, grad_out)
     for name, a, b in zip(["y", "mean", "scale", "shift", "weight"], got, want):

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from r2p1d_ext import dataset as ds
-from r2p1d_ext import manifest
-from r2p1d_ext import prepare as prep
+from r2p1d_ext.data import dataset as ds
+from r2p1d_ext.data import video
+from r2p1d_ext.data import manifest
+from r2p1d_ext.data import prepare as prep
 from r2p1d_ext.cli import main as cli
-from r2p1d_ext.synthetic import render_video, write_video
+from r2p1d_ext.data.synthetic import render_video, write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,7 +134,7 @@ def test_keyframes_are_close_and_seeks_are_exact(tmp_path):
     assert n == 60 and keys[0] == 0 and max(np.diff(keys + [n])) <= 12, keys
     every = _decode(out)[..., ::-1]  # RGB, as read_frames returns
     for start in (0, 5, 13, 30, 47):
-        assert np.array_equal(ds.read_frames(out, start, 8, 1, 60), every[start:start + 8]), start
+        assert np.array_equal(video.read_frames(out, start, 8, 1, 60), every[start:start + 8]), start
 
 
 def test_lower_frame_rate_keeps_every_kth_frame(tmp_path):
@@ -259,7 +260,7 @@ def test_workers_start_in_a_process_that_used_opencv(source, tmp_path):
     thread pool; spawned ones do not. In a fresh process with a time limit, so a hang fails."""
     script = "\n".join([
         "import cv2, numpy as np",
-        "from r2p1d_ext.prepare import prepare",
+        "from r2p1d_ext.data.prepare import prepare",
         "if __name__ == '__main__':",
         "    cv2.resize(np.zeros((2000, 2000, 3), np.uint8), (999, 777))  # starts OpenCV's pool",
         f"    s = prepare({source!r}, {str(tmp_path / 'd')!r}, short_side=32, workers=2, progress=False)",

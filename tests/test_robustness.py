@@ -1,5 +1,5 @@
-"""Failures a user can hit: each gives a clear error or the right answer (issue 13's
-regression tests: every one failed on e221eb3)."""
+"""Failures a user can hit: each gives a clear error or the right answer (regression
+tests: every one failed on e221eb3; docs/failure_behaviour.md lists them)."""
 import contextlib
 import os
 import warnings
@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader
 
 import r2p1d_ext
 from r2p1d_ext import cli, ops, reference
-from r2p1d_ext.dataset import VideoDataset, count_failed
-from r2p1d_ext.synthetic import render_video
-from r2p1d_ext.trainer import evaluate, resolve_device, train
+from r2p1d_ext.data.dataset import VideoDataset, count_failed
+from r2p1d_ext.data.synthetic import render_video
+from r2p1d_ext.train import evaluate, resolve_device, train
 
 from conftest import assert_close, make_pair
 from test_trainer import _config, data  # noqa: F401  (data: the tiny synthetic set fixture)

@@ -10,18 +10,18 @@ import shutil
 import subprocess
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 
 import r2p1d_ext  # noqa: F401  (loads the library)
 from r2p1d_ext import module as module_mod
+from r2p1d_ext import reference
 
 from conftest import assert_close, spatial_reference
 from tc_emulation import EMU, EmulatedOps
 from test_module import _run, block_cases
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
-# bf16/fp16 as DESIGN.md section 4; float32 runs as TF32 (10-bit mantissa operands).
+# bf16/fp16 as docs/testing.md; float32 runs as TF32 (10-bit mantissa operands).
 TC_TOL = {torch.bfloat16: 2e-2, torch.float16: 1e-2, torch.float32: 3e-3}
 # Through the whole module, whose gradients sum many rounded products and cancel, TF32 is
 # held to fp16's tolerance (the same 10-bit mantissa).
@@ -92,9 +92,7 @@ def _temporal_inputs(case, dtype, seed=1):
 
 def _temporal_reference(y, mean, scale, shift, w, b, st, pt, grad_out):
     inputs = [t.double().requires_grad_() for t in (y, mean, scale, shift, w, b)]
-    v = lambda t: t.view(1, -1, 1, 1, 1)
-    z = F.relu((inputs[0] - v(inputs[1])) * v(inputs[2]) + v(inputs[3]))
-    out = F.conv3d(z, inputs[4], inputs[5], (st, 1, 1), (pt, 0, 0))
+    out = reference.temporal_conv_bnrelu(*inputs, st, pt)
     return out, torch.autograd.grad(out, inputs, grad_out.double())
 
 
@@ -120,9 +118,13 @@ def test_fused_eval(dtype, stride, padding):
     x, ws, bs = _rand((2, 8, 5, 9, 7), dtype, g), _rand((16, 8, 1, 3, 3), dtype, g, 0.3), _rand((16,), dtype, g)
     wt, bt = _rand((12, 16, 3, 1, 1), dtype, g, 0.3), _rand((12,), dtype, g)
     out = EMU.fused_eval(x, ws, bs, wt, bt, stride, padding)
-    z = F.relu(F.conv3d(x.double(), ws.double(), bs.double(), (1, *stride[1:]), (0, *padding[1:])))
-    ref = F.conv3d(z, wt.double(), bt.double(), (stride[0], 1, 1), (padding[0], 0, 0))
+    ref = reference.fused_eval(*(t.double() for t in (x, ws, bs, wt, bt)), stride, padding)
     assert_close(out, ref, TC_TOL[dtype], "fused_eval")
+    # The residual add and ReLU of a whole-network inference, after the kernels.
+    residual = _rand(tuple(out.shape), dtype, g)
+    out = EMU.fused_eval(x, ws, bs, wt, bt, stride, padding, residual, True)
+    ref = reference.fused_eval(*(t.double() for t in (x, ws, bs, wt, bt)), stride, padding, residual.double(), True)
+    assert_close(out, ref, TC_TOL[dtype], "fused_eval + residual, relu")
 
 
 def test_weight_gradients_split_k():
@@ -217,7 +219,7 @@ def _cutlass_include():
 @pytest.mark.skipif(_cutlass_include() is None or shutil.which("nvcc") is None,
                     reason="needs the nvidia-cutlass headers and nvcc")
 def test_fragment_maps_match_cute(tmp_path):
-    """csrc/cuda/tc/fragments.h's lane -> element maps equal CuTe's MMA_Traits for the three
+    """csrc/tc/fragments.h's lane -> element maps equal CuTe's MMA_Traits for the three
     MMA atoms (an independent statement of the PTX fragment layouts). nvcc compiles the
     host program (it knows its toolkit's include folders); no GPU is needed."""
     exe = tmp_path / "fragment_layouts"

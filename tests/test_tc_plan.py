@@ -1,4 +1,4 @@
-"""Kernel choice of the CUDA tensor-core path (csrc/cuda/tc/plan.h), checked on the CPU for
+"""Kernel choice of the CUDA tensor-core path (csrc/tc/plan.h), checked on the CPU for
 every R(2+1)D-18/34 layer shape and the odd ones: tile shape, grid, K splits, and which
 operands move in 16-byte chunks. No GPU needed: the plan is plain host C++."""
 import pytest

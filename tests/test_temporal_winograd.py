@@ -1,4 +1,4 @@
-"""Winograd F(4, 3) along time in the CPU inference op (csrc/cpu/temporal_winograd.h):
+"""Winograd F(4, 3) along time in the CPU inference op (csrc/cpu/winograd/temporal.h):
 fused_eval's temporal conv (3 taps, stride 1, at least 8 output steps) computed by whole
 tiles of 4 output steps, the remaining steps directly. Checked against plain PyTorch in
 float64 (exact up to rounding) and float32, with the residual and the ReLU, on every
@@ -6,13 +6,12 @@ padding and remainder, in the kernel's runs of a large sample, and against the d
 (R2P1D_TEMPORAL_WINOGRAD=off)."""
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.library import opcheck
 
 import r2p1d_ext  # noqa: F401  (registers the ops)
-from r2p1d_ext import ops
+from r2p1d_ext import ops, reference
 
 from conftest import assert_close, env_setting
 
@@ -31,10 +30,9 @@ def _case(n, c, m, o, t, h, pt, dtype=torch.float64, seed=0):
 
 
 def _reference(x, ws, bs, wt, bt, stride, padding, residual=None, relu=False):
-    z = F.relu(F.conv3d(x.double(), ws.double(), bs.double(), 1, (0, 1, 1)))
-    out = F.conv3d(z, wt.double(), bt.double(), 1, (padding[0], 0, 0))
-    out = out + residual.double() if residual is not None else out
-    return F.relu(out) if relu else out
+    """reference.fused_eval in float64."""
+    return reference.fused_eval(*(t.double() for t in (x, ws, bs, wt, bt)), stride, padding,
+                                residual.double() if residual is not None else None, relu)
 
 
 # Output steps: 8 (two tiles), 9 (a remainder step), 10 and 11 (remainders), 16 (four

@@ -11,10 +11,12 @@ import time
 import pytest
 import torch
 
-from r2p1d_ext import checkpoint as ckpt
+from r2p1d_ext.train import checkpoint as ckpt
 from r2p1d_ext.cli import main
-from r2p1d_ext.synthetic import make_synthetic
-from r2p1d_ext.trainer import EpochSampler, TrainConfig, _lr_lambda, train
+from r2p1d_ext.data.synthetic import make_synthetic
+from r2p1d_ext.train.config import TrainConfig
+from r2p1d_ext.train.distributed import EpochSampler
+from r2p1d_ext.train.loop import lr_lambda, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--arch", "r2plus1d_10", "--batch-size", "2", "--clip-len", "4", "--short-side", "32",
@@ -121,10 +123,10 @@ def test_epoch_sampler_shards_and_skips():
 
 
 def test_lr_schedule_warmup_then_cosine():
-    f = _lr_lambda(TrainConfig("", "", epochs=10, warmup_epochs=1), steps_per_epoch=10)
+    f = lr_lambda(TrainConfig("", "", epochs=10, warmup_epochs=1), steps_per_epoch=10)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5, abs=0.02) and f(99) < 0.01
-    g = _lr_lambda(TrainConfig("", "", epochs=30, warmup_epochs=0, schedule="step", step_epochs=10), 5)
+    g = lr_lambda(TrainConfig("", "", epochs=30, warmup_epochs=0, schedule="step", step_epochs=10), 5)
     assert g(0) == 1.0 and g(50) == pytest.approx(0.1) and g(100) == pytest.approx(0.01)
 
 

@@ -1,4 +1,4 @@
-"""The CPU Winograd path (csrc/cpu/winograd.h), F(2x2, 3x3) and F(4x4, 3x3), taken by every
+"""The CPU Winograd path (csrc/cpu/winograd/), F(2x2, 3x3) and F(4x4, 3x3), taken by every
 spatial (1,3,3) stride-1 convolution with padding <= 2: the module on random shapes of that
 family, each op against float64 PyTorch (paddings 0-2, odd sizes, batches spanning several
 tile batches), float64 gradcheck, statistics with |mean| >> std, concurrent calls sharing
@@ -9,12 +9,11 @@ import threading
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 from torch.autograd import gradcheck
 
-from r2p1d_ext import ops
+from r2p1d_ext import ops, reference
 from r2p1d_ext._args import default_mid_channels
 
 from conftest import assert_close, env_setting, spatial_reference
@@ -66,7 +65,7 @@ def test_module_matches_reference(case, dtype, train, tile):
     ((1, 4, 1, 1, 1), 3, (1, 1)),     # one pixel: every tap but the centre in the padding
     ((1, 16, 2, 112, 112), 160, (1, 1)),  # several tile batches per call
     # conv5_x-like: the filters (16-36 x 1152 x 256) far outweigh the activations, so
-    # they are taken in 3-11 chunks of the weight rows (winograd.h, chunk_rows); "batches"
+    # they are taken in 3-11 chunks of the weight rows (winograd/plan.h, chunk_rows); "batches"
     # takes 2 chunks with several tile batches
     ((2, 256, 2, 7, 7), 1152, (1, 1)),
 ], ids=["p1", "p0", "p21", "p2", "pixel", "batches", "chunks"])
@@ -103,8 +102,7 @@ def test_fused_eval_matches_pytorch(shape, mid, padding, tile):
     wt, bt = torch.randn(6, mid, 3, 1, 1, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
     with winograd(tile):
         out = ops.fused_eval(x, ws, bs, wt, bt, [1, 1, 1], padding)
-    z = F.relu(F.conv3d(x, ws, bs, padding=(0, *padding[1:])))
-    assert_close(out, F.conv3d(z, wt, bt, padding=(padding[0], 0, 0)), 1e-12, "fused_eval")
+    assert_close(out, reference.fused_eval(x, ws, bs, wt, bt, [1, 1, 1], padding), 1e-12, "fused_eval")
 
 
 @pytest.mark.parametrize("tile", TILES)
@@ -131,9 +129,9 @@ def test_statistics_with_large_mean(tile):
     w = torch.randn(6, 4, 1, 3, 3, generator=g) / 6
     with winograd(tile):
         y, mean, var = ops.spatial_conv_stats(x, w, None, [1, 1], [0, 0])
-    ref = F.conv3d(x.double(), w.double())
-    assert_close(mean, ref.mean((0, 2, 3, 4)), 1e-6, "mean")
-    assert_close(var, ref.var((0, 2, 3, 4), unbiased=False), 1e-3, "var")
+    _, ref_mean, ref_var = reference.spatial_conv_stats(x.double(), w.double(), None, [1, 1], [0, 0])
+    assert_close(mean, ref_mean, 1e-6, "mean")
+    assert_close(var, ref_var, 1e-3, "var")
 
 
 def test_concurrent_calls_share_scratch_safely():

@@ -1,13 +1,14 @@
 // CPU building blocks. A (1,kh,kw) convolution of one (n, t) frame of an NCDHW tensor is
 // a GEMM between the weight (M, C*kh*kw) and the frame's im2col matrix (C*kh*kw, Ho*Wo);
 // a (kt,1,1) convolution is, per output frame, a sum over taps of (O, M) x (M, H*W)
-// products. The GEMM core is ATen's matrix product on views of our buffers (allowed by
-// DESIGN.md section 2); everything around it (im2col/col2im, BN, ReLU, statistics) is ours.
+// products. The GEMM core is ATen's matrix product on views of our buffers (on the CPU the
+// only library call the block allows: docs/kernels.md); everything around it (im2col/col2im,
+// BN, ReLU, statistics) is ours.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include "../checks.h"
+#include "checks.h"
 #include "row_kernels.h"
 
 namespace r2p1d::cpu {

@@ -9,8 +9,8 @@
 
 #include "frame_gemm.h"
 #include "row_kernels.h"
-#include "temporal_winograd.h"
-#include "winograd.h"
+#include "winograd/spatial.h"
+#include "winograd/temporal.h"
 
 namespace r2p1d::cpu {
 namespace {
@@ -92,9 +92,8 @@ void fused_eval_units(const SpatialGeom& g, const TemporalGeom& tg, const T* xp,
     group = (unit_frames + n_groups - 1) / n_groups;
   }
   // A GEMM this narrow (conv5_x at batch 1: one 7x7 frame, 49 columns) and this deep runs
-  // transposed, z^T = col^T W^T: MKL's kernels fit 49 rows better than 49 columns
-  // (measured at K = 4608: 2.3-2.5 ms against 2.6-2.8 with cold weights; at K = 1152 the
-  // plain product was the faster: docs/inference.md, item 7).
+  // transposed, z^T = col^T W^T: MKL's kernels fit 49 rows better than 49 columns at
+  // K = 4608; at K = 1152 the plain product was the faster (docs/inference.md, item 7).
   const bool narrow = group * plane < 64 && kdim >= 2048;
   const int64_t group_values = (kdim + (group > 1 || narrow ? g.M : 0)) * group * plane;  // matrix + GEMM output
   const Scratch cols = Scratch::of<T>(wino ? 0 : group_values * (per_thread ? threads : 1));

@@ -1,7 +1,6 @@
 // Scratch buffers reused across kernel calls. A large buffer allocated afresh on every call
-// costs one page fault per 4 KiB page when first touched: measured here at ~5 ms for the
-// 14 MB transformed tiles of an R(2+1)D-18 conv4_x block, as long as the GEMMs that use
-// them. The pool keeps the kKeep largest released buffers and hands them out again; it is
+// costs one page fault per 4 KiB page when first touched: for the 14 MB transformed tiles
+// of an R(2+1)D-18 conv4_x block, as long as the GEMMs that use them (bench/NOTES.md). The pool keeps the kKeep largest released buffers and hands them out again; it is
 // shared by all threads and safe to use from concurrent calls. The pool is never destroyed
 // (no tensor destructors run during static destruction at exit).
 #pragma once

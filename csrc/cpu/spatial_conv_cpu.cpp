@@ -1,13 +1,13 @@
 // CPU kernels of the spatial (1,kh,kw) convolution: forward with the BatchNorm batch
 // statistics taken while the output is in cache, and its backward. 3x3 stride-1 convs take
-// the Winograd path (winograd.h); any other kernel or stride takes per-frame im2col.
+// the Winograd path (winograd/spatial.h); any other kernel or stride takes per-frame im2col.
 #include <torch/library.h>
 
 #include <numeric>
 
 #include "frame_gemm.h"
 #include "row_kernels.h"
-#include "winograd.h"
+#include "winograd/spatial.h"
 
 namespace r2p1d::cpu {
 namespace {
@@ -32,8 +32,8 @@ struct Moments {
 // (16 at the downsampling conv5_x of r2plus1d_10 on 56x56 clips) and, for the weight
 // gradient, needed per-chunk partial sums: zeroing those (136 MB at that conv5_x, 68 MB
 // at its conv4_x) took more time than their products. Groups hold as many frames as keep
-// the two buffers within ~4 MB (measured: as fast as 16 MB on r2plus1d_18, and a lower
-// peak, as the buffers stay in the scratch pool).
+// the two buffers within ~4 MB (as fast as 16 MB on r2plus1d_18, with a lower peak, as the
+// buffers stay in the scratch pool: bench/NOTES.md).
 int64_t frames_per_group(const SpatialGeom& g, int64_t elem_size) {
   const int64_t per_frame = (g.C * g.kh * g.kw + g.M) * g.out_plane() * elem_size;
   return std::clamp<int64_t>((4 << 20) / std::max<int64_t>(per_frame, 1), 1, g.frames());

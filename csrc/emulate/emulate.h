@@ -1,5 +1,5 @@
 // The CPU emulator of the tensor-core GEMMs: every CTA of a launch run on the host with the
-// very code the GPU runs (csrc/cuda/tc/igemm.h: loaders, shared-memory tiles, fragment
+// very code the GPU runs (csrc/tc/igemm.h: loaders, shared-memory tiles, fragment
 // loads, epilogues, reductions), threads stepped one after another between barriers and
 // each warp's mma.sync emulated from its lanes' fragments. Slow, exact to the rounding of
 // the operands, and what CI runs in place of a GPU.
@@ -9,7 +9,7 @@
 #include <memory>
 #include <vector>
 
-#include "../cuda/tc/problems.h"
+#include "tc/problems.h"
 
 namespace r2p1d::emulate {
 

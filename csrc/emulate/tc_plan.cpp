@@ -3,8 +3,8 @@
 // operand moves in 16-byte chunks (`vec`, assuming aligned tensors) or element by element.
 #include <torch/library.h>
 
-#include "../tc_ops.h"
-#include "../cuda/tc/problems.h"
+#include "tc/problems.h"
+#include "tc_ops.h"
 
 namespace r2p1d::emulate {
 namespace {

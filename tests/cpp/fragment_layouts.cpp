@@ -1,4 +1,4 @@
-// Checks the mma.sync fragment maps of csrc/cuda/tc/fragments.h against CuTe's MMA_Traits
+// Checks the mma.sync fragment maps of csrc/tc/fragments.h against CuTe's MMA_Traits
 // for the three atoms the tensor-core kernels use: for every lane and register element,
 // the (row, k) / (col, k) / (row, col) we load or store must be the one the hardware
 // layout (as CuTe states it) puts there. Built and run by tests/test_tc_emulated.py.
@@ -6,46 +6,42 @@
 
 #include <cute/atom/mma_traits_sm80.hpp>
 
-#include "cuda/tc/fragments.h"
+#include "tc/fragments.h"
 
 using namespace r2p1d::tc;
 
-template <class Traits, ElemKind K>
-int check(const char* name) {
+// Compares one operand's map over every lane and register element: `ours(lane, v, a, b)`
+// gives the (a, b) coordinate we use, `layout(lane, v)` CuTe's column-major index into a
+// matrix of `rows` rows.
+template <class Layout, class Ours>
+int compare(const char* name, const char* operand, int values, int rows, const Layout& layout, Ours ours) {
   int errors = 0;
-  constexpr int M = 16, N = 8;
-  const typename Traits::ALayout a{};
-  const typename Traits::BLayout b{};
-  const typename Traits::CLayout c{};
   for (int lane = 0; lane < 32; ++lane) {
-    for (int v = 0; v < FragCounts<K>::kA; ++v) {
-      const int idx = a(lane, v);  // column-major (M, K)
-      int row, k;
-      frag_a_coord<K>(lane, v, row, k);
-      if (row != idx % M || k != idx / M) {
-        std::printf("%s A lane %d value %d: ours (%d, %d), CuTe (%d, %d)\n", name, lane, v, row, k, idx % M, idx / M);
-        ++errors;
-      }
-    }
-    for (int v = 0; v < FragCounts<K>::kB; ++v) {
-      const int idx = b(lane, v);  // column-major (N, K)
-      int col, k;
-      frag_b_coord<K>(lane, v, col, k);
-      if (col != idx % N || k != idx / N) {
-        std::printf("%s B lane %d value %d: ours (%d, %d), CuTe (%d, %d)\n", name, lane, v, col, k, idx % N, idx / N);
-        ++errors;
-      }
-    }
-    for (int v = 0; v < 4; ++v) {
-      const int idx = c(lane, v);  // column-major (M, N)
-      int row, col;
-      frag_c_coord(lane, v, row, col);
-      if (row != idx % M || col != idx / M) {
-        std::printf("%s C lane %d value %d: ours (%d, %d), CuTe (%d, %d)\n", name, lane, v, row, col, idx % M, idx / M);
+    for (int v = 0; v < values; ++v) {
+      const int idx = layout(lane, v);
+      int a, b;
+      ours(lane, v, a, b);
+      if (a != idx % rows || b != idx / rows) {
+        std::printf("%s %s lane %d value %d: ours (%d, %d), CuTe (%d, %d)\n", name, operand, lane, v, a, b,
+                    idx % rows, idx / rows);
         ++errors;
       }
     }
   }
+  return errors;
+}
+
+template <class Traits, ElemKind K>
+int check(const char* name) {
+  constexpr int M = 16, N = 8;
+  // A is (M, K), B (N, K), C (M, N), each column-major in CuTe's layouts.
+  const int errors =
+      compare(name, "A", FragCounts<K>::kA, M, typename Traits::ALayout{},
+              [](int lane, int v, int& row, int& k) { frag_a_coord<K>(lane, v, row, k); }) +
+      compare(name, "B", FragCounts<K>::kB, N, typename Traits::BLayout{},
+              [](int lane, int v, int& col, int& k) { frag_b_coord<K>(lane, v, col, k); }) +
+      compare(name, "C", 4, M, typename Traits::CLayout{},
+              [](int lane, int v, int& row, int& col) { frag_c_coord(lane, v, row, col); });
   std::printf("%s: %d mismatches\n", name, errors);
   return errors;
 }

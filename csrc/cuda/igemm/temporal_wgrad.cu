@@ -1,0 +1,11 @@
+// GPU instantiation of the temporal wgrad GEMM (csrc/tc/problems.h) for bf16, fp16 and TF32; one file
+// per GEMM so that they compile in parallel.
+#include "kernel.cuh"
+
+namespace r2p1d::tc {
+
+cudaError_t launch(const TemporalWgradArgs& a, const Plan& plan, cudaStream_t stream) {
+  return launch_args(a, plan, stream);
+}
+
+}  // namespace r2p1d::tc

@@ -1,0 +1,34 @@
+"""Re-export modules for the import paths of the flat layout (``r2p1d_ext.network``,
+``.dataset``, ``.trainer``, ...; docs/architecture.md lists where each moved). Every name
+still resolves, with a DeprecationWarning that names its new module, and pickles that name
+an old path still load."""
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Callable, List, Tuple
+
+
+def forward(old: str, *new: str) -> Tuple[Callable[[str], object], Callable[[], List[str]]]:
+    """``(__getattr__, __dir__)`` for the module `old`: attributes come from the first of
+    the modules `new` that has them."""
+
+    def __getattr__(name: str):
+        if not name.startswith("__"):
+            for target in new:
+                module = importlib.import_module(target)
+                if hasattr(module, name):
+                    value = getattr(module, name)
+                    # Name the module that defines it (targets re-export some names).
+                    home = getattr(value, "__module__", None)
+                    home = home if isinstance(home, str) and home.startswith("r2p1d_ext.") else target
+                    warnings.warn(f"{old}.{name} is deprecated: use {home}.{name} ({old} moved)",
+                                  DeprecationWarning, stacklevel=2)
+                    return value
+        raise AttributeError(f"module {old!r} has no attribute {name!r}")
+
+    def __dir__() -> List[str]:
+        return sorted({n for target in new for n in dir(importlib.import_module(target))
+                       if not n.startswith("__")})
+
+    return __getattr__, __dir__

@@ -1,0 +1,205 @@
+"""Video folder dataset: root/{split}/{class}/{video files}, decoded with OpenCV.
+
+Each item is ``(clip, label, video, failed)``: one clip of ``clip_len`` frames (every
+``frame_stride``-th frame) as a float tensor (3, clip_len, crop, crop), normalised with the
+Kinetics mean/std used by torchvision's video models, its class, the index of its video,
+and the index of a video that failed to decode at this item (-1 if none). Only the clip's
+frames are decoded (one seek, then sequential reads: r2p1d_ext/data/video.py). Videos shorter than the clip are
+looped, not dropped. Unreadable or corrupt files are skipped with a warning, never
+crashing a worker or an epoch: those found at start-up are in ``unreadable``; one that
+fails to decode later is reported through ``failed``, which reaches the main process
+through any number of DataLoader workers (``count_failed`` counts them). Such an item is
+never another video's clip: its clip is zeros and ``failed == video``; drop it, as the
+trainer does (and ``r2p1d_ext.train.evaluate`` drops every clip of that video).
+
+Training clips: random start (temporal jitter), short side resized to ``short_side``,
+random ``crop_size`` crop and, with ``hflip``, a random horizontal flip. Evaluation:
+``clips_per_video`` uniformly spaced clips per video and a centre crop; average the clip
+scores per video with :func:`video_scores` for video-level accuracy.
+
+Start-up: the frame count of every video is needed up front. A folder made by ``r2p1d
+prepare`` carries them in its manifest (``root/manifest.json``), which is used by default
+(``manifest="auto"``); files it does not describe (added or replaced later) are opened and
+probed, as every file is without a manifest. Hidden files (names starting with '.', such as
+``prepare``'s half-written temporaries or macOS ``._`` files) are not videos.
+
+Note: horizontal flips change the meaning of left/right motion; turn ``hflip`` off for
+classes defined by direction (the built-in synthetic set).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from . import manifest as manifest_file
+from .video import VIDEO_EXTENSIONS, VideoDecodeError, is_hidden, probe_frame_count, read_frames
+
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+
+class VideoDataset(Dataset):
+    def __init__(self, root: str, split: str = "train", clip_len: int = 16, frame_stride: int = 1,
+                 short_side: int = 128, crop_size: int = 112, train: Optional[bool] = None,
+                 hflip: bool = True, clips_per_video: int = 1,
+                 mean: Sequence[float] = KINETICS_MEAN, std: Sequence[float] = KINETICS_STD,
+                 extensions: Sequence[str] = VIDEO_EXTENSIONS, seed: Optional[int] = None,
+                 manifest: Union[str, None] = "auto"):
+        if clip_len < 1 or frame_stride < 1 or clips_per_video < 1:
+            raise ValueError(f"expected clip_len, frame_stride and clips_per_video >= 1, got "
+                             f"{clip_len}, {frame_stride}, {clips_per_video}")
+        if crop_size > short_side:
+            raise ValueError(f"expected crop_size <= short_side, got crop {crop_size} > short side {short_side}")
+        split_dir = os.path.join(root, split)
+        if not os.path.isdir(split_dir):
+            raise FileNotFoundError(f"expected a folder {split_dir} holding one sub-folder per class")
+        self.classes = sorted(d for d in os.listdir(split_dir)
+                              if os.path.isdir(os.path.join(split_dir, d)) and not is_hidden(d))
+        if not self.classes:
+            raise ValueError(f"{split_dir} holds no class folders (expected {split_dir}/<class>/<video>)")
+        exts = tuple(e.lower() for e in extensions)
+        rows = manifest_file.rows_by_output(_read_manifest(root, manifest))
+        self.videos: List[Tuple[str, int, int]] = []  # (path, label, frames)
+        self.unreadable: List[str] = []  # found at start-up
+        self.probed = 0  # files opened at start-up (those the manifest did not describe)
+        for label, cls in enumerate(self.classes):
+            folder = os.path.join(split_dir, cls)
+            files = sorted(f for f in os.listdir(folder) if f.lower().endswith(exts) and not is_hidden(f))
+            if not files:
+                raise ValueError(f"class folder {folder} holds no video files (extensions {', '.join(exts)})")
+            for name in files:
+                path = os.path.join(folder, name)
+                row = rows.get(f"{split}/{cls}/{name}")
+                if manifest_file.row_matches(row, path):
+                    self.videos.append((path, label, row["frames"]))
+                    continue
+                n = probe_frame_count(path)
+                self.probed += 1
+                if n <= 0:
+                    _warn_skip(path, "it cannot be opened or holds no frames")
+                    self.unreadable.append(path)
+                else:
+                    self.videos.append((path, label, n))
+        if not self.videos:
+            raise ValueError(f"no readable video under {split_dir} ({len(self.unreadable)} skipped)")
+        self.split, self.clip_len, self.frame_stride = split, clip_len, frame_stride
+        self.short_side, self.crop_size = short_side, crop_size
+        self.train = split == "train" if train is None else train
+        self.hflip, self.clips_per_video = hflip, clips_per_video
+        self.mean = np.asarray(mean, dtype=np.float32) * 255
+        self.std = np.asarray(std, dtype=np.float32) * 255
+        self.seed, self.epoch = seed, 0
+        self._failed: set = set()  # indices of videos that failed to decode in this process
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def num_skipped(self) -> int:
+        """Videos skipped so far as this process knows: unreadable at start-up, plus those
+        that failed to decode here (DataLoader workers report theirs through the items'
+        ``failed`` field instead: see ``count_failed``)."""
+        return len(self.unreadable) + len(self._failed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """With a seed, augmentation is a function of (seed, epoch, index): reproducible
+        (and resumable) runs that still see new crops every epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.videos) * self.clips_per_video
+
+    # ------------------------------------------------------------------ sampling
+    def clip_start(self, frames: int, clip: int, rng: np.random.Generator) -> int:
+        span = (self.clip_len - 1) * self.frame_stride + 1
+        room = max(0, frames - span)
+        if self.train:
+            return int(rng.integers(0, room + 1))
+        if self.clips_per_video == 1:
+            return room // 2
+        return round(clip * room / (self.clips_per_video - 1))
+
+    def transform(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        """(T, H, W, 3) uint8 RGB -> (3, T, crop, crop) normalised float32."""
+        t, h, w, _ = frames.shape
+        scale = self.short_side / min(h, w)
+        nh, nw = max(self.short_side, round(h * scale)), max(self.short_side, round(w * scale))
+        if (nh, nw) == (h, w):  # a prepared video at this short side: nothing to resize
+            resized = frames
+        else:
+            resized = np.stack([cv2.resize(f, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1
+                                           else cv2.INTER_LINEAR) for f in frames])
+        c = self.crop_size
+        if self.train:
+            top, left = int(rng.integers(0, nh - c + 1)), int(rng.integers(0, nw - c + 1))
+        else:
+            top, left = (nh - c) // 2, (nw - c) // 2
+        clip = resized[:, top:top + c, left:left + c]
+        if self.train and self.hflip and rng.random() < 0.5:
+            clip = clip[:, :, ::-1]
+        clip = (clip.astype(np.float32) - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))
+
+    def __getitem__(self, index: int):
+        """(clip, label, video index, index of a video that failed here or -1)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} clips")
+        rng = np.random.default_rng(None if self.seed is None else (self.seed, self.epoch, index))
+        video, clip = divmod(index, self.clips_per_video)
+        path, label, frames = self.videos[video]
+        if video not in self._failed:
+            try:
+                start = self.clip_start(frames, clip, rng)
+                data = read_frames(path, start, self.clip_len, self.frame_stride, frames)
+                return self.transform(data, rng), label, video, -1
+            except (VideoDecodeError, cv2.error) as err:
+                # Once per video and process: later clips of it are not tried again.
+                self._failed.add(video)
+                _warn_skip(path, str(err))
+        # Never another video's clip under this one's id and label: a flagged blank.
+        c = self.crop_size
+        return torch.zeros(3, self.clip_len, c, c), label, video, video
+
+
+def _read_manifest(root: str, manifest: Union[str, None]):
+    """The manifest document to take frame counts from, or None. "auto": root's, if any (an
+    unreadable one is ignored with a warning: the files are probed instead); a path: that
+    file, which must be readable; None: no manifest."""
+    if manifest is None:
+        return None
+    if manifest == "auto":
+        path = manifest_file.path_in(root)
+        if not os.path.exists(path):
+            return None
+        try:
+            return manifest_file.read(path)
+        except (OSError, manifest_file.ManifestError) as err:
+            warnings.warn(f"ignoring {path} ({err}); probing every video instead", RuntimeWarning, stacklevel=4)
+            return None
+    if not os.path.isfile(manifest):
+        raise FileNotFoundError(f"expected manifest to be 'auto', None or a manifest file, got {manifest!r} "
+                                "(no such file)")
+    return manifest_file.read(manifest)
+
+
+def _warn_skip(path: str, why: str) -> None:
+    warnings.warn(f"skipping video {path}: {why}", RuntimeWarning, stacklevel=3)
+
+
+def count_failed(failed: torch.Tensor, seen: set) -> None:
+    """Adds a batch's ``failed`` indices (-1: none) to `seen`: the distinct videos that
+    failed to decode, whichever worker met them."""
+    seen.update(int(v) for v in failed[failed >= 0].tolist())
+
+
+def video_scores(scores: torch.Tensor, video_ids: torch.Tensor, labels: torch.Tensor):
+    """Average clip scores (N, classes) per video: (video scores, video labels)."""
+    ids, inverse = torch.unique(video_ids, return_inverse=True)
+    summed = torch.zeros(len(ids), scores.shape[1], dtype=scores.dtype).index_add_(0, inverse, scores)
+    counts = torch.bincount(inverse, minlength=len(ids)).clamp_min(1).to(scores.dtype)
+    video_labels = torch.zeros(len(ids), dtype=labels.dtype).scatter_(0, inverse, labels)
+    return summed / counts[:, None], video_labels
