@@ -30,8 +30,7 @@ import engines  # noqa: E402
 from common import RESULTS, commit, device_name, pyplot, save, save_figure  # noqa: E402
 from r2p1d_ext import models, reference  # noqa: E402
 
-ARCHS = {"r2plus1d_10": models.r2plus1d_10, "r2plus1d_18": models.r2plus1d_18,
-         "r2plus1d_34": models.r2plus1d_34}
+ARCHS = models.ARCHS
 
 
 def _randomised_bn(model):

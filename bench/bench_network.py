@@ -30,7 +30,7 @@ from common import (RESULTS, add_run_options, commit, configure, device_name, ev
                     peak_in_child, pyplot, resident_growth_mb, save, save_figure, timer)
 from common import train_step as common_train_step  # noqa: E402
 import engines  # noqa: E402
-from r2p1d_ext import models, reference  # noqa: E402
+from r2p1d_ext import SpatioTemporalConv, models, reference  # noqa: E402
 
 IMPLS = ("fused", "eager", "eager_cl")
 ARCHS = models.ARCHS
@@ -39,7 +39,7 @@ ARCHS = models.ARCHS
 def build(impl, arch, device, dtype, shape, classes=400):
     """The network and a clip batch with labels, seeded identically for every impl."""
     torch.manual_seed(0)
-    conv = models.SpatioTemporalConv if impl == "fused" else reference.SpatioTemporalConv
+    conv = SpatioTemporalConv if impl == "fused" else reference.SpatioTemporalConv
     model = ARCHS[arch](num_classes=classes, conv=conv).to(device=device, dtype=dtype)
     x = torch.randn(shape, device=device, dtype=dtype)
     if impl == "eager_cl":
@@ -82,7 +82,7 @@ def main(argv=None):
     add_run_options(p, warmup="default 1 on CPU, 5 on CUDA", repeats="default 5 on CPU, 20 on CUDA")
     p.add_argument("--arch", default="r2plus1d_18", choices=sorted(ARCHS))
     p.add_argument("--out", default=None,
-                   help="JSON path (default bench/results/<date>-<device>-models.json)")
+                   help="JSON path (default bench/results/<date>-<device>-network.json)")
     p.add_argument("--no-engines", dest="engines", action="store_false",
                    help="CPU float32: skip the ONNX Runtime and OpenVINO inference rows")
     args = p.parse_args(argv)
@@ -135,7 +135,7 @@ def main(argv=None):
             result[f"eval_vs_{engine}"] = rows[engine]["eval_ms"] / rows["fused"]["eval_ms"]
     print_table(result)
     suffix = "gpu" if on_gpu else "cpu"
-    out = args.out or os.path.join(RESULTS, f"{result['date']}-{suffix}-models.json")
+    out = args.out or os.path.join(RESULTS, f"{result['date']}-{suffix}-network.json")
     save(result, out)
     plot(result, out.replace(".json", ".png"))
     return result
