@@ -139,5 +139,6 @@ def bn_sources(bn: Optional[nn.Module]) -> List[Optional[Tensor]]:
 
 
 # The network-level dispatch (folds, conv_bn, bn_folds) lived here before it moved one level
-# up, to r2p1d_ext/conv_bn.py; the old names resolve, with a DeprecationWarning.
-__getattr__, __dir__ = _forward(__name__, "r2p1d_ext.conv_bn")
+# up, to r2p1d_ext/conv_bn.py; the old names resolve, with a DeprecationWarning (this
+# module's own names stay what dir() lists).
+__getattr__ = _forward(__name__, "r2p1d_ext.conv_bn")[0]

@@ -98,7 +98,7 @@ def test_import_graph_has_no_circle_and_no_upward_edge():
     # The data layer stands beside the library: it needs none of it.
     data_to_library = [(a, b) for a, edges in graph.items() if _layer(a) == 6 for b in edges if 1 <= _layer(b) <= 5]
     assert not data_to_library, data_to_library
-    state, order = {}, []
+    state = {}
 
     def visit(node, path):
         state[node] = "open"
