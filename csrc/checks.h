@@ -157,7 +157,9 @@ inline SpatialGeom check_spatial_backward(const at::Tensor& grad_y, const at::Te
                     at::IntArrayRef({g.N, g.M, g.T, g.Ho, g.Wo}), ", but got ", grad_y.sizes(),
                     " and ", y.sizes());
   check_same_device(x, grad_y, "grad_y");
+  check_same_dtype(x, grad_y, "grad_y");
   check_same_device(x, y, "y");
+  check_same_dtype(x, y, "y");
   check_channel_vector(x, mean, "mean", g.M);
   if (grad_mean.has_value()) check_channel_vector(x, *grad_mean, "grad_mean", g.M);
   if (grad_var.has_value()) check_channel_vector(x, *grad_var, "grad_var", g.M);
@@ -186,11 +188,11 @@ inline TemporalGeom check_temporal_backward(const at::Tensor& grad_out, const at
                                             int64_t stride, int64_t padding) {
   const TemporalGeom g = check_temporal(y, mean, scale, shift, weight, std::nullopt, stride,
                                         padding);
-  TORCH_CHECK_VALUE(grad_out.dim() == 5 && grad_out.size(0) == g.N && grad_out.size(1) == g.O &&
-                        grad_out.size(2) == g.To && grad_out.size(3) * grad_out.size(4) == g.HW,
+  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef({g.N, g.O, g.To, y.size(3), y.size(4)}),
                     "r2p1d: expected grad_out of shape [", g.N, ", ", g.O, ", ", g.To, ", ",
                     y.size(3), ", ", y.size(4), "], but got ", grad_out.sizes());
   check_same_device(y, grad_out, "grad_out");
+  check_same_dtype(y, grad_out, "grad_out");
   return g;
 }
 
@@ -231,6 +233,7 @@ inline void check_running_stats(const at::Tensor& running_mean, const at::Tensor
                                 const at::Tensor& num_batches_tracked, const at::Tensor& mean,
                                 const at::Tensor& var, int64_t count) {
   const int64_t n = running_mean.numel();
+  check_float_tensor(running_mean, "running_mean");
   check_channel_vector(running_mean, running_var, "running_var", n);
   check_same_dtype(running_mean, running_var, "running_var");
   check_channel_vector(running_mean, mean, "batch mean", n);

@@ -127,8 +127,14 @@ def _check_temporal_weight(ref, mid, t, weight, bias, stride, padding) -> None:
     _check_like(ref, bias, "temporal bias", "the input")
 
 
-def _check_vectors(n, **vectors) -> None:
+def _check_vectors(ref: Tensor, n: int, **vectors: Optional[Tensor]) -> None:
+    """Per-channel vectors: floating point, on ref's device, n values (csrc/checks.h's
+    check_channel_vector)."""
     for name, v in vectors.items():
+        if v is None:
+            continue
+        _check(v.device == ref.device, f"expected {name} on {ref.device} (the input's device), but it is on {v.device}")
+        _check(v.is_floating_point(), f"expected {name} to be a floating-point tensor, but got dtype {v.dtype}")
         _check(v.dim() == 1 and v.shape[0] == n,
                f"expected {name} to be a vector of {n} per-channel values, but got shape ", tuple(v.shape))
 
@@ -150,6 +156,9 @@ def _spatial_conv_backward_fake(grad_y, x, weight, y, mean, grad_mean, grad_var,
     _check_spatial(x, weight, None, stride, padding)
     _check(grad_y.shape == y.shape, f"expected grad_y and y of the same shape, but got {tuple(grad_y.shape)} "
            f"and {tuple(y.shape)}")
+    _check_like(x, grad_y, "grad_y", "the input")
+    _check_like(x, y, "y", "the input")
+    _check_vectors(x, weight.shape[0], mean=mean, grad_mean=grad_mean, grad_var=grad_var)
     return (_empty5d(x, x.shape) if output_mask[0] else None,
             _empty5d(weight, weight.shape) if output_mask[1] else None,
             x.new_empty((weight.shape[0],)) if output_mask[2] else None)
@@ -159,7 +168,7 @@ def _spatial_conv_backward_fake(grad_y, x, weight, y, mean, grad_mean, grad_var,
 def _temporal_conv_bnrelu_fake(y, mean, scale, shift, weight, bias, stride, padding):
     _check_input5d(y, "intermediate y")
     _check_temporal_weight(y, y.shape[1], y.shape[2], weight, bias, stride, padding)
-    _check_vectors(y.shape[1], mean=mean, scale=scale, shift=shift)
+    _check_vectors(y, y.shape[1], mean=mean, scale=scale, shift=shift)
     n, _, t, h, w = y.shape
     return _empty5d(y, (n, weight.shape[0], output_size(t, weight.shape[2], stride, padding), h, w))
 
@@ -169,7 +178,12 @@ def _temporal_conv_bnrelu_backward_fake(grad_out, y, mean, scale, shift, weight,
                                         output_mask):
     _check_input5d(y, "intermediate y")
     _check_temporal_weight(y, y.shape[1], y.shape[2], weight, None, stride, padding)
-    _check_vectors(y.shape[1], mean=mean, scale=scale, shift=shift)
+    _check_vectors(y, y.shape[1], mean=mean, scale=scale, shift=shift)
+    n, _, t, h, w = y.shape
+    out_shape = (n, weight.shape[0], output_size(t, weight.shape[2], stride, padding), h, w)
+    _check(grad_out.dim() == 5 and tuple(grad_out.shape) == out_shape,
+           f"expected grad_out of shape {list(out_shape)}, but got {list(grad_out.shape)}")
+    _check_like(y, grad_out, "grad_out", "the input")
     return (_empty5d(y, y.shape) if output_mask[0] else None,
             torch.empty_like(mean) if output_mask[1] else None,
             torch.empty_like(scale) if output_mask[2] else None,
@@ -201,6 +215,18 @@ def _fused_eval_fake(x, spatial_weight, spatial_bias, temporal_weight, temporal_
 @torch.library.register_fake("r2p1d::update_running_stats")
 def _update_running_stats_fake(running_mean, running_var, num_batches_tracked, mean, var, count,
                                momentum):
+    _check(running_mean.is_floating_point(),
+           f"expected running_mean to be a floating-point tensor, but got dtype {running_mean.dtype}")
+    n = running_mean.numel()
+    _check_vectors(running_mean, n, running_var=running_var, **{"batch mean": mean, "batch var": var})
+    _check_like(running_mean, running_var, "running_var", "the input")
+    _check(num_batches_tracked.device == running_mean.device,
+           f"expected num_batches_tracked on {running_mean.device} (the input's device), but it is on "
+           f"{num_batches_tracked.device}")
+    _check(num_batches_tracked.numel() == 1 and num_batches_tracked.dtype == torch.int64,
+           "expected num_batches_tracked to be a one-element int64 tensor, got "
+           f"{num_batches_tracked.dtype} of shape {tuple(num_batches_tracked.shape)}")
+    _check(count > 1, f"expected more than 1 value per channel when training, got {count}")
     return None
 
 

@@ -105,3 +105,91 @@ def test_op_checks_name_expected_and_given():
         ops.update_running_stats(torch.zeros(5), torch.ones(5), torch.tensor(0), v, v, 1, 0.1)
     with pytest.raises(ValueError, match=r"num_batches_tracked to be a one-element int64 tensor"):
         ops.update_running_stats(torch.zeros(5), torch.ones(5), torch.tensor(0.0), v, v, 4, 0.1)
+
+
+# ------------------------------------------------------------------ every argument's dtype
+def _valid_args(op, dtype, device="cpu"):
+    """A valid call of each op for `dtype` inputs (per-channel vectors in float32, as the
+    module passes them for reduced precision; float64 for float64)."""
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g).to(dtype).to(device)  # noqa: E731
+    vdt = torch.float64 if dtype == torch.float64 else torch.float32
+    v = lambda n: torch.rand(n, generator=g).add(0.5).to(vdt).to(device)  # noqa: E731
+    x, w, b = r(2, 3, 4, 6, 6), r(8, 3, 1, 3, 3), r(8)
+    y, wt, bt = r(2, 8, 4, 6, 6), r(5, 8, 3, 1, 1), r(5)
+    if op == "spatial_conv_stats":
+        return [x, w, b, [1, 1], [1, 1]]
+    if op == "spatial_conv_backward":
+        return [r(2, 8, 4, 6, 6), x, w, y, v(8), v(8), v(8), [1, 1], [1, 1], [True] * 3]
+    if op == "temporal_conv_bnrelu":
+        return [y, v(8), v(8), v(8), wt, bt, 1, 1]
+    if op == "temporal_conv_bnrelu_backward":
+        return [r(2, 5, 4, 6, 6), y, v(8), v(8), v(8), wt, 1, 1, [True] * 6]
+    if op == "fused_eval":
+        return [x, w, b, wt, bt, [1, 1, 1], [1, 1, 1], r(2, 5, 4, 6, 6)]
+    return [v(8), v(8), torch.tensor(3, device=device), v(8), v(8), 10, 0.1]  # update_running_stats
+
+
+# (op, argument index, name in the message): tensors that must have the input's dtype, and
+# per-channel vectors, which must be floating point.
+SAME_DTYPE = [
+    ("spatial_conv_stats", 1, "spatial weight"), ("spatial_conv_stats", 2, "spatial bias"),
+    ("spatial_conv_backward", 0, "grad_y"), ("spatial_conv_backward", 2, "spatial weight"),
+    ("spatial_conv_backward", 3, "y"),
+    ("temporal_conv_bnrelu", 4, "temporal weight"), ("temporal_conv_bnrelu", 5, "temporal bias"),
+    ("temporal_conv_bnrelu_backward", 0, "grad_out"), ("temporal_conv_bnrelu_backward", 5, "temporal weight"),
+    ("fused_eval", 1, "spatial weight"), ("fused_eval", 2, "spatial bias"), ("fused_eval", 3, "temporal weight"),
+    ("fused_eval", 4, "temporal bias"), ("fused_eval", 7, "residual"),
+    ("update_running_stats", 1, "running_var"),
+]
+FLOATING = [
+    ("spatial_conv_stats", 0, "input"), ("spatial_conv_backward", 1, "input"),
+    ("spatial_conv_backward", 4, "mean"), ("spatial_conv_backward", 5, "grad_mean"),
+    ("spatial_conv_backward", 6, "grad_var"),
+    ("temporal_conv_bnrelu", 0, "intermediate y"), ("temporal_conv_bnrelu", 1, "mean"),
+    ("temporal_conv_bnrelu", 2, "scale"), ("temporal_conv_bnrelu", 3, "shift"),
+    ("temporal_conv_bnrelu_backward", 1, "intermediate y"), ("temporal_conv_bnrelu_backward", 2, "mean"),
+    ("temporal_conv_bnrelu_backward", 3, "scale"), ("temporal_conv_bnrelu_backward", 4, "shift"),
+    ("fused_eval", 0, "input"), ("update_running_stats", 0, "running_mean"),
+    ("update_running_stats", 3, "batch mean"), ("update_running_stats", 4, "batch var"),
+]
+IMPLS = ["cpu", "fake", "emulator",
+         pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU"))]
+
+
+def _call_with(impl, op, index, wrong):
+    """Calls `op` of `impl` with argument `index` replaced by wrong(original)."""
+    dtype = torch.bfloat16 if impl == "emulator" else torch.float32
+    args = _valid_args(op, dtype, "cuda" if impl == "cuda" else "cpu")
+    args[index] = wrong(args[index])
+    if impl == "emulator":
+        return getattr(torch.ops.r2p1d_tc_emulate, op)(*args)
+    if impl == "fake":
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        with FakeTensorMode() as mode:
+            return getattr(torch.ops.r2p1d, op)(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
+                                                   for a in args])
+    return getattr(torch.ops.r2p1d, op)(*args)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("op,index,name", SAME_DTYPE, ids=[f"{o}-{n}" for o, _, n in SAME_DTYPE])
+def test_every_tensor_argument_has_its_dtype_checked(impl, op, index, name):
+    """A tensor of another dtype than the input's is refused before any kernel reads its
+    bytes (a bf16 grad_y with a float32 input would be read past its end on a GPU)."""
+    if impl == "emulator" and op == "update_running_stats":
+        pytest.skip("no tensor-core kernel: the emulator has no running-statistics op")
+    wrong = torch.float64 if impl == "emulator" or op == "update_running_stats" else torch.bfloat16
+    with pytest.raises(ValueError, match=rf"expected {name} of dtype .*but got .*{str(wrong).split('.')[-1]}"
+                       .replace("float64", "(float64|Double)").replace("bfloat16", "(bfloat16|BFloat16)")):
+        _call_with(impl, op, index, lambda t: t.to(wrong))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("op,index,name", FLOATING, ids=[f"{o}-{n}" for o, _, n in FLOATING])
+def test_every_float_argument_refuses_integers(impl, op, index, name):
+    if impl == "emulator" and op == "update_running_stats":
+        pytest.skip("no tensor-core kernel: the emulator has no running-statistics op")
+    with pytest.raises(ValueError, match=rf"expected {name} to be a floating-point tensor, but got dtype "
+                                         r"(torch\.)?(int64|Long)"):
+        _call_with(impl, op, index, lambda t: t.to(torch.int64))
