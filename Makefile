@@ -11,7 +11,7 @@ export MAX_JOBS ?= 2
 PY  := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: all install test demo bench gpu-wheels gpu-check clean
+.PHONY: all install test demo bench gpu-wheels gpu-check gpu-bench clean
 
 all: install
 
@@ -60,12 +60,17 @@ gpu-wheels:
 	mkdir -p .whl
 	python3 -m pip download --no-deps --only-binary=:all: -d .whl "nvidia-cutlass==$(CUTLASS)"
 
-# On a GPU machine (no network, PyTorch installed): install .whl/, build with every core, run
-# every test and the GPU benchmarks; logs and JSON to $$OUT (default bench/results). Without
-# a GPU it builds and says so. GPU_CHECK_BENCH=0 / GPU_CHECK_COMPILE=0 skip the benchmarks /
-# the torch.compile baseline. See tools/gpu_check.sh.
+# On a GPU machine (no network, PyTorch installed), in one device call of under 7 minutes:
+# install .whl/, build with every core (CUDA forced), run the CUDA tests, compute-sanitizer
+# on every kernel and a short benchmark; logs and JSON to $$OUT (default bench/results).
+# Without a GPU it builds and says so. `make gpu-check DRY_RUN=1` prints the steps and their
+# time estimate and runs nothing; GPU_CHECK_BENCH=0 skips the benchmark (tools/gpu_check.sh).
+# `make gpu-bench` then runs the long GPU benchmarks (tools/gpu_bench.sh).
 gpu-check:  # every core (this Makefile's MAX_JOBS default of 2 is for the 2-core machines)
-	MAX_JOBS=$${GPU_MAX_JOBS:-$$(nproc)} bash tools/gpu_check.sh
+	GPU_CHECK_DRY_RUN=$${GPU_CHECK_DRY_RUN:-$(DRY_RUN)} MAX_JOBS=$${GPU_MAX_JOBS:-$$(nproc)} bash tools/gpu_check.sh
+
+gpu-bench:
+	MAX_JOBS=$${GPU_MAX_JOBS:-$$(nproc)} bash tools/gpu_bench.sh
 
 clean:
 	rm -rf build *.egg-info r2p1d_ext/_C*.so

@@ -3,7 +3,10 @@
 //   the GPU backend (csrc/cuda/ops_cuda.cpp) launches the kernels (csrc/cuda/igemm/) on the
 //   current stream;
 //   the CPU emulator (csrc/emulate/) runs the same CTA code on the host, for CI's tests.
-// Backend: tc::Plan plan(const tc::GemmExtent&, tc::ElemKind); void run(const Args&, const tc::Plan&).
+// Backend: tc::Plan plan(const tc::GemmExtent&, tc::ElemKind);
+//          void run(const Args&, const tc::Plan&, Tensors touched).
+// `touched` lists every tensor the GEMM reads or writes: the emulator checks each address
+// the CTA code forms against them (the GPU backend ignores the list).
 //
 // Layout: every 5-D tensor is read and written channels-last (NDHWC; the weights then
 // are (M, kh, kw, C) and (O, kt, M)). A contiguous input costs one conversion here; the
@@ -14,6 +17,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <initializer_list>
 #include <tuple>
 
 #include "checks.h"
@@ -44,6 +48,14 @@ inline Tensor empty_channels_last(at::IntArrayRef sizes, const at::TensorOptions
 }
 
 inline Tensor float_vector(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
+
+// A tensor a GEMM reads, or writes when `written` (undefined ones are left out).
+struct Touched {
+  const Tensor& tensor;
+  const char* name;
+  bool written = false;
+};
+using Tensors = std::initializer_list<Touched>;
 
 inline const void* ptr_or_null(const std::optional<Tensor>& t, Tensor& keep) {
   if (!t.has_value() || !t->defined()) return nullptr;
@@ -105,7 +117,7 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats(Backend& be, const Tensor&
   const tc::Plan plan = be.plan(tc::extent_of(a), a.elem);
   Tensor partials = at::empty({g.M, plan.grid_m, 3}, x.options().dtype(at::kFloat));
   a.partials = partials.data_ptr<float>();
-  be.run(a, plan);
+  be.run(a, plan, {{xc, "x"}, {wc, "weight"}, {bc, "bias"}, {y, "y", true}, {partials, "partials", true}});
   auto [mean, var] = merge_moments(partials);
   return {y, mean, var};
 }
@@ -131,7 +143,9 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward(
     grad_x = empty_channels_last(x.sizes(), x.options());
     const tc::SpatialDgradArgs a{spatial_shape(g), elem, gyc.data_ptr(), yc.data_ptr(), mup, cap, cbp,
                                  wc.data_ptr(), grad_x.data_ptr()};
-    be.run(a, be.plan(tc::extent_of(a), elem));
+    be.run(a, be.plan(tc::extent_of(a), elem),
+           {{gyc, "grad_y"}, {yc, "y"}, {mu, "mean"}, {coeffs.first, "ca"}, {coeffs.second, "cb"}, {wc, "weight"},
+            {grad_x, "grad_x", true}});
   }
   if (mask[1] || mask[2]) {
     tc::SpatialWgradArgs a{spatial_shape(g), elem, gyc.data_ptr(), yc.data_ptr(), mup, cap, cbp,
@@ -140,7 +154,9 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward(
     const tc::Plan plan = be.plan(e, elem);
     Tensor ws = at::empty({plan.splits, e.rows, e.cols}, x.options().dtype(at::kFloat));
     a.workspace = ws.data_ptr<float>();
-    be.run(a, plan);
+    be.run(a, plan,
+           {{gyc, "grad_y"}, {yc, "y"}, {mu, "mean"}, {coeffs.first, "ca"}, {coeffs.second, "cb"}, {xc, "x"},
+            {ws, "workspace", true}});
     std::tie(grad_w, grad_b) = weight_grad(ws, weight, {g.M, 1, g.kh, g.kw, g.C}, mask[1], mask[2]);
   }
   return {grad_x, grad_w, grad_b};
@@ -158,7 +174,8 @@ Tensor temporal_conv_bnrelu(Backend& be, const Tensor& y, const Tensor& mean, co
   const tc::TemporalFpropArgs a{temporal_shape(g), elem_of(y.scalar_type()), yc.data_ptr(),
                                 mu.data_ptr<float>(), sc.data_ptr<float>(), sh.data_ptr<float>(),
                                 wc.data_ptr(), ptr_or_null(bias, bc), out.data_ptr()};
-  be.run(a, be.plan(tc::extent_of(a), a.elem));
+  be.run(a, be.plan(tc::extent_of(a), a.elem),
+         {{yc, "y"}, {mu, "mean"}, {sc, "scale"}, {sh, "shift"}, {wc, "weight"}, {bc, "bias"}, {out, "out", true}});
   return out;
 }
 
@@ -180,7 +197,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> temporal_conv_bnrelu_
     const tc::Plan plan = be.plan(tc::extent_of(a), elem);
     Tensor partials = at::empty({g.M, plan.grid_m, 2}, y.options().dtype(at::kFloat));
     a.partials = partials.data_ptr<float>();
-    be.run(a, plan);
+    be.run(a, plan,
+           {{go, "grad_out"}, {wc, "weight"}, {yc, "y"}, {mu, "mean"}, {sc, "scale"}, {sh, "shift"},
+            {grad_y, "grad_y", true}, {partials, "partials", true}});
     const Tensor sums = partials.to(at::kDouble).sum(1);  // [M][2]
     if (mask[1]) grad_mean = (-scale.to(at::kDouble) * sums.select(1, 1)).to(mean.scalar_type());
     if (mask[2]) grad_scale = sums.select(1, 0).to(scale.scalar_type());
@@ -193,7 +212,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> temporal_conv_bnrelu_
     const tc::Plan plan = be.plan(e, elem);
     Tensor ws = at::empty({plan.splits, e.rows, e.cols}, y.options().dtype(at::kFloat));
     a.workspace = ws.data_ptr<float>();
-    be.run(a, plan);
+    be.run(a, plan,
+           {{go, "grad_out"}, {yc, "y"}, {mu, "mean"}, {sc, "scale"}, {sh, "shift"}, {ws, "workspace", true}});
     // (O, kt*M) is (O, kt, 1, 1, M): the temporal weight in channels-last order.
     std::tie(grad_w, grad_b) = weight_grad(ws, weight, {g.O, g.kt, 1, 1, g.M}, mask[4], mask[5]);
   }
@@ -218,11 +238,13 @@ Tensor fused_eval(Backend& be, const Tensor& x, const Tensor& spatial_weight,
   Tensor z = empty_channels_last({g.N, g.M, g.T, g.Ho, g.Wo}, x.options());
   const tc::SpatialFpropArgs sa{spatial_shape(g), elem, xc.data_ptr(), ws.data_ptr(),
                                 ptr_or_null(spatial_bias, bs), z.data_ptr(), /*relu=*/true, nullptr};
-  be.run(sa, be.plan(tc::extent_of(sa), elem));
+  be.run(sa, be.plan(tc::extent_of(sa), elem), {{xc, "x"}, {ws, "spatial weight"}, {bs, "spatial bias"},
+                                                {z, "z", true}});
   Tensor out = empty_channels_last({g.N, tg.O, tg.To, g.Ho, g.Wo}, x.options());
   const tc::TemporalFpropArgs ta{temporal_shape(tg), elem, z.data_ptr(), nullptr, nullptr, nullptr,
                                  wt.data_ptr(), ptr_or_null(temporal_bias, bt), out.data_ptr()};
-  be.run(ta, be.plan(tc::extent_of(ta), elem));
+  be.run(ta, be.plan(tc::extent_of(ta), elem), {{z, "z"}, {wt, "temporal weight"}, {bt, "temporal bias"},
+                                                {out, "out", true}});
   add_residual_relu(out, residual, relu);
   return out;
 }

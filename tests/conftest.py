@@ -1,5 +1,6 @@
 """Shared helpers: devices, tolerances, module pairs (fused vs reference)."""
 import contextlib
+import importlib.util
 import os
 
 import pytest
@@ -17,6 +18,15 @@ settings.register_profile("stress", max_examples=500, deadline=None,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 HAS_CUDA = torch.cuda.is_available()
+
+
+def cutlass_include():
+    """The CUTLASS/CuTe include folder of the nvidia-cutlass package, or None."""
+    spec = importlib.util.find_spec("cutlass_library")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    include = os.path.join(list(spec.submodule_search_locations)[0], "source", "include")
+    return include if os.path.isdir(os.path.join(include, "cute")) else None
 
 
 @contextlib.contextmanager

@@ -23,11 +23,15 @@ from test_tc_emulated import (MODULE_TOL, SPATIAL_CASES, SPATIAL_NAMES, TC_TOL, 
 pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 OPS = torch.ops.r2p1d
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+# The emulator plans for this GPU (an H100 SXM has 132 SMs, a PCIe one 114, a MIG slice
+# fewer), so that it runs the very tiles and K splits the GPU runs.
+SM_COUNT = torch.cuda.get_device_properties(0).multi_processor_count if HAS_CUDA else 132
 
 
 def _emulator_tol(t):
-    """The GPU and the emulator multiply the same rounded operands; only the float32
-    accumulation order differs, which may move a bf16/fp16 result by one rounding step."""
+    """The GPU and the emulator multiply the same rounded operands and round every
+    multiply-add once (fma, csrc/tc/portable.h); only the MMA's float32 accumulation order
+    differs, which may move a bf16/fp16 result by one rounding step."""
     return 2 ** -7 if t.dtype in (torch.bfloat16, torch.float16) else 1e-4
 
 
@@ -60,8 +64,9 @@ def test_spatial_ops(case, dtype, kernels):
     for name, a, r in zip(names, got, want):
         assert_close(a, r, _tol(dtype, kernels), f"{case} {name}")
     if kernels == "tc":
-        y_e, mean_e, var_e = EMU.spatial_conv_stats(x, w, b, st, pd)
-        grads_e = EMU.spatial_conv_backward(gy, x, w, y.cpu(), mean.cpu(), gmean, gvar, st, pd, [True] * 3)
+        y_e, mean_e, var_e = EMU.spatial_conv_stats(x, w, b, st, pd, sm_count=SM_COUNT)
+        grads_e = EMU.spatial_conv_backward(gy, x, w, y.cpu(), mean.cpu(), gmean, gvar, st, pd, [True] * 3,
+                                            sm_count=SM_COUNT)
         for name, a, e in zip(names, got, (y_e, mean_e, var_e, *grads_e)):
             assert_close(a, e, _emulator_tol(a), f"{case} {name} vs emulator")
 
@@ -80,9 +85,11 @@ def test_temporal_ops(case, dtype, kernels):
     for name, a, r in zip(names, grads, want):
         assert_close(a, r, _tol(dtype, kernels), f"{case} grad {name}")
     if kernels == "tc":
-        assert_close(out, EMU.temporal_conv_bnrelu(y, mean, scale, shift, w, b, st, pt), _emulator_tol(out),
+        assert_close(out, EMU.temporal_conv_bnrelu(y, mean, scale, shift, w, b, st, pt, sm_count=SM_COUNT),
+                     _emulator_tol(out),
                      "out vs emulator")
-        emu = EMU.temporal_conv_bnrelu_backward(grad_out, y, mean, scale, shift, w, st, pt, [True] * 6)
+        emu = EMU.temporal_conv_bnrelu_backward(grad_out, y, mean, scale, shift, w, st, pt, [True] * 6,
+                                                sm_count=SM_COUNT)
         for name, a, e in zip(names, grads, emu):
             assert_close(a, e, _emulator_tol(a), f"{case} grad {name} vs emulator")
 
@@ -143,6 +150,29 @@ def test_output_format_follows_input(kernels):
     x = torch.randn(2, 8, 4, 10, 10, device="cuda", dtype=torch.bfloat16)
     assert block(x).is_contiguous()
     assert block(x.to(memory_format=torch.channels_last_3d)).is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("tile,index", [("large", 0), ("small", 1)])
+def test_each_tile_shape_matches_the_emulator(tile, index, monkeypatch):
+    """R2P1D_CUDA_TILE forces the GPU's tile shape; the emulator forced to the same shape
+    runs the same CTAs and K splits."""
+    monkeypatch.setenv("R2P1D_CUDA_KERNELS", "tc")
+    monkeypatch.setenv("R2P1D_CUDA_TILE", tile)
+    x, w, b, st, pd, gy, gmean, gvar = _spatial_inputs("past-tile", torch.bfloat16)
+    y, mean, _ = ops.spatial_conv_stats(*_cuda(x, w, b), st, pd)
+    grads = OPS.spatial_conv_backward(*_cuda(gy, x, w), y, mean, *_cuda(gmean, gvar), st, pd, [True] * 3)
+    y_e, mean_e, _ = EMU.spatial_conv_stats(x, w, b, st, pd, SM_COUNT, index)
+    grads_e = EMU.spatial_conv_backward(gy, x, w, y_e, mean_e, gmean, gvar, st, pd, [True] * 3, SM_COUNT, index)
+    for name, a, e in zip(["y", "grad x", "grad w", "grad b"], (y, *grads), (y_e, *grads_e)):
+        assert_close(a, e, _emulator_tol(a), f"{tile} tile: {name} vs emulator")
+
+
+def test_tile_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("R2P1D_CUDA_KERNELS", "tc")
+    monkeypatch.setenv("R2P1D_CUDA_TILE", "medium")
+    x, w, b, st, pd, *_ = _spatial_inputs("3x3", torch.bfloat16)
+    with pytest.raises(ValueError, match=r"R2P1D_CUDA_TILE to be auto, large or small, but got 'medium'"):
+        ops.spatial_conv_stats(*_cuda(x, w, b), st, pd)
 
 
 def test_kernels_setting_is_checked(monkeypatch):

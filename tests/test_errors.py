@@ -130,28 +130,29 @@ def _valid_args(op, dtype, device="cpu"):
     return [v(8), v(8), torch.tensor(3, device=device), v(8), v(8), 10, 0.1]  # update_running_stats
 
 
-# (op, argument index, name in the message): tensors that must have the input's dtype, and
-# per-channel vectors, which must be floating point.
-SAME_DTYPE = [
-    ("spatial_conv_stats", 1, "spatial weight"), ("spatial_conv_stats", 2, "spatial bias"),
-    ("spatial_conv_backward", 0, "grad_y"), ("spatial_conv_backward", 2, "spatial weight"),
-    ("spatial_conv_backward", 3, "y"),
-    ("temporal_conv_bnrelu", 4, "temporal weight"), ("temporal_conv_bnrelu", 5, "temporal bias"),
-    ("temporal_conv_bnrelu_backward", 0, "grad_out"), ("temporal_conv_bnrelu_backward", 5, "temporal weight"),
-    ("fused_eval", 1, "spatial weight"), ("fused_eval", 2, "spatial bias"), ("fused_eval", 3, "temporal weight"),
-    ("fused_eval", 4, "temporal bias"), ("fused_eval", 7, "residual"),
-    ("update_running_stats", 1, "running_var"),
-]
-FLOATING = [
-    ("spatial_conv_stats", 0, "input"), ("spatial_conv_backward", 1, "input"),
-    ("spatial_conv_backward", 4, "mean"), ("spatial_conv_backward", 5, "grad_mean"),
-    ("spatial_conv_backward", 6, "grad_var"),
-    ("temporal_conv_bnrelu", 0, "intermediate y"), ("temporal_conv_bnrelu", 1, "mean"),
-    ("temporal_conv_bnrelu", 2, "scale"), ("temporal_conv_bnrelu", 3, "shift"),
-    ("temporal_conv_bnrelu_backward", 1, "intermediate y"), ("temporal_conv_bnrelu_backward", 2, "mean"),
-    ("temporal_conv_bnrelu_backward", 3, "scale"), ("temporal_conv_bnrelu_backward", 4, "shift"),
-    ("fused_eval", 0, "input"), ("update_running_stats", 0, "running_mean"),
-    ("update_running_stats", 3, "batch mean"), ("update_running_stats", 4, "batch var"),
+# (op, argument index, name in the message, what is checked): "dtype" for the tensors that
+# must have the input's dtype, "floating" for those (the input, per-channel vectors) that
+# must hold floating-point values.
+CASES = [
+    ("spatial_conv_stats", 0, "input", "floating"), ("spatial_conv_stats", 1, "spatial weight", "dtype"),
+    ("spatial_conv_stats", 2, "spatial bias", "dtype"),
+    ("spatial_conv_backward", 0, "grad_y", "dtype"), ("spatial_conv_backward", 1, "input", "floating"),
+    ("spatial_conv_backward", 2, "spatial weight", "dtype"), ("spatial_conv_backward", 3, "y", "dtype"),
+    ("spatial_conv_backward", 4, "mean", "floating"), ("spatial_conv_backward", 5, "grad_mean", "floating"),
+    ("spatial_conv_backward", 6, "grad_var", "floating"),
+    ("temporal_conv_bnrelu", 0, "intermediate y", "floating"), ("temporal_conv_bnrelu", 1, "mean", "floating"),
+    ("temporal_conv_bnrelu", 2, "scale", "floating"), ("temporal_conv_bnrelu", 3, "shift", "floating"),
+    ("temporal_conv_bnrelu", 4, "temporal weight", "dtype"), ("temporal_conv_bnrelu", 5, "temporal bias", "dtype"),
+    ("temporal_conv_bnrelu_backward", 0, "grad_out", "dtype"),
+    ("temporal_conv_bnrelu_backward", 1, "intermediate y", "floating"),
+    ("temporal_conv_bnrelu_backward", 2, "mean", "floating"), ("temporal_conv_bnrelu_backward", 3, "scale", "floating"),
+    ("temporal_conv_bnrelu_backward", 4, "shift", "floating"),
+    ("temporal_conv_bnrelu_backward", 5, "temporal weight", "dtype"),
+    ("fused_eval", 0, "input", "floating"), ("fused_eval", 1, "spatial weight", "dtype"),
+    ("fused_eval", 2, "spatial bias", "dtype"), ("fused_eval", 3, "temporal weight", "dtype"),
+    ("fused_eval", 4, "temporal bias", "dtype"), ("fused_eval", 7, "residual", "dtype"),
+    ("update_running_stats", 0, "running_mean", "floating"), ("update_running_stats", 1, "running_var", "dtype"),
+    ("update_running_stats", 3, "batch mean", "floating"), ("update_running_stats", 4, "batch var", "floating"),
 ]
 IMPLS = ["cpu", "fake", "emulator",
          pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU"))]
@@ -173,23 +174,18 @@ def _call_with(impl, op, index, wrong):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("op,index,name", SAME_DTYPE, ids=[f"{o}-{n}" for o, _, n in SAME_DTYPE])
-def test_every_tensor_argument_has_its_dtype_checked(impl, op, index, name):
-    """A tensor of another dtype than the input's is refused before any kernel reads its
-    bytes (a bf16 grad_y with a float32 input would be read past its end on a GPU)."""
+@pytest.mark.parametrize("op,index,name,wrong", CASES, ids=[f"{o}-{n}-{w}" for o, _, n, w in CASES])
+def test_every_tensor_argument_has_its_dtype_checked(impl, op, index, name, wrong):
+    """A tensor of another dtype than the input's, or an integer tensor where values are
+    expected, is refused before any kernel reads its bytes (a bf16 grad_y with a float32
+    input would be read past its end on a GPU)."""
     if impl == "emulator" and op == "update_running_stats":
         pytest.skip("no tensor-core kernel: the emulator has no running-statistics op")
-    wrong = torch.float64 if impl == "emulator" or op == "update_running_stats" else torch.bfloat16
-    with pytest.raises(ValueError, match=rf"expected {name} of dtype .*but got .*{str(wrong).split('.')[-1]}"
-                       .replace("float64", "(float64|Double)").replace("bfloat16", "(bfloat16|BFloat16)")):
-        _call_with(impl, op, index, lambda t: t.to(wrong))
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("op,index,name", FLOATING, ids=[f"{o}-{n}" for o, _, n in FLOATING])
-def test_every_float_argument_refuses_integers(impl, op, index, name):
-    if impl == "emulator" and op == "update_running_stats":
-        pytest.skip("no tensor-core kernel: the emulator has no running-statistics op")
-    with pytest.raises(ValueError, match=rf"expected {name} to be a floating-point tensor, but got dtype "
-                                         r"(torch\.)?(int64|Long)"):
-        _call_with(impl, op, index, lambda t: t.to(torch.int64))
+    if wrong == "floating":
+        dtype, match = torch.int64, rf"expected {name} to be a floating-point tensor, but got dtype (torch\.)?(int64|Long)"
+    else:
+        dtype = torch.float64 if impl == "emulator" or op == "update_running_stats" else torch.bfloat16
+        given = "(float64|Double)" if dtype == torch.float64 else "(bfloat16|BFloat16)"
+        match = rf"expected {name} of dtype .*but got .*{given}"
+    with pytest.raises(ValueError, match=match):
+        _call_with(impl, op, index, lambda t: t.to(dtype))

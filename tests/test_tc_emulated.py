@@ -4,7 +4,6 @@ float64 reference, both tile shapes, K splits, odd channel counts, strides, tile
 sizes, the 16-byte and element-wise load paths, and the MMA fragment maps against CuTe.
 What the emulator cannot check (the asm, shared-memory races, real speed) needs a GPU:
 tests/test_cuda_tc.py."""
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ import r2p1d_ext  # noqa: F401  (loads the library)
 from r2p1d_ext import module as module_mod
 from r2p1d_ext import reference
 
-from conftest import assert_close, spatial_reference
+from conftest import assert_close, cutlass_include, spatial_reference
 from tc_emulation import EMU, EmulatedOps
 from test_module import _run, block_cases
 
@@ -208,22 +207,14 @@ def test_module_through_tensor_core_path(case, dtype, train):
 
 
 # ------------------------------------------------------------------ fragment maps vs CuTe
-def _cutlass_include():
-    spec = importlib.util.find_spec("cutlass_library")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    include = os.path.join(list(spec.submodule_search_locations)[0], "source", "include")
-    return include if os.path.isdir(os.path.join(include, "cute")) else None
-
-
-@pytest.mark.skipif(_cutlass_include() is None or shutil.which("nvcc") is None,
+@pytest.mark.skipif(cutlass_include() is None or shutil.which("nvcc") is None,
                     reason="needs the nvidia-cutlass headers and nvcc")
 def test_fragment_maps_match_cute(tmp_path):
     """csrc/tc/fragments.h's lane -> element maps equal CuTe's MMA_Traits for the three
     MMA atoms (an independent statement of the PTX fragment layouts). nvcc compiles the
     host program (it knows its toolkit's include folders); no GPU is needed."""
     exe = tmp_path / "fragment_layouts"
-    cmd = ["nvcc", "-std=c++17", f"-I{_cutlass_include()}", f"-I{os.path.join(ROOT, 'csrc')}",
+    cmd = ["nvcc", "-std=c++17", f"-I{cutlass_include()}", f"-I{os.path.join(ROOT, 'csrc')}",
            os.path.join(ROOT, "tests", "cpp", "fragment_layouts.cpp"), "-o", str(exe)]
     build = subprocess.run(cmd, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]

@@ -90,8 +90,10 @@ def compare(before: str, after: str) -> int:
     differ = sorted(k for k in set(a) & set(b) if a[k] != b[k])
     print(f"{len(a)} kernels in {before}, {len(b)} in {after}; {len(set(a) & set(b)) - len(differ)} identical")
     for title, names in (("only before", only_a), ("only after", only_b), ("bodies differ", differ)):
-        for n in names:
-            print(f"  {title}: {n}")
+        for n in names[:10]:
+            print(f"  {title}: {n if len(n) <= 160 else n[:157] + '...'}")
+        if len(names) > 10:
+            print(f"  ... and {len(names) - 10} more {title}")
     return 1 if only_a or only_b or differ else 0
 
 

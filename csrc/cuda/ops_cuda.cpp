@@ -31,21 +31,32 @@ int device_attribute(cudaDeviceAttr attr, int device) {
   return value;
 }
 
+// R2P1D_CUDA_TILE (read at every call, for tests and the sanitizer runs): "auto" (default)
+// lets the plan choose the tile shape, "large" (128x128) or "small" (64x64) forces one.
+int tile_setting() {
+  const char* env = std::getenv("R2P1D_CUDA_TILE");
+  const std::string v = env ? env : "";
+  TORCH_CHECK_VALUE(v.empty() || v == "auto" || v == "large" || v == "small",
+                    "r2p1d: expected R2P1D_CUDA_TILE to be auto, large or small, but got '", v, "'");
+  return v == "large" ? static_cast<int>(tc::TileKind::kLarge) : v == "small" ? static_cast<int>(tc::TileKind::kSmall) : -1;
+}
+
 // The tensor-core family's backend on the GPU: plans for this device's SM count, launches
 // on the current stream with a launch-error check.
 struct DeviceBackend {
   cudaStream_t stream;
   int64_t sm_count;
+  int tile = tile_setting();
 
   explicit DeviceBackend(const at::Device& d)
       : stream(c10::cuda::getCurrentCUDAStream(d.index()).stream()),
         sm_count(device_attribute(cudaDevAttrMultiProcessorCount, d.index())) {}
 
   tc::Plan plan(const tc::GemmExtent& e, tc::ElemKind elem) const {
-    return tc::plan_gemm(e, elem, sm_count);
+    return tc::plan_gemm(e, elem, sm_count, tile);
   }
   template <class Args>
-  void run(const Args& a, const tc::Plan& p) const {
+  void run(const Args& a, const tc::Plan& p, tc_ops::Tensors) const {
     C10_CUDA_CHECK(tc::launch(a, p, stream));
   }
 };

@@ -2,6 +2,7 @@
 // once (8 bf16/fp16 values, or 4 float32 values that become TF32). These helpers pack and
 // unpack its elements and convert a loaded global chunk to its shared-memory form.
 #pragma once
+#include "access.h"
 #include "elem.h"
 
 namespace r2p1d::tc {
@@ -36,6 +37,7 @@ struct Chunk {
   R2P1D_HD static Vec16 to_smem(const Vec16& g) {
     if constexpr (K == ElemKind::kTF32) {
       Vec16 s;
+      R2P1D_UNROLL
       for (int e = 0; e < 4; ++e) s.w[e] = tf32_from_float(bits_float(g.w[e]));
       return s;
     } else {

@@ -32,19 +32,19 @@ struct MomentsRed {
     n += 1.f;
     const float d = v - mean;
     mean += d / n;
-    m2 += d * (v - mean);
+    m2 = fma_rn(d, v - mean, m2);
   }
   R2P1D_HD void merge(const MomentsRed& b) {
     if (b.n == 0.f) return;
     const float tot = n + b.n, delta = b.mean - mean, w = b.n / tot;
-    mean += delta * w;
-    m2 += b.m2 + delta * delta * n * w;
+    mean = fma_rn(delta, w, mean);
+    m2 += fma_rn(delta * delta * n, w, b.m2);
     n = tot;
   }
-  R2P1D_HD void to(float* p) const { p[0] = n; p[1] = mean; p[2] = m2; }
+  R2P1D_HD void to(float* p) const { mem_store(p, n); mem_store(p + 1, mean); mem_store(p + 2, m2); }
   R2P1D_HD static MomentsRed from(const float* p) {
     MomentsRed r;
-    r.n = p[0]; r.mean = p[1]; r.m2 = p[2];
+    r.n = mem_load(p); r.mean = mem_load(p + 1); r.m2 = mem_load(p + 2);
     return r;
   }
 };
@@ -54,10 +54,10 @@ struct SumsRed {
   static constexpr int kFloats = 2;
   float a = 0.f, b = 0.f;
   R2P1D_HD void merge(const SumsRed& o) { a += o.a; b += o.b; }
-  R2P1D_HD void to(float* p) const { p[0] = a; p[1] = b; }
+  R2P1D_HD void to(float* p) const { mem_store(p, a); mem_store(p + 1, b); }
   R2P1D_HD static SumsRed from(const float* p) {
     SumsRed r;
-    r.a = p[0]; r.b = p[1];
+    r.a = mem_load(p); r.b = mem_load(p + 1);
     return r;
   }
 };
@@ -86,7 +86,7 @@ struct StoreEpi {
       float x = v[j] + (bias ? E::to_float(ldg(bias + c)) : 0.f);
       if (relu) x = x > 0.f ? x : 0.f;
       const auto stored = E::from_float(x);
-      out[row * cols + c] = stored;
+      mem_store(out + row * cols + c, stored);
       // The statistics of the values stored, which the temporal op normalises: in bf16/fp16,
       // those of the unrounded sums would leave sum((y - mean)) != 0 after rounding, an
       // error that BatchNorm's backward amplifies where a channel's values cancel.
@@ -123,9 +123,9 @@ struct BnBackwardEpi {
       if (c >= cols) break;
       const float centred = E::to_float(ldg(y + row * cols + c)) - ldg(mean + c);
       const float sc = ldg(scale + c);
-      const float gpre = centred * sc + ldg(shift + c) > 0.f ? v[j] : 0.f;
-      if (grad_y) grad_y[row * cols + c] = E::from_float(gpre * sc);
-      red[j].a += gpre * centred;
+      const float gpre = fma_rn(centred, sc, ldg(shift + c)) > 0.f ? v[j] : 0.f;
+      if (grad_y) mem_store(grad_y + row * cols + c, E::from_float(gpre * sc));
+      red[j].a = fma_rn(gpre, centred, red[j].a);
       red[j].b += gpre;
     }
   }
@@ -148,7 +148,7 @@ struct SplitKEpi {
     float* p = workspace + (t.split * rows + row) * cols;
     R2P1D_UNROLL
     for (int j = 0; j < 2; ++j)
-      if (col + j < cols) p[col + j] = v[j];
+      if (col + j < cols) mem_store(p + col + j, v[j]);
   }
 
   R2P1D_HD void write_partial(const TileCtx&, int64_t, const Red&) const {}

@@ -7,6 +7,7 @@
 // for mma.m16n8k16 / m16n8k8"). tests/cpp/fragment_layouts.cpp checks the maps below
 // against CuTe's MMA_Traits, an independent statement of the same hardware layouts.
 #pragma once
+#include "access.h"
 #include "elem.h"
 
 #if defined(__CUDACC__)
@@ -76,14 +77,20 @@ R2P1D_HD uint32_t frag_register(const smem_t* tile, int r, Coord coord) {
   int row, k;
   if constexpr (K == ElemKind::kTF32) {
     coord(r, row, k);
-    return tile[Tile::offset(row, k)];
+    const int off = Tile::offset(row, k);
+    check_index(off, 1, Tile::kElems, "fragment load");
+    return mem_load(tile + off);
   } else {
     coord(2 * r, row, k);
     const int off = Tile::offset(row, k);
     if constexpr (Tile::kKContiguous) {
-      return *reinterpret_cast<const uint32_t*>(tile + off);  // (k, k+1) adjacent: one 32-bit load
+      check_index(off, 2, Tile::kElems, "fragment load");
+      return mem_load(reinterpret_cast<const uint32_t*>(tile + off));  // (k, k+1) adjacent: one 32-bit load
     } else {
-      return static_cast<uint32_t>(tile[off]) | (static_cast<uint32_t>(tile[Tile::offset(row, k + 1)]) << 16);
+      const int next = Tile::offset(row, k + 1);
+      check_index(off, 1, Tile::kElems, "fragment load");
+      check_index(next, 1, Tile::kElems, "fragment load");
+      return static_cast<uint32_t>(mem_load(tile + off)) | (static_cast<uint32_t>(mem_load(tile + next)) << 16);
     }
   }
 }

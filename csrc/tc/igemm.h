@@ -7,7 +7,9 @@
 // step for the calling thread and `sync` is __syncthreads; in the CPU emulator
 // (csrc/emulate/), `each` loops over the CTA's threads and the warp MMA is emulated from
 // the lanes' fragments. Both run the same loaders, fragment loads and epilogues, which is
-// what lets CI check this code without a GPU.
+// what lets CI check this code without a GPU. Every memory access goes through access.h,
+// where the emulator checks bounds, alignment and races between steps of one barrier
+// interval; each barrier is named (Barrier) so that a test switch can remove one.
 #pragma once
 #include "chunk.h"
 #include "epilogues.h"
@@ -29,10 +31,11 @@ struct GemmProblem {
   int64_t split_depth;  // K per split, a multiple of the tile's BK; >= depth: no split
 };
 
-// The CTA tile: BM x BN outputs, warps arranged WarpsM x WarpsN, BK = 64 bytes of K.
-template <int BM, int BN, int WarpsM, int WarpsN>
+// The CTA tile: BM x BN outputs, warps arranged WarpsM x WarpsN, BK = 64 bytes of K;
+// MinCtas of them resident on one SM (tc/plan.h, resident_ctas).
+template <int BM, int BN, int WarpsM, int WarpsN, int MinCtas>
 struct TileShape {
-  static constexpr int kBM = BM, kBN = BN, kWarpsM = WarpsM, kWarpsN = WarpsN;
+  static constexpr int kBM = BM, kBN = BN, kWarpsM = WarpsM, kWarpsN = WarpsN, kMinCtas = MinCtas;
 };
 
 template <class Problem, class Shape>
@@ -48,6 +51,7 @@ struct Cta {
   static constexpr int BM = Shape::kBM, BN = Shape::kBN;
   static constexpr int kWarpsM = Shape::kWarpsM, kWarpsN = Shape::kWarpsN;
   static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kMinCtasPerSm = Shape::kMinCtas;
   static constexpr int BK = 64 / static_cast<int>(sizeof(s_t));  // 32 bf16/fp16, 16 TF32
   static constexpr int kMmaK = E::kMmaK;
   static constexpr int WM = BM / kWarpsM, WN = BN / kWarpsN;
@@ -137,19 +141,21 @@ struct Cta {
     for (int i = 0; i < kChunksB; ++i) p.b.advance(th.b_state[i], BK);
   }
 
+  // A thread's staged chunks of one operand into its tile.
+  template <bool kKMajor, int kRows, class Tile, int kChunks>
+  R2P1D_HD static void store_tile(s_t* tile, int tid, const Vec16 (&stage)[kChunks], const char* what) {
+    R2P1D_UNROLL
+    for (int i = 0; i < kChunks; ++i) {
+      int r, k;
+      chunk_pos<kKMajor, kRows>(tid, i, r, k);
+      check_index(Tile::offset(r, k), kV, Tile::kElems, what);
+      store16(&tile[Tile::offset(r, k)], stage[i]);
+    }
+  }
+
   R2P1D_HD static void store_shared(Smem& s, int buf, int tid, const Thread& th) {
-    R2P1D_UNROLL
-    for (int i = 0; i < kChunksA; ++i) {
-      int r, k;
-      chunk_pos<AL::kKMajor, BM>(tid, i, r, k);
-      store16(&s.op.a[buf][TileA::offset(r, k)], th.a_stage[i]);
-    }
-    R2P1D_UNROLL
-    for (int i = 0; i < kChunksB; ++i) {
-      int r, k;
-      chunk_pos<BL::kKMajor, BN>(tid, i, r, k);
-      store16(&s.op.b[buf][TileB::offset(r, k)], th.b_stage[i]);
-    }
+    store_tile<AL::kKMajor, BM, TileA>(s.op.a[buf], tid, th.a_stage, "A tile store");
+    store_tile<BL::kKMajor, BN, TileB>(s.op.b[buf], tid, th.b_stage, "B tile store");
   }
 
   R2P1D_HD static int warp_m(int tid) { return (tid / 32) % kWarpsM; }
@@ -186,7 +192,10 @@ struct Cta {
   static void mma_tile_emulated(const Smem& s, int buf, int warp, Thread* threads) {
     for (int kk = 0; kk < BK; kk += kMmaK) {
       uint32_t af[32][MI][4], bf[32][NI][2];
-      for (int lane = 0; lane < 32; ++lane) load_fragments(s, buf, warp * 32 + lane, kk, af[lane], bf[lane]);
+      for (int lane = 0; lane < 32; ++lane) {
+        if (access_check) access_check->thread(warp * 32 + lane);  // each lane reads its own fragments
+        load_fragments(s, buf, warp * 32 + lane, kk, af[lane], bf[lane]);
+      }
       for (int mi = 0; mi < MI; ++mi)
         for (int ni = 0; ni < NI; ++ni) {
           uint32_t a[32][4], b[32][2];
@@ -230,6 +239,7 @@ struct Cta {
       R2P1D_UNROLL
       for (int j = 0; j < 2; ++j) {
         const int col = warp_n(tid) * WN + ni * 8 + 2 * (tid % 4) + j;
+        check_index((slot * BN + col) * kRedFloats, Red::kFloats, kSlots * BN * kRedFloats, "reduction slot");
         th.red[ni][j].to(&s.red[(slot * BN + col) * kRedFloats]);
       }
   }
@@ -258,7 +268,11 @@ struct Cta {
         store_shared(s, 0, tid, th);
       }
     });
-    ex.sync();
+    if (mutated(Mutation::kDivergentBarrier))
+      ex.each(threads, [&](int tid, Thread&) {
+        if (tid < 32) ex.sync(Barrier::kPrologue);
+      });
+    ex.sync(Barrier::kPrologue);
     for (int kt = 0; kt < ktiles; ++kt) {
       const int buf = kt & 1;
       const bool more = kt + 1 < ktiles;
@@ -268,13 +282,15 @@ struct Cta {
         load_global(p, th);
       });
       ex.template mma<Cta>(s, buf, threads);
-      if (more) ex.each(threads, [&](int tid, Thread& th) { store_shared(s, buf ^ 1, tid, th); });
-      ex.sync();
+      if (more) ex.each(threads, [&](int tid, Thread& th) {
+        store_shared(s, mutated(Mutation::kWrongBuffer) ? buf : buf ^ 1, tid, th);
+      });
+      ex.sync(Barrier::kKTile);
     }
     ex.each(threads, [&](int tid, Thread& th) { epilogue(p, t, tid, th); });
     if constexpr (Red::kFloats > 0) {
       ex.each(threads, [&](int tid, Thread& th) { reduce_to_shared(s, tid, th); });
-      ex.sync();
+      ex.sync(Barrier::kReduction);
       ex.each(threads, [&](int tid, Thread&) { reduce_column(p, t, s, tid); });
     }
   }

@@ -12,7 +12,8 @@ Plan plan_gemm(const GemmExtent& e, ElemKind elem, int64_t sm_count, int force_t
   sm_count = std::max<int64_t>(sm_count, 1);
   Plan p{};
   // Large tiles reuse each loaded operand twice as often; take them when they still give
-  // every SM a CTA (or when the K split below can make up the count).
+  // every SM a CTA (or when the K split below can make up the count). A wave is sm_count
+  // large CTAs or 4 * sm_count small ones (resident_ctas).
   const int64_t large = cdiv(e.rows, 128) * cdiv(e.cols, 128);
   if (force_tile >= 0) {
     p.tile = static_cast<TileKind>(force_tile);

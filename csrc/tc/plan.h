@@ -26,6 +26,13 @@ struct Plan {
 // Elements of K per tile: 64 bytes of the shared-memory operand.
 inline int tile_depth(ElemKind e) { return e == ElemKind::kTF32 ? 16 : 32; }
 inline int tile_rows(TileKind t) { return t == TileKind::kLarge ? 128 : 64; }
+
+// The CTAs of a tile shape the plan counts on finding room on one SM at once: a large
+// tile per SM (large tiles are taken when there is one for every SM), and the four small
+// ones that replace it (small tiles are taken when the large ones would leave SMs idle, so
+// there are fewer than four per SM). The kernels are compiled for it (__launch_bounds__'s
+// minimum), and tests/test_tc_resources.py checks that ptxas fits it without spills.
+constexpr int resident_ctas(TileKind t) { return t == TileKind::kLarge ? 1 : 4; }
 inline int tile_cols(TileKind t) { return t == TileKind::kLarge ? 128 : 64; }
 
 // Workspace bound of the split-K weight gradients (float partials).

@@ -4,6 +4,7 @@
 // tests their index math. Nothing here includes a torch header (see docs/tensor_cores.md
 // for why the kernel files stay torch-free).
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -55,36 +56,18 @@ R2P1D_HD float bits_float(uint32_t u) {
 #endif
 }
 
-// A read-only 16-byte global load (the read-only data path on the GPU).
-R2P1D_HD Vec16 load16(const void* p) {
-  Vec16 v;
-#if R2P1D_ON_DEVICE
-  const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
-  v.w[0] = u.x; v.w[1] = u.y; v.w[2] = u.z; v.w[3] = u.w;
-#else
-  std::memcpy(&v, p, 16);
-#endif
-  return v;
-}
-
-R2P1D_HD void store16(void* p, const Vec16& v) {
-#if R2P1D_ON_DEVICE
-  *reinterpret_cast<uint4*>(p) = make_uint4(v.w[0], v.w[1], v.w[2], v.w[3]);
-#else
-  std::memcpy(p, &v, 16);
-#endif
-}
-
-// A read-only scalar load of a per-channel vector entry or an element.
-template <typename T>
-R2P1D_HD T ldg(const T* p) {
-#if R2P1D_ON_DEVICE
-  return __ldg(p);
-#else
-  return *p;
-#endif
-}
-
 R2P1D_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// a * b + c rounded once. nvcc contracts a multiply and an add into one fma wherever it can
+// (--fmad=true, its default); a plain host build (x86-64 without -mfma) never does. Written
+// out wherever the CTA code multiplies and adds, so that the emulator rounds as the GPU
+// does and the two differ only in the MMA's accumulation order.
+R2P1D_HD float fma_rn(float a, float b, float c) {
+#if R2P1D_ON_DEVICE
+  return __fmaf_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
 
 }  // namespace r2p1d::tc

@@ -130,8 +130,8 @@ TemporalWgradProblem<K> make_problem(const TemporalWgradArgs& a, const Plan& pla
 }
 
 // Calls f.template operator()<Shape>() for the plan's tile shape.
-using LargeTile = TileShape<128, 128, 2, 4>;
-using SmallTile = TileShape<64, 64, 2, 2>;
+using LargeTile = TileShape<128, 128, 2, 4, resident_ctas(TileKind::kLarge)>;
+using SmallTile = TileShape<64, 64, 2, 2, resident_ctas(TileKind::kSmall)>;
 
 template <class F>
 void with_tile(TileKind t, F&& f) {

@@ -13,7 +13,7 @@ struct DeviceExec {
   __device__ __forceinline__ void each(Thread* th, F&& f) {
     f(static_cast<int>(threadIdx.x), *th);
   }
-  __device__ __forceinline__ void sync() { __syncthreads(); }
+  __device__ __forceinline__ void sync(Barrier) { __syncthreads(); }
   template <class CtaT>
   __device__ __forceinline__ void mma(const typename CtaT::Smem& s, int buf, typename CtaT::Thread* th) {
     CtaT::mma_tile(s, buf, static_cast<int>(threadIdx.x), *th);
@@ -21,7 +21,7 @@ struct DeviceExec {
 };
 
 template <class CtaT, class Problem>
-__global__ void __launch_bounds__(CtaT::kThreads) igemm_kernel(const Problem p) {
+__global__ void __launch_bounds__(CtaT::kThreads, CtaT::kMinCtasPerSm) igemm_kernel(const Problem p) {
   __shared__ typename CtaT::Smem smem;
   typename CtaT::Thread th;
   DeviceExec ex;

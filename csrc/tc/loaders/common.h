@@ -35,7 +35,7 @@ struct BnRelu {
   const float* shift = nullptr;
   R2P1D_HD bool on() const { return mean != nullptr; }
   R2P1D_HD float pre(float v, int64_t c) const {
-    return (v - ldg(mean + c)) * ldg(scale + c) + ldg(shift + c);
+    return fma_rn(v - ldg(mean + c), ldg(scale + c), ldg(shift + c));
   }
   R2P1D_HD float operator()(float v, int64_t c) const {
     const float p = pre(v, c);
@@ -51,7 +51,7 @@ struct GradTotal {
   const float* cb = nullptr;
   R2P1D_HD bool on() const { return mu != nullptr; }
   R2P1D_HD float operator()(float g, float y, int64_t c) const {
-    return g + ldg(ca + c) + ldg(cb + c) * (y - ldg(mu + c));
+    return fma_rn(ldg(cb + c), y - ldg(mu + c), g + ldg(ca + c));
   }
 };
 
@@ -60,6 +60,7 @@ template <ElemKind EK, class F>
 R2P1D_HD Vec16 map_chunk(const Vec16& g, F f) {
   using C = Chunk<EK>;
   Vec16 out = C::zero();
+  R2P1D_UNROLL
   for (int e = 0; e < C::kV; ++e) C::set(out, e, Elem<EK>::smem_from_float(f(Elem<EK>::to_float(C::get(g, e)), e)));
   return out;
 }

@@ -49,12 +49,13 @@ struct Im2colK {
 
   R2P1D_HD Vec16 load(const State& st) const {
     if (st.frame < 0) return C::zero();
-    if (vec) {
+    if (vec || mutated(Mutation::kVectorLoads)) {
       if (st.k >= K) return C::zero();
       g_ptr<EK> p = at(st, st.pos.r, st.pos.s, st.pos.c);
       return p ? C::to_smem(load16(p)) : C::zero();
     }
     Vec16 out = C::zero();
+    R2P1D_UNROLL  // constant indices: the chunk stays in registers
     for (int e = 0; e < C::kV; ++e) {
       if (st.k + e >= K) break;
       const TapPos pe = TapPos::of(st.k + e, Cin, kw);
@@ -133,6 +134,7 @@ struct TemporalK {
       return map_chunk<EK>(g, [&](float v, int e) { return bn(v, c0 + e); });
     }
     Vec16 out = C::zero();
+    R2P1D_UNROLL  // constant indices: the chunk stays in registers
     for (int e = 0; e < C::kV; ++e) {
       if (s.k + e >= K) break;
       const TapInner pe = TapInner::of(s.k + e, Cs);
@@ -208,6 +210,7 @@ struct SpatialDgradK {
       });
     }
     Vec16 out = C::zero();
+    R2P1D_UNROLL  // constant indices: the chunk stays in registers
     for (int e = 0; e < C::kV; ++e) {
       if (st.k + e >= K) break;
       const TapPos pe = TapPos::of(st.k + e, M, kw);
@@ -244,11 +247,15 @@ struct DenseK {
   R2P1D_HD void advance(State& s, int dk) const { s.k += dk; }
 
   R2P1D_HD Vec16 load(const State& s) const {
-    if (s.row >= rows) return C::zero();
+    if (s.row >= rows + mutated(Mutation::kRowBound)) return C::zero();
     g_ptr<EK> p = w + s.row * K + s.k;
     if (vec) return s.k < K ? C::to_smem(load16(p)) : C::zero();
     Vec16 out = C::zero();
-    for (int e = 0; e < C::kV && s.k + e < K; ++e) C::set(out, e, Elem<EK>::to_smem(ldg(p + e)));
+    R2P1D_UNROLL  // constant indices: the chunk stays in registers
+    for (int e = 0; e < C::kV; ++e) {
+      if (s.k + e >= K) break;
+      C::set(out, e, Elem<EK>::to_smem(ldg(p + e)));
+    }
     return out;
   }
 };

@@ -41,7 +41,11 @@ struct WeightMN {
     g_ptr<EK> p = w + s.pos.c * ld_q + s.pos.tap * ld_tap + s.col;
     if (vec) return s.col < rows ? C::to_smem(load16(p)) : C::zero();
     Vec16 out = C::zero();
-    for (int e = 0; e < C::kV && s.col + e < rows; ++e) C::set(out, e, Elem<EK>::to_smem(ldg(p + e)));
+    R2P1D_UNROLL  // constant indices: the chunk stays in registers
+    for (int e = 0; e < C::kV; ++e) {
+      if (s.col + e >= rows) break;
+      C::set(out, e, Elem<EK>::to_smem(ldg(p + e)));
+    }
     return out;
   }
 };
@@ -83,7 +87,9 @@ struct MatrixMN {
       return map_chunk<EK>(g, [&](float v, int e) { return total(v, Elem<EK>::to_float(C::get(yv, e)), c0 + e); });
     }
     Vec16 out = C::zero();
-    for (int e = 0; e < C::kV && s.row + e < rows; ++e) {
+    R2P1D_UNROLL  // constant indices: the chunk stays in registers
+    for (int e = 0; e < C::kV; ++e) {
+      if (s.row + e >= rows) break;
       float v = Elem<EK>::to_float(ldg(src + off + e));
       if (total.on()) v = total(v, Elem<EK>::to_float(ldg(y + off + e)), s.row + e);
       C::set(out, e, Elem<EK>::smem_from_float(v));
@@ -140,11 +146,12 @@ struct Im2colMN {
     return x + ((st.frame * H + ih) * W + iw) * Cin + t.c;
   }
 
-  // Element (col, p) at the state's pixel: 1 for the ones column, 0 outside.
-  R2P1D_HD float element(const State& st, int64_t col) const {
+  // Element (col, p) at the state's pixel, col at (r, s, c) = t: 1 for the ones column,
+  // 0 outside.
+  R2P1D_HD float element(const State& st, int64_t col, const TapPos& t) const {
     const int64_t ones = rows - 1;
     if (col >= ones) return col == ones ? 1.f : 0.f;
-    g_ptr<EK> p = at(st, TapPos::of(col, Cin, kw));
+    g_ptr<EK> p = at(st, t);
     return p ? Elem<EK>::to_float(ldg(p)) : 0.f;
   }
 
@@ -155,7 +162,13 @@ struct Im2colMN {
       return p ? C::to_smem(load16(p)) : C::zero();
     }
     Vec16 out = C::zero();
-    for (int e = 0; e < C::kV && st.col + e < rows; ++e) C::set(out, e, Elem<EK>::smem_from_float(element(st, st.col + e)));
+    TapPos t = st.pos;  // walked column by column: no division per element
+    R2P1D_UNROLL  // constant indices: the chunk stays in registers
+    for (int e = 0; e < C::kV; ++e) {
+      if (st.col + e >= rows) break;
+      C::set(out, e, Elem<EK>::smem_from_float(element(st, st.col + e, t)));
+      t.advance(1, Cin, kw);
+    }
     return out;
   }
 };
@@ -209,10 +222,10 @@ struct TemporalMN {
     return ((s.n * T + ti) * HW + s.hw) * static_cast<int64_t>(M) + m;
   }
 
-  R2P1D_HD float element(const State& s, int64_t col) const {
+  // Element (col, p) at the state's position, col at (tap, m) = t: 1 for the ones column.
+  R2P1D_HD float element(const State& s, int64_t col, const TapInner& t) const {
     const int64_t ones = rows - 1;
     if (col >= ones) return col == ones ? 1.f : 0.f;
-    const TapInner t = TapInner::of(col, M);
     const int64_t off = offset(s, t.tap, t.c);
     return off < 0 ? 0.f : bn(Elem<EK>::to_float(ldg(y + off)), t.c);
   }
@@ -226,7 +239,13 @@ struct TemporalMN {
       return map_chunk<EK>(load16(y + off), [&](float v, int e) { return bn(v, m0 + e); });
     }
     Vec16 out = C::zero();
-    for (int e = 0; e < C::kV && s.col + e < rows; ++e) C::set(out, e, Elem<EK>::smem_from_float(element(s, s.col + e)));
+    TapInner t = s.pos;  // walked column by column: no division per element
+    R2P1D_UNROLL  // constant indices: the chunk stays in registers
+    for (int e = 0; e < C::kV; ++e) {
+      if (s.col + e >= rows) break;
+      C::set(out, e, Elem<EK>::smem_from_float(element(s, s.col + e, t)));
+      t.advance(1, M);
+    }
     return out;
   }
 };
