@@ -192,7 +192,8 @@ class SpatioTemporalConv(nn.Module):
         ws, bs = self.spatial_conv.weight, self.spatial_conv.bias
         wt, bt = self.temporal_conv.weight, self.temporal_conv.bias
         sources = [ws, bs, wt, bt, *folding.bn_sources(bn), *folding.bn_sources(post)]
-        extra = (bn.eps, id(post), post.eps if post is not None else None, dt)
+        # id() of None is not traceable by every torch.compile (2.11's dynamo refuses it)
+        extra = (bn.eps, None if post is None else (id(post), post.eps), dt)
 
         def compute():
             scale, shift = self._affine(bn.running_var)
