@@ -1,0 +1,72 @@
+"""Video files through OpenCV: which files are videos, their frame counts, and the frames of
+one clip decoded with one seek and sequential reads."""
+from __future__ import annotations
+
+from typing import Dict
+
+import cv2
+import numpy as np
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+
+
+class VideoDecodeError(RuntimeError):
+    pass
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def probe_frame_count(path: str) -> int:
+    """Frames in the video as its container reports them (0 if it cannot be opened)."""
+    cap = cv2.VideoCapture(path)
+    try:
+        if not cap.isOpened():
+            return 0
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if n <= 0:  # some containers do not say: count by decoding
+            n = 0
+            while cap.grab():
+                n += 1
+        return n
+    finally:
+        cap.release()
+
+
+def read_frames(path: str, start: int, count: int, stride: int, total: int) -> np.ndarray:
+    """(count, H, W, 3) RGB uint8 frames start, start+stride, ... (indices taken modulo the
+    video length, so short videos loop). Decodes only the span it needs."""
+    indices = [(start + k * stride) % total for k in range(count)]
+    first, last = min(indices), max(indices)
+    cap = cv2.VideoCapture(path)
+    try:
+        if not cap.isOpened():
+            raise VideoDecodeError(f"cannot open {path}")
+        if first > 0:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, first)
+        decoded: Dict[int, np.ndarray] = {}
+        wanted = set(indices)
+        for idx in range(first, last + 1):
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if idx in wanted:
+                decoded[idx] = frame
+    finally:
+        cap.release()
+    if not decoded:
+        raise VideoDecodeError(f"no frame of {path} could be decoded from frame {first}")
+    # A container that over-reports its length: loop over the frames that did decode.
+    have = sorted(decoded)
+    frames = [decoded[i] if i in decoded else decoded[have[i % len(have)]] for i in indices]
+    out = []
+    for f in frames:
+        if f.ndim == 2:
+            f = cv2.cvtColor(f, cv2.COLOR_GRAY2RGB)
+        elif f.shape[2] == 4:
+            f = cv2.cvtColor(f, cv2.COLOR_BGRA2RGB)
+        else:
+            f = cv2.cvtColor(f, cv2.COLOR_BGR2RGB)
+        out.append(f)
+    return np.stack(out)
