@@ -11,7 +11,7 @@ export MAX_JOBS ?= 2
 PY  := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: all install test demo bench gpu-wheels gpu-check gpu-bench clean
+.PHONY: all install test demo bench tc-report gpu-wheels gpu-check gpu-bench clean
 
 all: install
 
@@ -21,13 +21,17 @@ all: install
 # The same sets are pyproject.toml's extras (train, test).
 # nvidia-cutlass: the CUTLASS/CuTe headers of the tensor-core kernels, installed without
 # its dependencies (they serve its Python generator, which we do not use).
+# nvidia-cuda-cuobjdump/-nvdisasm: the SASS of the built kernels for bench/tc_sass.py (the
+# toolkit here lacks them).
 CUTLASS ?= 4.2.0.0
+CUDA_TOOLS ?= 13.2.86
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install "torch==$(TORCH)" "torchvision==$(TORCHVISION)" ninja pybind11 \
 		opencv-python-headless tqdm matplotlib pytest hypothesis onnx onnxscript onnxruntime
 	$(PIP) install --no-deps "nvidia-cutlass==$(CUTLASS)"
+	$(PIP) install --no-deps "nvidia-cuda-cuobjdump==$(CUDA_TOOLS)" "nvidia-cuda-nvdisasm==$(CUDA_TOOLS)"
 	touch $@
 
 # Incremental: ninja rebuilds only the sources that changed.
@@ -47,6 +51,11 @@ demo: install
 	test -f $(DEMO_DATA)/.complete || $(PY) -m r2p1d_ext.cli make-synthetic $(DEMO_DATA)
 	$(PY) -m r2p1d_ext.cli train --data $(DEMO_DATA) --out $(DEMO_RUN) $(DEMO_ARGS)
 	$(PY) -m r2p1d_ext.cli eval --data $(DEMO_DATA) --checkpoint $(DEMO_RUN)/checkpoint.pt --workers 1
+
+# The tensor-core kernels measured without a GPU (bench/tc_report.py): every GEMM of
+# R(2+1)D-18 on the emulator's counters and the SASS; bench/results/<date>-tc-report.*.
+tc-report: install
+	$(PY) bench/tc_report.py
 
 bench: install
 	$(PY) bench/bench_block.py

@@ -98,9 +98,14 @@ def peak_in_child(script, *args):
 
 
 def commit():
+    """HEAD's short hash, with "+changes" when tracked files differ from it (the results then
+    belong to the commit that adds them)."""
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+        head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
                                        stderr=subprocess.DEVNULL).strip()
+        dirty = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"], text=True,
+                                        stderr=subprocess.DEVNULL).strip()
+        return head + ("+changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -4,16 +4,18 @@
 //   current stream;
 //   the CPU emulator (csrc/emulate/) runs the same CTA code on the host, for CI's tests.
 // Backend: tc::Plan plan(const tc::GemmExtent&, tc::ElemKind);
-//          void run(const Args&, const tc::Plan&, Tensors touched).
-// `touched` lists every tensor the GEMM reads or writes: the emulator checks each address
+//          void run(const Args&, const tc::Plan&, Tensors touched)  (every pass of the plan);
+//          void run(const tc::MomentsArgs& / tc::SumsArgs&, Tensors touched)  (finalize steps).
+// `touched` lists every tensor the kernels read or write: the emulator checks each address
 // the CTA code forms against them (the GPU backend ignores the list).
 //
 // Layout: every 5-D tensor is read and written channels-last (NDHWC; the weights then
 // are (M, kh, kw, C) and (O, kt, M)). A contiguous input costs one conversion here; the
 // networks and the trainer keep activations channels-last on CUDA so that none happens.
-// The per-partial reductions the kernels leave (BatchNorm moments, BatchNorm-backward
-// sums, split-K weight gradients) are merged with a few ATen reductions, in float64 for
-// the moments, in a fixed order.
+// What the GEMMs leave per row tile (BatchNorm moments, BatchNorm-backward sums) is merged
+// by our finalize kernels (tc/finalize.h), in double and in a fixed order; a split K's
+// partials are summed by a second pass of the GEMM's own kernel; the weight gradients come
+// out of their GEMM's epilogue in the weight's dtype and layout.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -74,35 +76,13 @@ inline tc::TemporalShape temporal_shape(const TemporalGeom& g) {
   return {g.N, i(g.T), i(g.HW), i(g.M), i(g.O), i(g.kt), i(g.st), i(g.pt), i(g.To)};
 }
 
-// Per-channel mean and biased variance from [C][parts][3] moments (count, mean, M2):
-// Chan's parallel formula, with the deviations taken from the final mean (float64).
-inline std::tuple<Tensor, Tensor> merge_moments(const Tensor& partials) {
-  const Tensor p = partials.to(at::kDouble);
-  const Tensor n = p.select(2, 0), mu = p.select(2, 1), m2 = p.select(2, 2);
-  const Tensor count = n.sum(1);
-  const Tensor mean = (n * mu).sum(1) / count;
-  const Tensor var = (m2.sum(1) + (n * (mu - mean.unsqueeze(1)).square()).sum(1)) / count;
-  return {mean.to(at::kFloat), var.to(at::kFloat)};
+// The float workspace of a plan's K splits (undefined without splits).
+inline Tensor split_workspace(const tc::Plan& plan, const tc::GemmExtent& e, const at::TensorOptions& o) {
+  if (plan.splits <= 1) return Tensor();
+  return at::empty({plan.splits, e.rows, tc::workspace_ld(e.cols)}, o.dtype(at::kFloat));
 }
 
-// A weight gradient from split-K partials [splits][rows][taps*C + 1]: the splits summed in
-// order, the last column split off as the bias gradient; the weight comes back in the
-// layout of `weight`'s sizes, channels-last.
-inline std::tuple<Tensor, Tensor> weight_grad(const Tensor& workspace, const Tensor& weight,
-                                              at::IntArrayRef krsc_sizes, bool want_w, bool want_b) {
-  const Tensor total = workspace.sum(0);
-  const int64_t inner = total.size(1) - 1;
-  Tensor gw, gb;
-  if (want_w) {
-    // (rows, taps*C) is the weight in channels-last order: view it as that, then copy into
-    // a channels-last tensor of the weight's sizes.
-    const Tensor krsc = total.narrow(1, 0, inner).reshape(krsc_sizes);
-    gw = empty_channels_last(weight.sizes(), weight.options());
-    gw.copy_(krsc.permute({0, 4, 1, 2, 3}));
-  }
-  if (want_b) gb = total.select(1, inner).to(weight.scalar_type());
-  return {gw, gb};
-}
+inline float* float_ptr(const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
 template <class Backend>
 std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats(Backend& be, const Tensor& x, const Tensor& weight,
@@ -114,11 +94,18 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats(Backend& be, const Tensor&
   Tensor y = empty_channels_last({g.N, g.M, g.T, g.Ho, g.Wo}, x.options());
   tc::SpatialFpropArgs a{spatial_shape(g), elem_of(x.scalar_type()), xc.data_ptr(), wc.data_ptr(),
                          ptr_or_null(bias, bc), y.data_ptr(), /*relu=*/false, nullptr};
-  const tc::Plan plan = be.plan(tc::extent_of(a), a.elem);
-  Tensor partials = at::empty({g.M, plan.grid_m, 3}, x.options().dtype(at::kFloat));
+  const tc::GemmExtent e = tc::extent_of(a);
+  const tc::Plan plan = be.plan(e, a.elem);
+  const auto fopts = x.options().dtype(at::kFloat);
+  Tensor partials = at::empty({g.M, plan.grid_m, 3}, fopts);
+  const Tensor ws = split_workspace(plan, e, x.options());
   a.partials = partials.data_ptr<float>();
-  be.run(a, plan, {{xc, "x"}, {wc, "weight"}, {bc, "bias"}, {y, "y", true}, {partials, "partials", true}});
-  auto [mean, var] = merge_moments(partials);
+  a.workspace = float_ptr(ws);
+  be.run(a, plan, {{xc, "x"}, {wc, "weight"}, {bc, "bias"}, {y, "y", true}, {partials, "partials", true},
+                   {ws, "workspace", true}});
+  Tensor mean = at::empty({g.M}, fopts), var = at::empty({g.M}, fopts);
+  be.run(tc::MomentsArgs{partials.data_ptr<float>(), g.M, plan.grid_m, mean.data_ptr<float>(), var.data_ptr<float>()},
+         {{partials, "partials"}, {mean, "mean", true}, {var, "var", true}});
   return {y, mean, var};
 }
 
@@ -133,7 +120,7 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward(
   const Tensor wc = channels_last(weight);
   const Tensor mu = float_vector(mean);
   const auto coeffs = statistics_share(grad_mean, grad_var, mean, g.count(), at::kFloat);
-  // Without statistics' gradients the loaders add no share (GradTotal off: mu == nullptr).
+  // Without statistics' gradients the loaders add no share (no vectors: mu == nullptr).
   const float* mup = coeffs.first.defined() ? mu.data_ptr<float>() : nullptr;
   const float* cap = coeffs.first.defined() ? coeffs.first.data_ptr<float>() : nullptr;
   const float* cbp = coeffs.first.defined() ? coeffs.second.data_ptr<float>() : nullptr;
@@ -141,23 +128,31 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward(
   Tensor grad_x, grad_w, grad_b;
   if (mask[0]) {
     grad_x = empty_channels_last(x.sizes(), x.options());
-    const tc::SpatialDgradArgs a{spatial_shape(g), elem, gyc.data_ptr(), yc.data_ptr(), mup, cap, cbp,
-                                 wc.data_ptr(), grad_x.data_ptr()};
-    be.run(a, be.plan(tc::extent_of(a), elem),
-           {{gyc, "grad_y"}, {yc, "y"}, {mu, "mean"}, {coeffs.first, "ca"}, {coeffs.second, "cb"}, {wc, "weight"},
-            {grad_x, "grad_x", true}});
-  }
-  if (mask[1] || mask[2]) {
-    tc::SpatialWgradArgs a{spatial_shape(g), elem, gyc.data_ptr(), yc.data_ptr(), mup, cap, cbp,
-                           xc.data_ptr(), nullptr};
+    tc::SpatialDgradArgs a{spatial_shape(g), elem, gyc.data_ptr(), yc.data_ptr(), mup, cap, cbp,
+                           wc.data_ptr(), grad_x.data_ptr()};
     const tc::GemmExtent e = tc::extent_of(a);
     const tc::Plan plan = be.plan(e, elem);
-    Tensor ws = at::empty({plan.splits, e.rows, e.cols}, x.options().dtype(at::kFloat));
-    a.workspace = ws.data_ptr<float>();
+    const Tensor ws = split_workspace(plan, e, x.options());
+    a.workspace = float_ptr(ws);
+    be.run(a, plan,
+           {{gyc, "grad_y"}, {yc, "y"}, {mu, "mean"}, {coeffs.first, "ca"}, {coeffs.second, "cb"}, {wc, "weight"},
+            {grad_x, "grad_x", true}, {ws, "workspace", true}});
+  }
+  if (mask[1] || mask[2]) {
+    // The weight gradient comes out in the weight's channels-last layout, (M, kh, kw, C) in
+    // memory: the GEMM's rows and columns.
+    grad_w = empty_channels_last(weight.sizes(), weight.options());
+    if (mask[2]) grad_b = at::empty({g.M}, weight.options());
+    tc::SpatialWgradArgs a{spatial_shape(g), elem, gyc.data_ptr(), yc.data_ptr(), mup, cap, cbp, xc.data_ptr(),
+                           grad_w.data_ptr(), mask[2] ? grad_b.data_ptr() : nullptr, mask[2]};
+    const tc::GemmExtent e = tc::extent_of(a);
+    const tc::Plan plan = be.plan(e, elem);
+    const Tensor ws = split_workspace(plan, e, x.options());
+    a.workspace = float_ptr(ws);
     be.run(a, plan,
            {{gyc, "grad_y"}, {yc, "y"}, {mu, "mean"}, {coeffs.first, "ca"}, {coeffs.second, "cb"}, {xc, "x"},
-            {ws, "workspace", true}});
-    std::tie(grad_w, grad_b) = weight_grad(ws, weight, {g.M, 1, g.kh, g.kw, g.C}, mask[1], mask[2]);
+            {grad_w, "grad_weight", true}, {grad_b, "grad_bias", true}, {ws, "workspace", true}});
+    if (!mask[1]) grad_w = Tensor();
   }
   return {grad_x, grad_w, grad_b};
 }
@@ -171,11 +166,16 @@ Tensor temporal_conv_bnrelu(Backend& be, const Tensor& y, const Tensor& mean, co
   const Tensor mu = float_vector(mean), sc = float_vector(scale), sh = float_vector(shift);
   Tensor bc;
   Tensor out = empty_channels_last({g.N, g.O, g.To, y.size(3), y.size(4)}, y.options());
-  const tc::TemporalFpropArgs a{temporal_shape(g), elem_of(y.scalar_type()), yc.data_ptr(),
-                                mu.data_ptr<float>(), sc.data_ptr<float>(), sh.data_ptr<float>(),
-                                wc.data_ptr(), ptr_or_null(bias, bc), out.data_ptr()};
-  be.run(a, be.plan(tc::extent_of(a), a.elem),
-         {{yc, "y"}, {mu, "mean"}, {sc, "scale"}, {sh, "shift"}, {wc, "weight"}, {bc, "bias"}, {out, "out", true}});
+  tc::TemporalFpropArgs a{temporal_shape(g), elem_of(y.scalar_type()), yc.data_ptr(),
+                          mu.data_ptr<float>(), sc.data_ptr<float>(), sh.data_ptr<float>(),
+                          wc.data_ptr(), ptr_or_null(bias, bc), out.data_ptr()};
+  const tc::GemmExtent e = tc::extent_of(a);
+  const tc::Plan plan = be.plan(e, a.elem);
+  const Tensor ws = split_workspace(plan, e, y.options());
+  a.workspace = float_ptr(ws);
+  be.run(a, plan,
+         {{yc, "y"}, {mu, "mean"}, {sc, "scale"}, {sh, "shift"}, {wc, "weight"}, {bc, "bias"}, {out, "out", true},
+          {ws, "workspace", true}});
   return out;
 }
 
@@ -194,28 +194,42 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> temporal_conv_bnrelu_
     tc::TemporalDgradArgs a{temporal_shape(g), elem, go.data_ptr(), wc.data_ptr(), yc.data_ptr(),
                             mu.data_ptr<float>(), sc.data_ptr<float>(), sh.data_ptr<float>(),
                             mask[0] ? grad_y.data_ptr() : nullptr, nullptr};
-    const tc::Plan plan = be.plan(tc::extent_of(a), elem);
-    Tensor partials = at::empty({g.M, plan.grid_m, 2}, y.options().dtype(at::kFloat));
-    a.partials = partials.data_ptr<float>();
-    be.run(a, plan,
-           {{go, "grad_out"}, {wc, "weight"}, {yc, "y"}, {mu, "mean"}, {sc, "scale"}, {sh, "shift"},
-            {grad_y, "grad_y", true}, {partials, "partials", true}});
-    const Tensor sums = partials.to(at::kDouble).sum(1);  // [M][2]
-    if (mask[1]) grad_mean = (-scale.to(at::kDouble) * sums.select(1, 1)).to(mean.scalar_type());
-    if (mask[2]) grad_scale = sums.select(1, 0).to(scale.scalar_type());
-    if (mask[3]) grad_shift = sums.select(1, 1).to(shift.scalar_type());
-  }
-  if (mask[4] || mask[5]) {
-    tc::TemporalWgradArgs a{temporal_shape(g), elem, go.data_ptr(), yc.data_ptr(), mu.data_ptr<float>(),
-                            sc.data_ptr<float>(), sh.data_ptr<float>(), nullptr};
     const tc::GemmExtent e = tc::extent_of(a);
     const tc::Plan plan = be.plan(e, elem);
-    Tensor ws = at::empty({plan.splits, e.rows, e.cols}, y.options().dtype(at::kFloat));
-    a.workspace = ws.data_ptr<float>();
+    const auto fopts = y.options().dtype(at::kFloat);
+    Tensor partials = at::empty({g.M, plan.grid_m, 2}, fopts);
+    const Tensor ws = split_workspace(plan, e, y.options());
+    a.partials = partials.data_ptr<float>();
+    a.workspace = float_ptr(ws);
     be.run(a, plan,
-           {{go, "grad_out"}, {yc, "y"}, {mu, "mean"}, {sc, "scale"}, {sh, "shift"}, {ws, "workspace", true}});
-    // (O, kt*M) is (O, kt, 1, 1, M): the temporal weight in channels-last order.
-    std::tie(grad_w, grad_b) = weight_grad(ws, weight, {g.O, g.kt, 1, 1, g.M}, mask[4], mask[5]);
+           {{go, "grad_out"}, {wc, "weight"}, {yc, "y"}, {mu, "mean"}, {sc, "scale"}, {sh, "shift"},
+            {grad_y, "grad_y", true}, {partials, "partials", true}, {ws, "workspace", true}});
+    Tensor gm = mask[1] ? at::empty({g.M}, fopts) : Tensor();
+    Tensor gs = mask[2] ? at::empty({g.M}, fopts) : Tensor();
+    Tensor gb = mask[3] ? at::empty({g.M}, fopts) : Tensor();
+    be.run(tc::SumsArgs{partials.data_ptr<float>(), g.M, plan.grid_m, sc.data_ptr<float>(), float_ptr(gm),
+                        float_ptr(gs), float_ptr(gb)},
+           {{partials, "partials"}, {sc, "scale"}, {gm, "grad_mean", true}, {gs, "grad_scale", true},
+            {gb, "grad_shift", true}});
+    if (mask[1]) grad_mean = gm.to(mean.scalar_type());
+    if (mask[2]) grad_scale = gs.to(scale.scalar_type());
+    if (mask[3]) grad_shift = gb.to(shift.scalar_type());
+  }
+  if (mask[4] || mask[5]) {
+    // (O, kt*M) in memory is the temporal weight's channels-last layout, (O, kt, 1, 1, M).
+    grad_w = empty_channels_last(weight.sizes(), weight.options());
+    if (mask[5]) grad_b = at::empty({g.O}, weight.options());
+    tc::TemporalWgradArgs a{temporal_shape(g), elem, go.data_ptr(), yc.data_ptr(), mu.data_ptr<float>(),
+                            sc.data_ptr<float>(), sh.data_ptr<float>(), grad_w.data_ptr(),
+                            mask[5] ? grad_b.data_ptr() : nullptr, mask[5]};
+    const tc::GemmExtent e = tc::extent_of(a);
+    const tc::Plan plan = be.plan(e, elem);
+    const Tensor ws = split_workspace(plan, e, y.options());
+    a.workspace = float_ptr(ws);
+    be.run(a, plan,
+           {{go, "grad_out"}, {yc, "y"}, {mu, "mean"}, {sc, "scale"}, {sh, "shift"}, {grad_w, "grad_weight", true},
+            {grad_b, "grad_bias", true}, {ws, "workspace", true}});
+    if (!mask[4]) grad_w = Tensor();
   }
   return {grad_y, grad_mean, grad_scale, grad_shift, grad_w, grad_b};
 }
@@ -236,15 +250,23 @@ Tensor fused_eval(Backend& be, const Tensor& x, const Tensor& spatial_weight,
   // Two kernels: the spatial conv with ReLU (BatchNorm folded into its weights), then the
   // plain temporal conv; the activation z is written once, in the input dtype.
   Tensor z = empty_channels_last({g.N, g.M, g.T, g.Ho, g.Wo}, x.options());
-  const tc::SpatialFpropArgs sa{spatial_shape(g), elem, xc.data_ptr(), ws.data_ptr(),
-                                ptr_or_null(spatial_bias, bs), z.data_ptr(), /*relu=*/true, nullptr};
-  be.run(sa, be.plan(tc::extent_of(sa), elem), {{xc, "x"}, {ws, "spatial weight"}, {bs, "spatial bias"},
-                                                {z, "z", true}});
+  tc::SpatialFpropArgs sa{spatial_shape(g), elem, xc.data_ptr(), ws.data_ptr(), ptr_or_null(spatial_bias, bs),
+                          z.data_ptr(), /*relu=*/true, nullptr};
+  const tc::GemmExtent se = tc::extent_of(sa);
+  const tc::Plan splan = be.plan(se, elem);
+  const Tensor sws = split_workspace(splan, se, x.options());
+  sa.workspace = float_ptr(sws);
+  be.run(sa, splan, {{xc, "x"}, {ws, "spatial weight"}, {bs, "spatial bias"}, {z, "z", true},
+                     {sws, "workspace", true}});
   Tensor out = empty_channels_last({g.N, tg.O, tg.To, g.Ho, g.Wo}, x.options());
-  const tc::TemporalFpropArgs ta{temporal_shape(tg), elem, z.data_ptr(), nullptr, nullptr, nullptr,
-                                 wt.data_ptr(), ptr_or_null(temporal_bias, bt), out.data_ptr()};
-  be.run(ta, be.plan(tc::extent_of(ta), elem), {{z, "z"}, {wt, "temporal weight"}, {bt, "temporal bias"},
-                                                {out, "out", true}});
+  tc::TemporalFpropArgs ta{temporal_shape(tg), elem, z.data_ptr(), nullptr, nullptr, nullptr,
+                           wt.data_ptr(), ptr_or_null(temporal_bias, bt), out.data_ptr()};
+  const tc::GemmExtent te = tc::extent_of(ta);
+  const tc::Plan tplan = be.plan(te, elem);
+  const Tensor tws = split_workspace(tplan, te, x.options());
+  ta.workspace = float_ptr(tws);
+  be.run(ta, tplan, {{z, "z"}, {wt, "temporal weight"}, {bt, "temporal bias"}, {out, "out", true},
+                     {tws, "workspace", true}});
   add_residual_relu(out, residual, relu);
   return out;
 }

@@ -152,7 +152,7 @@ def test_output_format_follows_input(kernels):
     assert block(x.to(memory_format=torch.channels_last_3d)).is_contiguous(memory_format=torch.channels_last_3d)
 
 
-@pytest.mark.parametrize("tile,index", [("large", 0), ("small", 1)])
+@pytest.mark.parametrize("tile,index", [("large", 0), ("small", 1), ("2", 2), ("3", 3), ("4", 4), ("5", 5)])
 def test_each_tile_shape_matches_the_emulator(tile, index, monkeypatch):
     """R2P1D_CUDA_TILE forces the GPU's tile shape; the emulator forced to the same shape
     runs the same CTAs and K splits."""
@@ -171,7 +171,7 @@ def test_tile_setting_is_checked(monkeypatch):
     monkeypatch.setenv("R2P1D_CUDA_KERNELS", "tc")
     monkeypatch.setenv("R2P1D_CUDA_TILE", "medium")
     x, w, b, st, pd, *_ = _spatial_inputs("3x3", torch.bfloat16)
-    with pytest.raises(ValueError, match=r"R2P1D_CUDA_TILE to be auto, large or small, but got 'medium'"):
+    with pytest.raises(ValueError, match=r"R2P1D_CUDA_TILE to be auto, large, small or a tile index 0-5, but got 'medium'"):
         ops.spatial_conv_stats(*_cuda(x, w, b), st, pd)
 
 

@@ -56,27 +56,51 @@ def test_poisoned_state_gives_the_same_bits(dtype):
         assert _bitwise_equal(_every_op(dtype), poisoned)
 
 
-def _spatial_fprop(tile=1, c=8, m=24, shape=(1, 8, 2, 9, 8)):
-    """A spatial forward with statistics: several K tiles (72 taps*channels: 3 of 32 for
-    bf16), M = 24 not a multiple of the tile, a column reduction at the end."""
+def _spatial_fprop(tile=1, c=40, m=24, shape=(1, 40, 2, 9, 8), dtype=torch.bfloat16):
+    """A spatial forward with statistics: more K tiles than pipeline stages (360 taps *
+    channels: 12 of 32 for bf16, 23 of 16 for TF32), M = 24 not a multiple of the tile, a
+    column reduction at the end. In bf16 both operands arrive by cp.async; in float32 (TF32)
+    both go through registers."""
     g = torch.Generator().manual_seed(1)
-    x, w = _rand(shape, torch.bfloat16, g), _rand((m, c, 1, 3, 3), torch.bfloat16, g, 0.3)
+    x, w = _rand(shape, dtype, g), _rand((m, c, 1, 3, 3), dtype, g, 0.3)
     return EMU.spatial_conv_stats(x, w, None, [1, 1], [1, 1], 132, tile)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["async", "registers"])
 @pytest.mark.parametrize("mutation,match", [
+    ("skip_barrier:vectors", None),  # no prologue vectors here: nothing to report (see below)
     ("skip_barrier:prologue", r"shared-memory race at offset \d+: read of what thread \d+ wrote"),
     ("skip_barrier:ktile", r"shared-memory race"),
+    ("skip_barrier:staging", r"shared-memory race"),
     ("skip_barrier:reduction", r"shared-memory race"),
-    ("wrong_buffer", r"shared-memory race at offset \d+: write, and a read by thread"),
+    ("skip_barrier:slots", r"shared-memory race"),
+    # into the stage the MMAs read: a race through registers, a copy not yet landed by cp.async
+    ("wrong_buffer", r"(shared-memory race at offset \d+: write, and a read by thread|cp.async there has not landed|"
+                     r"before thread \d+'s cp.async there has landed)"),
     ("row_bound", r"global read at 0x[0-9a-f]+ outside every tensor of the GEMM.*weight"),
     ("divergent_barrier", r"a barrier reached by 32 of the CTA's 128 threads"),
+    ("missing_wait", r"before thread \d+'s cp.async there has landed \(a missing cp.async.wait_group\)"),
 ])
-def test_each_defect_is_reported_by_its_check(mutation, match):
-    _spatial_fprop()  # clean
+def test_each_defect_is_reported_by_its_check(mutation, match, dtype):
+    _spatial_fprop(dtype=dtype)  # clean
+    if mutation == "missing_wait" and dtype == torch.float32:
+        match = None  # no cp.async in the register path: nothing to wait for
     with env_setting("R2P1D_EMULATOR_MUTATION", mutation):
+        if match is None:
+            _spatial_fprop(dtype=dtype)
+            return
         with pytest.raises(RuntimeError, match=r"(?s)r2p1d emulator: \d+ finding\(s\) in spatial_fprop:.*" + match):
-            _spatial_fprop()
+            _spatial_fprop(dtype=dtype)
+
+
+def test_a_skipped_vectors_barrier_is_reported_where_a_prologue_reads_them():
+    """The temporal forward's BatchNorm+ReLU reads the channel vectors every thread staged:
+    without the barrier after staging them, a thread reads what another wrote."""
+    ty, tmean, scale, shift, tw, tb, tst, tpt = _temporal_inputs("k3", torch.bfloat16)
+    EMU.temporal_conv_bnrelu(ty, tmean, scale, shift, tw, tb, tst, tpt, 132, 1)
+    with env_setting("R2P1D_EMULATOR_MUTATION", "skip_barrier:vectors"):
+        with pytest.raises(RuntimeError, match=r"(?s)in temporal_fprop:.*shared-memory race at offset \d+: read of what"):
+            EMU.temporal_conv_bnrelu(ty, tmean, scale, shift, tw, tb, tst, tpt, 132, 1)
 
 
 def test_a_report_names_the_cta_and_thread():
@@ -89,6 +113,9 @@ def test_a_report_names_the_cta_and_thread():
     ("R2P1D_EMULATOR_CHECKS", "maybe", r"R2P1D_EMULATOR_CHECKS to be on or off, but got 'maybe'"),
     ("R2P1D_EMULATOR_ORDER", "sideways", r"R2P1D_EMULATOR_ORDER to be forward, reverse or shuffle"),
     ("R2P1D_EMULATOR_MUTATION", "typo", r"R2P1D_EMULATOR_MUTATION to be none, wrong_buffer"),
+    ("R2P1D_EMULATOR_MUTATION", "skip_barrier:nope", r"expected skip_barrier:vectors\|prologue"),
+    ("R2P1D_EMULATOR_COUNTERS", "yes", r"R2P1D_EMULATOR_COUNTERS to be on or off, but got 'yes'"),
+    ("R2P1D_EMULATOR_SAMPLE", "-2", r"R2P1D_EMULATOR_SAMPLE to be a count of CTAs >= 0, but got '-2'"),
 ])
 def test_bad_settings_are_errors(name, value, match):
     with env_setting(name, value):

@@ -48,7 +48,8 @@ def measure(build_dir: str) -> None:
                 continue
             start, end, _, output, _ = line.rstrip("\n").split("\t")
             match = re.search(r"(csrc/.*)\.o$", output)
-            if match:
+            # The log keeps the objects of sources since removed: only today's sources count.
+            if match and any(os.path.exists(os.path.join(ROOT, match.group(1) + ext)) for ext in (".cpp", ".cu")):
                 times[match.group(1)] = round((int(end) - int(start)) / 1000.0, 1)
     with open(TIMES, "w") as f:
         json.dump(dict(sorted(times.items())), f, indent=1)

@@ -7,7 +7,7 @@
 `tc`: the six tensor-core GEMMs (spatial forward with statistics, both spatial gradients,
 temporal forward, both temporal gradients) and the inference op's two, in bf16 and in
 float32 as TF32, with each tile shape (R2P1D_CUDA_TILE), channel counts that take the
-16-byte and the element-wise loads, and a weight gradient split over K.
+16-byte and the narrower loads, and K splits of the weight gradients and of the forwards.
 `direct`: the same ops on the direct kernels, float32, and the running-statistics update.
 Shapes stay tiny: under racecheck every shared-memory access is tracked. Prints one line
 per family; the sanitizer's report is what counts."""
@@ -19,9 +19,10 @@ import sys
 import torch
 
 
-# (input channels, mid channels, frames, size): 16-byte loads; odd channels (element-wise
-# loads); 1152 output pixels, whose weight gradients split K.
-CASES = [(8, 16, 2, 6), (3, 45, 2, 7), (16, 32, 2, 24)]
+# (input channels, mid channels, frames, size): 16-byte loads; odd channels (narrower
+# loads); 1152 output pixels, whose weight gradients split K; one CTA of output with a deep K
+# (128 x 9 taps, 384 x 3), whose forwards split K.
+CASES = [(8, 16, 2, 6), (3, 45, 2, 7), (16, 32, 2, 24), (128, 384, 3, 4)]
 
 
 def block_ops(dtype, c, m, t, s, g, family):
@@ -47,7 +48,7 @@ def run(family: str) -> None:
     os.environ["R2P1D_CUDA_KERNELS"] = family
     torch.backends.cudnn.allow_tf32 = True  # float32 as TF32 on the tensor cores
     dtypes = [torch.bfloat16, torch.float32] if family == "tc" else [torch.float32]
-    tiles = ["large", "small"] if family == "tc" else ["auto"]
+    tiles = [str(i) for i in range(6)] if family == "tc" else ["auto"]  # every shape of csrc/tc/plan.h
     g = torch.Generator().manual_seed(0)
     for dtype in dtypes:
         for tile in tiles:

@@ -12,6 +12,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -32,13 +33,19 @@ int device_attribute(cudaDeviceAttr attr, int device) {
 }
 
 // R2P1D_CUDA_TILE (read at every call, for tests and the sanitizer runs): "auto" (default)
-// lets the plan choose the tile shape, "large" (128x128) or "small" (64x64) forces one.
+// lets the plan choose the tile shape; "large" (128x128), "small" (64x64) or an index into
+// a GEMM kind's tile list (csrc/tc/plan.h) forces one where the GEMM's list has it.
 int tile_setting() {
   const char* env = std::getenv("R2P1D_CUDA_TILE");
   const std::string v = env ? env : "";
-  TORCH_CHECK_VALUE(v.empty() || v == "auto" || v == "large" || v == "small",
-                    "r2p1d: expected R2P1D_CUDA_TILE to be auto, large or small, but got '", v, "'");
-  return v == "large" ? static_cast<int>(tc::TileKind::kLarge) : v == "small" ? static_cast<int>(tc::TileKind::kSmall) : -1;
+  if (v.empty() || v == "auto") return -1;
+  if (v == "large") return 0;
+  if (v == "small") return 1;
+  const int most = std::max(tc::kPixelTiles, tc::kWgradTiles);
+  for (int i = 0; i < most; ++i)
+    if (v == std::to_string(i)) return i;
+  TORCH_CHECK_VALUE(false, "r2p1d: expected R2P1D_CUDA_TILE to be auto, large, small or a tile index 0-", most - 1,
+                    ", but got '", v, "'");
 }
 
 // The tensor-core family's backend on the GPU: plans for this device's SM count, launches
@@ -53,12 +60,14 @@ struct DeviceBackend {
         sm_count(device_attribute(cudaDevAttrMultiProcessorCount, d.index())) {}
 
   tc::Plan plan(const tc::GemmExtent& e, tc::ElemKind elem) const {
-    return tc::plan_gemm(e, elem, sm_count, tile);
+    return tc::plan_gemm(e, elem, sm_count, tile < tc::tile_count(e.kind) ? tile : -1);
   }
   template <class Args>
   void run(const Args& a, const tc::Plan& p, tc_ops::Tensors) const {
     C10_CUDA_CHECK(tc::launch(a, p, stream));
   }
+  void run(const tc::MomentsArgs& a, tc_ops::Tensors) const { C10_CUDA_CHECK(tc::launch(a, stream)); }
+  void run(const tc::SumsArgs& a, tc_ops::Tensors) const { C10_CUDA_CHECK(tc::launch(a, stream)); }
 };
 
 // R2P1D_CUDA_KERNELS, read at every call like R2P1D_WINOGRAD (for tests and benchmarks).

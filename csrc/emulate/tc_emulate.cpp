@@ -17,7 +17,9 @@ using at::Tensor;
 
 HostBackend backend(int64_t sm_count, int64_t tile) {
   TORCH_CHECK_VALUE(sm_count >= 1, "r2p1d: expected sm_count >= 1, got ", sm_count);
-  TORCH_CHECK_VALUE(tile >= -1 && tile <= 1, "r2p1d: expected tile -1 (chosen), 0 (large) or 1 (small), got ", tile);
+  const int most = std::max(tc::kPixelTiles, tc::kWgradTiles);
+  TORCH_CHECK_VALUE(tile >= -1 && tile < most, "r2p1d: expected tile -1 (chosen) or a tile index 0-", most - 1,
+                    " (0: 128x128, 1: 64x64; csrc/tc/plan.h), got ", tile);
   return {sm_count, tile};
 }
 
@@ -77,5 +79,11 @@ TORCH_LIBRARY(r2p1d_tc_emulate, m) {
 }
 
 TORCH_LIBRARY_IMPL(r2p1d_tc_emulate, CPU, m) { schemas::impl_block_ops<Emulated>(m); }
+
+// The counts (counters.h) of every launch run with R2P1D_EMULATOR_COUNTERS=on since the last
+// call, as a JSON list; for bench/tc_report.py.
+TORCH_LIBRARY_FRAGMENT(r2p1d_tc_emulate, m) {
+  m.def("counters() -> str", [] { return CountRegistry::get().take(); });
+}
 
 }  // namespace r2p1d::emulate

@@ -25,6 +25,10 @@ struct TemporalShape {
   int64_t out_positions() const { return N * To * HW; }
 };
 
+// Every GEMM whose plan splits K writes float partials [split][rows][workspace_ld(cols)]
+// into `workspace` (allocated by the host for plan.splits > 1, null otherwise), and a second
+// pass of the same kernel sums them in split order and runs the epilogue (tc/igemm.h).
+
 // Forward: y = conv(x, w) + bias (ReLU'd when relu), with the per-channel moments of y
 // into partials [M][grid_m][3] when partials is set. w is (M, kh, kw, C).
 struct SpatialFpropArgs {
@@ -36,6 +40,7 @@ struct SpatialFpropArgs {
   void* y;
   bool relu;
   float* partials;  // may be null
+  float* workspace = nullptr;
 };
 
 // Input gradient: gx = conv_transpose(gy_total, w), gy_total = gy + ca + cb*(y - mu)
@@ -48,10 +53,12 @@ struct SpatialDgradArgs {
   const float *mu, *ca, *cb;
   const void* w;
   void* gx;
+  float* workspace = nullptr;
 };
 
-// Weight gradient: workspace[split][M][taps*C + 1] = the split's partial sum over output
-// pixels of gy_total (x) im2col(x); the last column is the bias gradient.
+// Weight gradient: grad_w (M, kh, kw, C) = sum over output pixels of gy_total (x)
+// im2col(x), in the weight's dtype; with grad_bias, one more GEMM column of ones gives
+// grad_b (M) = sum of gy_total.
 struct SpatialWgradArgs {
   SpatialShape g;
   ElemKind elem;
@@ -59,7 +66,10 @@ struct SpatialWgradArgs {
   const void* y;
   const float *mu, *ca, *cb;
   const void* x;
-  float* workspace;
+  void* grad_w;
+  void* grad_b;  // null without grad_bias
+  bool grad_bias;
+  float* workspace = nullptr;
 };
 
 // Forward: out = conv(relu((y - mean)*scale + shift), w) + bias, the activation applied
@@ -72,6 +82,7 @@ struct TemporalFpropArgs {
   const void* w;
   const void* bias;  // may be null
   void* out;
+  float* workspace = nullptr;
 };
 
 // Input gradient with the BatchNorm backward in the epilogue: gy = relu'(pre) * gz * scale
@@ -85,17 +96,40 @@ struct TemporalDgradArgs {
   const float *mean, *scale, *shift;
   void* gy;
   float* partials;
+  float* workspace = nullptr;
 };
 
-// Weight gradient: workspace[split][O][kt*M + 1], the activation recomputed from y; the
-// last column is the bias gradient.
+// Weight gradient: grad_w (O, kt, M) from go and the activation recomputed from y, in the
+// weight's dtype; with grad_bias, grad_b (O) from a column of ones.
 struct TemporalWgradArgs {
   TemporalShape g;
   ElemKind elem;
   const void* go;
   const void* y;
   const float *mean, *scale, *shift;
-  float* workspace;
+  void* grad_w;
+  void* grad_b;  // null without grad_bias
+  bool grad_bias;
+  float* workspace = nullptr;
+};
+
+// The BatchNorm statistics from the spatial forward's partials [C][parts][3] (count, mean,
+// M2 of each row tile): mean and biased variance per channel, merged in double in a fixed
+// order (tc/finalize.h).
+struct MomentsArgs {
+  const float* partials;
+  int64_t channels, parts;
+  float *mean, *var;
+};
+
+// The BatchNorm-backward vectors from the temporal input gradient's partials [M][parts][2]
+// (sum of gpre*(y - mean), sum of gpre): grad_scale, grad_shift and grad_mean = -scale *
+// grad_shift, each output optional.
+struct SumsArgs {
+  const float* partials;
+  int64_t channels, parts;
+  const float* scale;
+  float *grad_mean, *grad_scale, *grad_shift;
 };
 
 }  // namespace r2p1d::tc

@@ -11,8 +11,11 @@
 #include "elem.h"
 
 #if defined(__CUDACC__)
+#include <cute/arch/copy_sm75.hpp>
 #include <cute/arch/mma_sm80.hpp>
 #endif
+
+#include <cstring>
 
 namespace r2p1d::tc {
 
@@ -56,68 +59,55 @@ struct FragCounts {
   static constexpr int kB = K == ElemKind::kTF32 ? 2 : 4;
 };
 
-// One operand's tile in shared memory: kRows x kBK elements, stored K-contiguous
-// ([row][k], for operands that are K-contiguous in global memory) or row-contiguous
-// ([k][row], for operands contiguous along M/N), so that every global 16-byte chunk is
-// one 16-byte shared store. Rows are padded by 16 bytes, which keeps the fragment loads
-// below free of bank conflicts.
-template <typename smem_t, int kRows, int kBK, bool kKMajor>
-struct SmemTile {
-  static constexpr bool kKContiguous = kKMajor;
-  static constexpr int kPad = 16 / static_cast<int>(sizeof(smem_t));
-  static constexpr int kLd = kKMajor ? kBK + kPad : kRows + kPad;
-  static constexpr int kElems = kKMajor ? kRows * kLd : kBK * kLd;
-  R2P1D_HD static int offset(int row, int k) { return kKMajor ? row * kLd + k : k * kLd + row; }
-};
+// ldmatrix: each of `count` (1, 2 or 4) 8x8 matrices of 16-bit elements is 8 rows of 16
+// bytes whose addresses lanes 8q..8q+7 give (matrix q). Lane l receives, in register q,
+// the 32-bit word l % 4 of row l / 4 of matrix q; with .trans, the two 16-bit elements
+// (rows 2 (l % 4) and 2 (l % 4) + 1, column l / 4) of matrix q, which transposes it. For
+// TF32 a 32-bit word is one element: the untransposed form loads TF32 fragments too.
+// tests/cpp/fragment_layouts.cpp checks this against CuTe's Copy_Traits of the LDSM atoms.
+#if defined(__CUDACC__)
+template <int kCount, bool kTrans>
+__device__ __forceinline__ void ldsm(uint32_t* r, const void* p) {
+  const auto& src = *reinterpret_cast<const cute::uint128_t*>(p);
+  if constexpr (kCount == 4 && !kTrans) cute::SM75_U32x4_LDSM_N::copy(src, r[0], r[1], r[2], r[3]);
+  if constexpr (kCount == 4 && kTrans) cute::SM75_U16x8_LDSM_T::copy(src, r[0], r[1], r[2], r[3]);
+  if constexpr (kCount == 2 && !kTrans) cute::SM75_U32x2_LDSM_N::copy(src, r[0], r[1]);
+  if constexpr (kCount == 2 && kTrans) cute::SM75_U16x4_LDSM_T::copy(src, r[0], r[1]);
+}
+#endif
 
-// Register r of a fragment: element pair (2r, 2r+1) for 16-bit types (consecutive k),
-// element r for TF32. `coord(v, row, k)` gives an element's place in the tile.
-template <ElemKind K, class Tile, typename smem_t, class Coord>
-R2P1D_HD uint32_t frag_register(const smem_t* tile, int r, Coord coord) {
-  int row, k;
-  if constexpr (K == ElemKind::kTF32) {
-    coord(r, row, k);
-    const int off = Tile::offset(row, k);
-    check_index(off, 1, Tile::kElems, "fragment load");
-    return mem_load(tile + off);
-  } else {
-    coord(2 * r, row, k);
-    const int off = Tile::offset(row, k);
-    if constexpr (Tile::kKContiguous) {
-      check_index(off, 2, Tile::kElems, "fragment load");
-      return mem_load(reinterpret_cast<const uint32_t*>(tile + off));  // (k, k+1) adjacent: one 32-bit load
-    } else {
-      const int next = Tile::offset(row, k + 1);
-      check_index(off, 1, Tile::kElems, "fragment load");
-      check_index(next, 1, Tile::kElems, "fragment load");
-      return static_cast<uint32_t>(mem_load(tile + off)) | (static_cast<uint32_t>(mem_load(tile + next)) << 16);
+#if !defined(__CUDACC__)
+// What ldmatrix gives each of a warp's 32 lanes, from the lanes' row addresses (host
+// emulation). Each supplying lane's 16-byte row read is shown to the emulator's checks as
+// that lane's access.
+inline void warp_ldsm(int count, bool trans, const void* const (&addr)[32], int warp, uint32_t (&out)[32][4],
+                      int line = __builtin_LINE()) {
+  uint32_t rows[32][4];
+  for (int l = 0; l < 8 * count; ++l) {
+    bool ok = true;
+    if (access_check) {
+      access_check->thread(warp * 32 + l);
+      ok = access_check->access(addr[l], 16, MemOp::kRead, line);
     }
+    if (ok) std::memcpy(rows[l], addr[l], 16);
+    else std::memset(rows[l], 0, 16);
   }
+  for (int l = 0; l < 32; ++l)
+    for (int q = 0; q < count; ++q) {
+      if (!trans) {
+        out[l][q] = rows[8 * q + l / 4][l % 4];
+      } else {
+        uint32_t v = 0;
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t* row = rows[8 * q + 2 * (l % 4) + h];
+          const uint32_t e = (row[(l / 4) / 2] >> (16 * ((l / 4) % 2))) & 0xffffu;
+          v |= e << (16 * h);
+        }
+        out[l][q] = v;
+      }
+    }
 }
-
-// The A fragment of the 16 x kMmaK block at (row0, k0) of the tile.
-template <ElemKind K, class Tile, typename smem_t>
-R2P1D_HD void load_frag_a(const smem_t* tile, int row0, int k0, int lane, uint32_t (&a)[4]) {
-  R2P1D_UNROLL
-  for (int r = 0; r < 4; ++r)
-    a[r] = frag_register<K, Tile>(tile, r, [&](int v, int& row, int& k) {
-      frag_a_coord<K>(lane, v, row, k);
-      row += row0;
-      k += k0;
-    });
-}
-
-// The B fragment of the kMmaK x 8 block at (col0, k0) of the tile (B is stored by column).
-template <ElemKind K, class Tile, typename smem_t>
-R2P1D_HD void load_frag_b(const smem_t* tile, int col0, int k0, int lane, uint32_t (&b)[2]) {
-  R2P1D_UNROLL
-  for (int r = 0; r < 2; ++r)
-    b[r] = frag_register<K, Tile>(tile, r, [&](int v, int& col, int& k) {
-      frag_b_coord<K>(lane, v, col, k);
-      col += col0;
-      k += k0;
-    });
-}
+#endif
 
 #if defined(__CUDACC__)
 // d += a * b on the tensor cores (one warp, every lane with its fragments).

@@ -18,8 +18,10 @@
 // Unrolls the next loop on the GPU, where register arrays must be indexed by constants.
 #if defined(__CUDACC__)
 #define R2P1D_UNROLL _Pragma("unroll")
+#define R2P1D_NO_UNROLL _Pragma("unroll 1")
 #else
 #define R2P1D_UNROLL
+#define R2P1D_NO_UNROLL
 #endif
 
 // True in the device pass of nvcc, false in its host pass and in a plain C++ compiler.
@@ -57,6 +59,8 @@ R2P1D_HD float bits_float(uint32_t u) {
 }
 
 R2P1D_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+constexpr int cmax(int a, int b) { return a > b ? a : b; }
 
 // a * b + c rounded once. nvcc contracts a multiply and an add into one fma wherever it can
 // (--fmad=true, its default); a plain host build (x86-64 without -mfma) never does. Written

@@ -1,9 +1,14 @@
 // Checks the mma.sync fragment maps of csrc/tc/fragments.h against CuTe's MMA_Traits
 // for the three atoms the tensor-core kernels use: for every lane and register element,
 // the (row, k) / (col, k) / (row, col) we load or store must be the one the hardware
-// layout (as CuTe states it) puts there. Built and run by tests/test_tc_emulated.py.
+// layout (as CuTe states it) puts there; and the host emulation of ldmatrix (warp_ldsm) for
+// the four forms the kernels use against CuTe's Copy_Traits of the LDSM atoms. Built and run
+// by tests/test_tc_emulated.py.
+#include <cstdint>
 #include <cstdio>
+#include <map>
 
+#include <cute/atom/copy_traits_sm75.hpp>
 #include <cute/atom/mma_traits_sm80.hpp>
 
 #include "tc/fragments.h"
@@ -46,8 +51,48 @@ int check(const char* name) {
   return errors;
 }
 
+// ldmatrix moves bits: CuTe's SrcLayout maps (supplying lane, bit of its 16-byte row) and
+// its DstLayout (receiving lane, bit of its registers) to one logical bit index. Each
+// supplied 16-bit element gets a distinct value; every 16-bit half of every register
+// warp_ldsm returns must hold the element CuTe routes to it.
+template <class Traits>
+int check_ldsm(const char* name, int count, bool trans) {
+  typename Traits::SrcLayout src{};
+  typename Traits::DstLayout dst{};
+  alignas(16) uint16_t rows[32][8];
+  std::map<int, uint16_t> at_logical;
+  for (int l = 0; l < 32; ++l)
+    for (int e = 0; e < 8; ++e) {
+      rows[l][e] = static_cast<uint16_t>(8 * l + e + 1);
+      const int bit = static_cast<int>(src(l, 16 * e));
+      if (!at_logical.count(bit)) at_logical[bit] = rows[l][e];  // lanes past 8 * count repeat a row
+    }
+  const void* addr[32];
+  for (int l = 0; l < 32; ++l) addr[l] = rows[l];
+  uint32_t out[32][4];
+  warp_ldsm(count, trans, addr, 0, out);
+  int errors = 0;
+  for (int lane = 0; lane < 32; ++lane)
+    for (int q = 0; q < count; ++q)
+      for (int h = 0; h < 2; ++h) {
+        const int bit = static_cast<int>(dst(lane, 32 * q + 16 * h));
+        const uint16_t ours = static_cast<uint16_t>(out[lane][q] >> (16 * h));
+        const uint16_t want = at_logical.count(bit) ? at_logical[bit] : 0;
+        if (ours != want) {
+          std::printf("%s lane %d register %d half %d: ours %d, CuTe %d\n", name, lane, q, h, ours, want);
+          ++errors;
+        }
+      }
+  std::printf("%s: %d mismatches\n", name, errors);
+  return errors;
+}
+
 int main() {
   int errors = 0;
+  errors += check_ldsm<cute::Copy_Traits<cute::SM75_U32x4_LDSM_N>>("ldmatrix.x4", 4, false);
+  errors += check_ldsm<cute::Copy_Traits<cute::SM75_U32x2_LDSM_N>>("ldmatrix.x2", 2, false);
+  errors += check_ldsm<cute::Copy_Traits<cute::SM75_U16x8_LDSM_T>>("ldmatrix.x4.trans", 4, true);
+  errors += check_ldsm<cute::Copy_Traits<cute::SM75_U16x4_LDSM_T>>("ldmatrix.x2.trans", 2, true);
   errors += check<cute::MMA_Traits<cute::SM80_16x8x16_F32BF16BF16F32_TN>, ElemKind::kBF16>("bf16 m16n8k16");
   errors += check<cute::MMA_Traits<cute::SM80_16x8x16_F32F16F16F32_TN>, ElemKind::kF16>("fp16 m16n8k16");
   errors += check<cute::MMA_Traits<cute::SM80_16x8x8_F32TF32TF32F32_TN>, ElemKind::kTF32>("tf32 m16n8k8");

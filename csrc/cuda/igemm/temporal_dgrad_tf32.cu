@@ -1,0 +1,8 @@
+// The temporal input gradient GEMM in float32 as TF32, every tile shape (launch.h).
+#include "kernel.cuh"
+
+namespace r2p1d::tc {
+
+template cudaError_t launch_elem<ElemKind::kTF32>(const TemporalDgradArgs&, const Plan&, cudaStream_t);
+
+}  // namespace r2p1d::tc

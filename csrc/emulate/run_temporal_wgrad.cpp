@@ -1,0 +1,9 @@
+// The emulator's temporal_wgrad GEMM (every element type and tile shape; csrc/emulate/emulate.h): one
+// file per GEMM, so that the emulator's instantiations compile in parallel.
+#include "emulate/emulate.h"
+
+namespace r2p1d::emulate {
+
+template void HostBackend::run<tc::TemporalWgradArgs>(const tc::TemporalWgradArgs&, const tc::Plan&, tc_ops::Tensors) const;
+
+}  // namespace r2p1d::emulate
