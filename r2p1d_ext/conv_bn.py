@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
-from . import folding
+from . import folding, sync_bn
 from .module import SpatioTemporalConv
 
-_BATCH_NORMS = (nn.BatchNorm3d, nn.SyncBatchNorm)
+# The BatchNorm types a block or a ConvBN holds (exactly these: a subclass may compute
+# something else).
+BATCH_NORMS = (nn.BatchNorm3d, nn.SyncBatchNorm, sync_bn.SyncBatchNorm3d)
 
 
 def _hooked(*modules: Optional[nn.Module]) -> bool:
@@ -35,7 +37,7 @@ def _hooked(*modules: Optional[nn.Module]) -> bool:
 
 def bn_folds(bn: nn.Module) -> bool:
     """A BatchNorm that normalises with running statistics (eval with track_running_stats)."""
-    return type(bn) in _BATCH_NORMS and not bn.training and bn.running_mean is not None
+    return type(bn) in BATCH_NORMS and not bn.training and bn.running_mean is not None
 
 
 def _plain_conv3d(conv: nn.Module) -> bool:
@@ -95,6 +97,15 @@ def _conv3d_folded(conv: nn.Conv3d, bn: nn.Module, x: Tensor, residual: Optional
     return F.relu(out) if relu else out
 
 
+def _batch_norm(bn: nn.Module, x: Tensor) -> Tensor:
+    """bn(x); an ``nn.SyncBatchNorm`` synchronizing on a device torch's has no kernel for (the
+    CPU) runs r2p1d_ext.sync_bn's, so that ``--sync-bn`` trains the same on every device."""
+    group = sync_bn.process_group(bn)
+    if group is None or x.device.type == "cuda":
+        return bn(x)
+    return sync_bn.batch_norm(bn, x, group)
+
+
 def conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor, relu: Optional[nn.Module] = None,
             residual: Optional[Tensor] = None) -> Tensor:
     """``relu(bn(conv(x)) + residual)`` (residual and relu optional): folded into one op
@@ -103,7 +114,7 @@ def conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor, relu: Optional[nn.Module]
         if isinstance(conv, SpatioTemporalConv):
             return conv.fused_inference(x, post=bn, residual=residual, relu=relu is not None)
         return _conv3d_folded(conv, bn, x, residual, relu is not None)
-    out = bn(conv(x))
+    out = _batch_norm(bn, conv(x))
     if residual is not None:
         out = out + residual
     return relu(out) if relu is not None else out

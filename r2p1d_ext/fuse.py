@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import reference
-from .conv_bn import ConvBN
+from .conv_bn import BATCH_NORMS, ConvBN
 from .models.video_resnet import BasicBlock
 from .module import SpatioTemporalConv
 
@@ -39,7 +39,7 @@ def _block_from(conv_s: nn.Module, bn: nn.Module, relu: nn.Module,
     """The fused block computing conv_t(relu(bn(conv_s(x)))), or None if these modules are
     not a (2+1)D block the kernels compute."""
     if not (_plain_conv(conv_s) and _plain_conv(conv_t) and type(relu) is nn.ReLU
-            and type(bn) in (nn.BatchNorm3d, nn.SyncBatchNorm)):
+            and type(bn) in BATCH_NORMS):
         return None
     if (conv_s.kernel_size[0], conv_s.stride[0], conv_s.padding[0]) != (1, 1, 0):
         return None
@@ -82,7 +82,7 @@ def _conv_bn_layout(seq: nn.Module, conv_type=SpatioTemporalConv) -> bool:
     """nn.Sequential(conv, BatchNorm3d[, ReLU]), the conv a fused block (or conv_type)."""
     mods = list(seq) if type(seq) is nn.Sequential else []
     return (len(mods) in (2, 3) and isinstance(mods[0], conv_type)
-            and type(mods[1]) in (nn.BatchNorm3d, nn.SyncBatchNorm)
+            and type(mods[1]) in BATCH_NORMS
             and (len(mods) == 2 or type(mods[2]) is nn.ReLU))
 
 

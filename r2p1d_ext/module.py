@@ -8,7 +8,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import folding, ops, reference
+from . import folding, ops, reference, sync_bn
 from ._args import block_config, output_size
 
 
@@ -143,7 +143,7 @@ class SpatioTemporalConv(nn.Module):
                 bs = bs.to(dt) if bs is not None else None
                 bt = bt.to(dt) if bt is not None else None
             if x.shape[0] == 0:
-                out = self._empty_batch(x, ws, bs, wt, bt)
+                out = self._empty_batch(x, ws, bs, wt, bt, group=sync_bn.process_group(self.bn))
             else:
                 out = self._block(x, ws, bs, wt, bt)
         out = out.contiguous(memory_format=fmt)
@@ -208,13 +208,24 @@ class SpatioTemporalConv(nn.Module):
 
         return folding.cache_of(self).get(sources, extra, compute)
 
-    def _empty_batch(self, x: Tensor, *weights: Optional[Tensor]) -> Tensor:
+    def _empty_batch(self, x: Tensor, *weights: Optional[Tensor], group=None) -> Tensor:
         """A batch of 0 clips, as nn.Conv3d takes it: an empty output of the right shape, still
         part of the autograd graph (zero gradients), and no running-statistics update (there
-        are no values)."""
+        are no values). Synchronized (``group``), the process still takes part in the
+        statistics' merge, forward and backward, and updates its running statistics with
+        the other processes' values, as they do."""
         shape = [0, self.out_channels] + [output_size(n, k, s, p) for n, k, s, p in
                                           zip(x.shape[2:], self.kernel_size, self.stride, self.padding)]
-        anchor = sum(t.sum() * 0 for t in (x, *weights) if t is not None)
+        anchor = sum(t.sum() * 0 for t in (x, *weights, self.bn.weight, self.bn.bias) if t is not None)
+        if group is not None:
+            bn = self.bn
+            stats_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+            zeros = anchor.to(stats_dtype).expand(self.mid_channels)
+            mean, var, count = sync_bn.merge_batch_stats(zeros, zeros, 0, group)
+            if bn.track_running_stats and count > 1:
+                ops.update_running_stats(bn.running_mean, bn.running_var, bn.num_batches_tracked,
+                                         mean.detach(), var.detach(), count, bn.momentum)
+            anchor = anchor + (mean.sum() + var.sum()) * 0
         return anchor.to(x.dtype).expand(shape)
 
     def _block(self, x: Tensor, ws: Tensor, bs: Optional[Tensor], wt: Tensor,
@@ -227,6 +238,9 @@ class SpatioTemporalConv(nn.Module):
         stride_hw, pad_hw = list(self.stride[1:]), list(self.padding[1:])
         y, mean, var = ops.spatial_conv_stats(x, ws, bs, stride_hw, pad_hw)
         count = y.numel() // y.shape[1]
+        group = sync_bn.process_group(bn)
+        if group is not None:  # nn.SyncBatchNorm: the statistics of every process's batch
+            mean, var, count = sync_bn.merge_batch_stats(mean, var, count, group)
         if self.training and count <= 1:
             raise ValueError(f"{type(self).__name__}: expected more than 1 value per "
                              f"channel when training, got input of shape {tuple(x.shape)}")

@@ -74,7 +74,7 @@ def _layer(name):
     tail = name[len("r2p1d_ext."):] if name != "r2p1d_ext" else ""
     if tail in ("_C", "_args", "_io", "_extras", "_deprecated"):
         return 0
-    if tail in ("ops", "reference", "folding", "measure"):
+    if tail in ("ops", "reference", "folding", "measure", "sync_bn"):
         return 1
     if tail in ("module",):
         return 2

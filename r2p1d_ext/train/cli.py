@@ -57,7 +57,9 @@ def _train_parser(sub):
                    help="channels_last_3d model and inputs (default: on CUDA, not on the CPU)")
     p.add_argument("--no-hflip", dest="hflip", action="store_false",
                    help="no horizontal flips (for classes that depend on left/right motion)")
-    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm for the standalone BN layers (CUDA)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="with several processes (torchrun), BatchNorm statistics over all of them: the standalone "
+                        "layers and the fused blocks (CPU and CUDA)")
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false")
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from ..data.dataset import VideoDataset, count_failed
 from ..models import build_model
+from ..sync_bn import convert_sync_batchnorm
 from . import checkpoint as ckpt
 from .config import RESUME_FREE, TrainConfig, amp_dtype, resolve_device, use_channels_last, validate
 from .distributed import Dist, EpochSampler
@@ -157,11 +158,11 @@ class _Run:
     def _setup_model(self) -> None:
         cfg, device = self.cfg, self.device
         model = build_model(cfg.arch, len(self.classes))
-        if cfg.sync_bn:
-            if device.type != "cuda":
-                raise ValueError("--sync-bn needs CUDA (torch's SyncBatchNorm); the fused blocks keep "
-                                 "per-process statistics")
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if cfg.sync_bn:  # every BatchNorm, the fused blocks' included (r2p1d_ext/sync_bn.py)
+            # torch's SyncBatchNorm on CUDA; on the CPU, where it has no kernel and DDP refuses
+            # it, the library's
+            convert = nn.SyncBatchNorm.convert_sync_batchnorm if device.type == "cuda" else convert_sync_batchnorm
+            model = convert(model)
         model = model.to(device)
         self.channels_last = use_channels_last(cfg.channels_last, device)
         if self.channels_last:
