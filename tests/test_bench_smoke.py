@@ -18,6 +18,7 @@ CASES = {
     "bench_inference": ["--arch", "r2plus1d_10", "--sizes", "1x2", "--crop", "32", "--warmup", "0", "--rounds", "1",
                         "--repeats", "1"],
     "bench_data": ["--videos", "1", "--seconds", "1", "--many", "4", "--workers", "1", "--clips", "2", "--repeats", "1"],
+    "bench_sync_bn": ["--batch", "1", "--clip-len", "2", "--crop", "32", "--warmup", "0", "--repeats", "1"],
 }
 
 
