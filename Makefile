@@ -34,7 +34,9 @@ $(VENV)/.deps:
 	$(PIP) install --no-deps "nvidia-cuda-cuobjdump==$(CUDA_TOOLS)" "nvidia-cuda-nvdisasm==$(CUDA_TOOLS)"
 	touch $@
 
-# Incremental: ninja rebuilds only the sources that changed.
+# Incremental: ninja rebuilds only the sources that changed (setup.py keeps the objects in
+# build/temp-cpu or build/temp-cuda). Without a GPU the build is CPU-only unless FORCE_CUDA=1
+# (.ci/run sets it, so CI compiles the CUDA code too).
 install: $(VENV)/.deps
 	$(PIP) install --no-build-isolation -e .
 

@@ -1,5 +1,7 @@
-"""Builds r2p1d_ext._C: a CUDAExtension when torch has CUDA and nvcc is found (or
-FORCE_CUDA=1), otherwise a CppExtension with the CPU kernels only.
+"""Builds r2p1d_ext._C: a CUDAExtension where a GPU is visible to a CUDA torch and nvcc is
+found, or with FORCE_CUDA=1 (torchvision's convention: a machine without a GPU builds the
+CPU-only CppExtension in a few minutes and needs no CUTLASS; CI and `make gpu-check` set
+FORCE_CUDA=1, so the CUDA code is still compiled there).
 
 Environment:
   FORCE_CUDA=1 / FORCE_CPU=1   force the CUDA build / the CPU-only build
@@ -59,7 +61,7 @@ def _use_cuda():
         return False
     if os.environ.get("FORCE_CUDA") == "1":
         return True
-    return torch.version.cuda is not None and _cuda_home is not None and os.path.exists(
+    return torch.cuda.is_available() and _cuda_home is not None and os.path.exists(
         os.path.join(_cuda_home, "bin", "nvcc"))
 
 
@@ -101,8 +103,17 @@ def _extension():
                          include_dirs=include_dirs + [_cutlass_include()], extra_link_args=["-fopenmp"])
 
 
-# Metadata, dependencies, extras and the `r2p1d` script are in pyproject.toml.
-setup(
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-)
+class _BuildExt(BuildExtension.with_options(use_ninja=True)):
+    """Objects in a folder that stays (build/temp-cpu or build/temp-cuda), so that ninja
+    rebuilds only the sources that changed: pip's editable installs would otherwise compile
+    everything again in a fresh temporary folder each time."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = os.path.join(HERE, "build", "temp-cuda" if _use_cuda() else "temp-cpu")
+
+
+# Metadata, dependencies, extras and the `r2p1d` script are in pyproject.toml. Imported (not
+# run) by tests/test_build.py, which asks _extension() what a build would compile.
+if __name__ == "__main__":
+    setup(ext_modules=[_extension()], cmdclass={"build_ext": _BuildExt})
