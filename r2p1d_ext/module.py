@@ -121,10 +121,19 @@ class SpatioTemporalConv(nn.Module):
             raise ValueError(f"{type(self).__name__}: expected input of dtype {weight.dtype} "
                              f"(the module's parameters), got {x.dtype}")
 
+    def _check_unbatched(self, x: Tensor) -> None:
+        """A 4-D input is read as one unbatched (C, T, H, W) clip: say so when its channels
+        do not match (a (N, T, H, W) batch or a clip without its channel dimension)."""
+        if x.shape[0] != self.in_channels:
+            raise ValueError(f"{type(self).__name__}: a 4-D input is read as one unbatched (C, T, H, W) clip, "
+                             f"expected C={self.in_channels}, got shape {tuple(x.shape)}; pass a batch as "
+                             f"(N, {self.in_channels}, T, H, W)")
+
     # -------------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
         unbatched = x.dim() == 4
         if unbatched:
+            self._check_unbatched(x)
             x = x.unsqueeze(0)
         self._check_input(x)
         fmt = _memory_format(x)

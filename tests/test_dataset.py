@@ -133,6 +133,10 @@ def test_empty_folders_give_clear_errors(tmp_path):
     (tmp_path / "train").mkdir()
     with pytest.raises(ValueError, match="holds no class folders"):
         ds.VideoDataset(str(tmp_path), "train")
+    # The split folder given as the root (--data DIR/train): the message names the root to use.
+    with pytest.raises(FileNotFoundError, match=r"looks like a split itself: the dataset root is the folder "
+                                                r"that holds train/ and val/, i\.e\. " + str(tmp_path)):
+        ds.VideoDataset(str(tmp_path / "train"), "train")
     (tmp_path / "train" / "a").mkdir()
     with pytest.raises(ValueError, match="class folder .*a holds no video files"):
         ds.VideoDataset(str(tmp_path), "train")

@@ -13,7 +13,10 @@ def _block(**kw):
 
 
 @pytest.mark.parametrize("shape,match", [
-    ((2, 3, 4, 8), r"5-D \(N, C, T, H, W\).*4-D|expected input with 3 channels"),
+    # 4-D is one unbatched (C, T, H, W) clip: a batch without T says so, with the shape it got
+    ((2, 3, 4, 8), r"a 4-D input is read as one unbatched \(C, T, H, W\) clip, expected C=3, got shape "
+                   r"\(2, 3, 4, 8\); pass a batch as \(N, 3, T, H, W\)"),
+    ((1, 3, 64, 64), r"unbatched \(C, T, H, W\) clip, expected C=3, got shape \(1, 3, 64, 64\)"),
     ((3, 4, 8), r"5-D \(N, C, T, H, W\) or 4-D .*got 3-D"),
     ((2, 3, 4, 8, 8, 1), r"got 6-D"),
 ])

@@ -149,6 +149,41 @@ def test_sync_bn_two_processes_train_as_one_with_twice_the_batch(data, tmp_path)
     assert _relative_distance(_final_model(tmp_path / "plain"), want) > 1e-2
 
 
+def test_user_mistakes_are_one_line_errors(data, capsys):
+    """A mistake in the command is one line on stderr saying what to fix, exit status 2, no
+    traceback; --debug raises it instead. --data given the split folder names the root."""
+    train_dir = os.path.join(data, "train")
+    assert main(["train", "--data", train_dir, "--out", "/nonexistent-run"] + TINY) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"the dataset root is the folder that holds train/ and val/, i.e. {data}" in err
+    assert err.startswith("r2p1d train: error: expected a folder") and "--debug" in err
+    with pytest.raises(FileNotFoundError, match="looks like a split itself"):
+        main(["train", "--debug", "--data", train_dir, "--out", "/nonexistent-run"] + TINY)
+    assert main(["eval", "--data", data, "--checkpoint", "/nonexistent/checkpoint.pt"]) == 2
+    assert "r2p1d eval: error:" in capsys.readouterr().err
+
+
+def test_help_texts_say_every_option_and_its_default(capsys):
+    import argparse
+
+    from r2p1d_ext.train.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) == {"make-synthetic", "prepare", "train", "eval"}
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"r2p1d {name} {action.option_strings[0]} has no help text"
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("clips per step and process (default: 8)", "frames per clip (default: 16)",
+                  "(default: r2plus1d_18)", "(default: 45)"):
+        assert shown in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
 def test_epoch_sampler_shards_and_skips():
     shards = [EpochSampler(7, seed=1, rank=r, world=2) for r in range(2)]
     for s in shards:

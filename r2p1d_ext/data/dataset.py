@@ -58,7 +58,13 @@ class VideoDataset(Dataset):
             raise ValueError(f"expected crop_size <= short_side, got crop {crop_size} > short side {short_side}")
         split_dir = os.path.join(root, split)
         if not os.path.isdir(split_dir):
-            raise FileNotFoundError(f"expected a folder {split_dir} holding one sub-folder per class")
+            hint = ""
+            name = os.path.basename(os.path.normpath(root))
+            if name in ("train", "val", "test") and os.path.isdir(os.path.join(os.path.dirname(
+                    os.path.normpath(root)), split)):
+                hint = (f" ({root} looks like a split itself: the dataset root is the folder that holds "
+                        f"train/ and val/, i.e. {os.path.dirname(os.path.normpath(root)) or '.'})")
+            raise FileNotFoundError(f"expected a folder {split_dir} holding one sub-folder per class{hint}")
         self.classes = sorted(d for d in os.listdir(split_dir)
                               if os.path.isdir(os.path.join(split_dir, d)) and not is_hidden(d))
         if not self.classes:

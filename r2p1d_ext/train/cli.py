@@ -17,6 +17,18 @@ from .evaluation import evaluate_checkpoint
 from .loop import train
 
 
+class _Defaults(argparse.HelpFormatter):
+    """--help shows each option's default where it has one worth showing (not for required
+    options, flags that are off, or options whose help already says it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default not in (None, False, argparse.SUPPRESS) and not action.required
+                and "default" not in text and action.option_strings):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _number(kind, minimum, name):
     """An argparse type: a finite `kind` (int or float) of at least `minimum`, with a message
     naming the option, what was expected and what was given."""
@@ -32,6 +44,27 @@ def _number(kind, minimum, name):
     return parse
 
 
+# What each numeric option of `train` means (its default is shown beside it by --help).
+_HELP = {
+    "epochs": "epochs to train (a resumed run stops here too)",
+    "batch_size": "clips per step and process",
+    "clip_len": "frames per clip",
+    "frame_stride": "take every n-th frame of the video",
+    "short_side": "resize the short side of the frames to this (pixels)",
+    "crop_size": "square crop (random in training, centred in evaluation)",
+    "workers": "DataLoader worker processes decoding videos (0: in the training process)",
+    "eval_clips": "clips per validation video, spread over it (video-level scores average them)",
+    "checkpoint_every": "also write a checkpoint every N steps (0: at epoch ends only)",
+    "stop_after_steps": "stop after N steps of this run with a checkpoint, exit status 3 (0: no limit)",
+    "seed": "seed of the model, the sampling and the augmentation",
+    "step_epochs": "--schedule step: multiply the learning rate by --gamma every N epochs",
+    "lr": "peak learning rate (SGD), for 8 clips per process: scale it with the global batch",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay of the weights (not of biases and BatchNorm)",
+    "warmup_epochs": "linear warm-up of the learning rate, in epochs",
+    "gamma": "--schedule step: the learning-rate factor",
+    "clip_grad": "clip the gradient norm to this (0: off)",
+}
 # Smallest sensible value of each numeric option (1: counts and sizes; 0: may be off).
 _INT_MINIMUM = {"epochs": 1, "batch_size": 1, "clip_len": 1, "frame_stride": 1, "short_side": 1, "crop_size": 1,
                 "workers": 0, "eval_clips": 1, "checkpoint_every": 0, "stop_after_steps": 0, "seed": 0,
@@ -40,17 +73,22 @@ _FLOAT_MINIMUM = {"lr": 1e-12, "momentum": 0.0, "weight_decay": 0.0, "warmup_epo
                   "clip_grad": 0.0}
 
 
-def _train_parser(sub):
-    p = sub.add_parser("train", help="train (or resume) a classifier on DIR/{train,val}/{class}/{videos}")
+def _train_parser(sub, common):
+    p = sub.add_parser("train", help="train (or resume) a classifier on DIR/{train,val}/{class}/{videos}",
+                       parents=[common], formatter_class=_Defaults)
     d = TrainConfig("", "")
-    p.add_argument("--data", required=True, help="dataset root with train/ and val/ class folders")
+    p.add_argument("--data", required=True, help="dataset root: the folder that holds train/ and val/, each with "
+                                                  "one sub-folder of videos per class")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.csv, metrics.json, PNGs")
-    p.add_argument("--arch", default=d.arch, choices=sorted(ARCHS))
+    p.add_argument("--arch", default=d.arch, choices=sorted(ARCHS), help="network")
     for name, minimum in _INT_MINIMUM.items():
-        p.add_argument("--" + name.replace("_", "-"), type=_number(int, minimum, "integer"), default=getattr(d, name))
+        p.add_argument("--" + name.replace("_", "-"), type=_number(int, minimum, "integer"), default=getattr(d, name),
+                       help=_HELP[name])
     for name, minimum in _FLOAT_MINIMUM.items():
-        p.add_argument("--" + name.replace("_", "-"), type=_number(float, minimum, "number"), default=getattr(d, name))
-    p.add_argument("--schedule", default=d.schedule, choices=["cosine", "step"])
+        p.add_argument("--" + name.replace("_", "-"), type=_number(float, minimum, "number"), default=getattr(d, name),
+                       help=_HELP[name])
+    p.add_argument("--schedule", default=d.schedule, choices=["cosine", "step"],
+                   help="learning-rate schedule after the warm-up")
     p.add_argument("--amp", nargs="?", const="bfloat16", default=None, choices=["bfloat16", "float16"],
                    help="mixed precision (default dtype bfloat16; float16 uses a GradScaler on CUDA)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -60,13 +98,14 @@ def _train_parser(sub):
     p.add_argument("--sync-bn", action="store_true",
                    help="with several processes (torchrun), BatchNorm statistics over all of them: the standalone "
                         "layers and the fused blocks (CPU and CUDA)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
-def _prepare_parser(sub):
+def _prepare_parser(sub, common):
     p = sub.add_parser("prepare", help="downsample every video under SRC into DST once (mirrored layout, "
-                                       "short side resized, optional lower fps, a manifest); resumable")
+                                       "short side resized, optional lower fps, a manifest); resumable",
+                       parents=[common], formatter_class=_Defaults)
     p.add_argument("src", help="source folder, e.g. with train/ and val/ class folders of videos")
     p.add_argument("dst", help="output folder (the dataset root to train on)")
     p.add_argument("--short-side", type=_number(int, 2, "integer"), default=128,
@@ -75,7 +114,7 @@ def _prepare_parser(sub):
                    help="lower the frame rate to this (default: keep the source's)")
     p.add_argument("--workers", type=_number(int, 0, "integer"), default=None,
                    help="worker processes (default: one per core; 0: in this process)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
 def _run_prepare(args, parser) -> int:
@@ -95,28 +134,52 @@ def _run_prepare(args, parser) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``r2p1d`` command's parser, with its sub-commands."""
     parser = argparse.ArgumentParser(prog="r2p1d", description="R(2+1)D video classification on fused kernels")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help="on an error, show the whole traceback (default: one line saying what to fix)")
     sub = parser.add_subparsers(dest="command", required=True)
-    ms = sub.add_parser("make-synthetic", help="write the built-in synthetic motion video dataset")
-    ms.add_argument("dir")
-    ms.add_argument("--train-per-class", type=_number(int, 1, "integer"), default=40)
-    ms.add_argument("--val-per-class", type=_number(int, 1, "integer"), default=12)
-    ms.add_argument("--frames", type=_number(int, 1, "integer"), default=16)
-    ms.add_argument("--seed", type=_number(int, 0, "integer"), default=0)
-    _prepare_parser(sub)
-    _train_parser(sub)
-    ev = sub.add_parser("eval", help="evaluate a checkpoint; prints and writes the metrics")
-    ev.add_argument("--data", required=True)
-    ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--split", default="val")
-    ev.add_argument("--batch-size", type=_number(int, 1, "integer"), default=8)
-    ev.add_argument("--workers", type=_number(int, 0, "integer"), default=2)
-    ev.add_argument("--eval-clips", type=_number(int, 1, "integer"), default=None)
-    ev.add_argument("--device", default=None)
+    defaults = _Defaults
+    ms = sub.add_parser("make-synthetic", help="write the built-in synthetic motion video dataset",
+                        parents=[common], formatter_class=defaults)
+    ms.add_argument("dir", help="output folder (train/ and val/ with one folder per motion class)")
+    ms.add_argument("--train-per-class", type=_number(int, 1, "integer"), default=40, help="training videos per class")
+    ms.add_argument("--val-per-class", type=_number(int, 1, "integer"), default=12, help="validation videos per class")
+    ms.add_argument("--frames", type=_number(int, 1, "integer"), default=16, help="frames per video")
+    ms.add_argument("--seed", type=_number(int, 0, "integer"), default=0, help="random seed of the videos")
+    _prepare_parser(sub, common)
+    _train_parser(sub, common)
+    ev = sub.add_parser("eval", help="evaluate a checkpoint; prints and writes the metrics", parents=[common],
+                        formatter_class=defaults)
+    ev.add_argument("--data", required=True, help="dataset root: the folder that holds the split's folder")
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by r2p1d train")
+    ev.add_argument("--split", default="val", help="the split folder under --data")
+    ev.add_argument("--batch-size", type=_number(int, 1, "integer"), default=8, help="clips per batch")
+    ev.add_argument("--workers", type=_number(int, 0, "integer"), default=2, help="DataLoader worker processes")
+    ev.add_argument("--eval-clips", type=_number(int, 1, "integer"), default=None,
+                    help="clips per video (default: the checkpoint's training setting)")
+    ev.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     ev.add_argument("--out", default=None, help="JSON path (default: eval_<split>.json beside the checkpoint)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args, parser)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        # A user's mistake (a path, a size, a dataset that does not fit the options): one line
+        # saying what to fix, exit status 2 like argparse's own errors; --debug shows where.
+        if args.debug:
+            raise
+        print(f"r2p1d {args.command}: error: {err} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+
+
+def _run(args, parser) -> int:
     if args.command == "make-synthetic":
         from ..data.synthetic import make_synthetic
         counts = make_synthetic(args.dir, (args.train_per_class, args.val_per_class), frames=args.frames,
