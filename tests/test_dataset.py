@@ -1,5 +1,7 @@
 """VideoDataset and the synthetic video generator: layout, decoding, sampling, edge cases."""
 import os
+import subprocess
+import sys
 import warnings
 
 import cv2
@@ -162,3 +164,33 @@ def test_synthetic_classes_differ_only_in_motion():
         assert np.abs(v[0].astype(int) - v[-1].astype(int)).mean() > 1  # it moves
     with pytest.raises(ValueError, match="unknown synthetic classes"):
         make_synthetic("/nonexistent", classes=["sideways"], progress=False)
+
+
+def test_a_damaged_video_prints_one_line_not_decoder_output(tmp_path):
+    """A video whose middle is zeroed, in a dataset read by a DataLoader worker: stderr holds
+    one line, ours, skipping it (no line of torch's code with it), and none of FFmpeg's (it
+    logs why it cannot read the file; a file it can open but not decode makes it log every
+    damaged macroblock, thousands of lines, which the same default silences)."""
+    root = tmp_path / "data"
+    (root / "train" / "a").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("good", "bad"):
+        _write(str(root / "train" / "a" / f"{name}.mp4"), rng.integers(0, 255, (60, 48, 64, 3), dtype=np.uint8))
+    bad = root / "train" / "a" / "bad.mp4"
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 4: 3 * len(data) // 4] = bytes(len(data) // 2)
+    bad.write_bytes(data)
+    code = "\n".join([
+        "import sys, torch",
+        "from r2p1d_ext.data.dataset import VideoDataset",
+        f"d = VideoDataset({str(root)!r}, 'train', clip_len=40, short_side=48, crop_size=40, seed=0)",
+        "loader = torch.utils.data.DataLoader(d, batch_size=1, num_workers=1)",
+        "print('failed', sorted(int(b[3]) for b in loader))",
+    ])
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, "\n".join(lines[:20])
+    assert "skipping video" in lines[0] and "bad.mp4" in lines[0] and "torch" not in lines[0], lines[0]

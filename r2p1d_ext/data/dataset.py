@@ -193,7 +193,10 @@ def _read_manifest(root: str, manifest: Union[str, None]):
 
 
 def _warn_skip(path: str, why: str) -> None:
-    warnings.warn(f"skipping video {path}: {why}", RuntimeWarning, stacklevel=3)
+    """One line: `r2p1d_ext.data: RuntimeWarning: skipping video ...`. Raised inside a
+    DataLoader worker, a plain warnings.warn would name (and print a line of) torch's own
+    fetch code, which says nothing to the user."""
+    warnings.warn_explicit(f"skipping video {path}: {why}", RuntimeWarning, "r2p1d_ext.data", 0)
 
 
 def count_failed(failed: torch.Tensor, seen: set) -> None:

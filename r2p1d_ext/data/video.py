@@ -2,10 +2,16 @@
 one clip decoded with one seek and sequential reads."""
 from __future__ import annotations
 
+import os
 from typing import Dict
 
-import cv2
-import numpy as np
+# FFmpeg logs every damaged macroblock of a corrupt video (thousands of lines for one bad
+# file, burying the dataset's one-line warning): quiet, unless the user set its level.
+# OpenCV reads the variable when it first opens a file, so setting it here is in time.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
