@@ -184,6 +184,16 @@ def test_help_texts_say_every_option_and_its_default(capsys):
     assert "(default: None)" not in text and "(default: False)" not in text
 
 
+def test_epoch_line_counts_skipped_videos_and_shows_top5_only_where_it_says_something():
+    from r2p1d_ext.train.reports import epoch_line
+
+    row = {"epoch": 3, "train_loss": 0.5, "train_top1": 0.8, "val_loss": 0.6, "val_top1": 0.7, "val_top5": 1.0,
+           "val_video_top1": 0.75, "skipped_videos": 2}
+    three = epoch_line(row, 3)
+    assert "top-5" not in three and three.endswith("video top-1 0.750 | 2 videos skipped"), three
+    assert "top-5 1.000" in epoch_line(row, 7)
+
+
 def test_epoch_sampler_shards_and_skips():
     shards = [EpochSampler(7, seed=1, rank=r, world=2) for r in range(2)]
     for s in shards:

@@ -15,6 +15,7 @@ from ..models import ARCHS
 from .config import TrainConfig
 from .evaluation import evaluate_checkpoint
 from .loop import train
+from .reports import shows_top5
 
 
 class _Defaults(argparse.HelpFormatter):
@@ -197,7 +198,8 @@ def _run(args, parser) -> int:
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"eval_{args.split}.json")
     with open(out, "w") as f:
         json.dump(metrics, f, indent=2)
-    print(f"{args.split}: clip top-1 {metrics['val_top1']:.4f}  top-5 {metrics['val_top5']:.4f}  "
+    top5 = f"top-5 {metrics['val_top5']:.4f}  " if shows_top5(len(metrics["classes"])) else ""
+    print(f"{args.split}: clip top-1 {metrics['val_top1']:.4f}  {top5}"
           f"video top-1 {metrics['val_video_top1']:.4f}  loss {metrics['val_loss']:.4f}  "
           f"(epoch {metrics['epoch']}, {metrics['skipped_videos']} videos skipped) -> {out}")
     return 0

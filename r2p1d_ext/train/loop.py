@@ -295,7 +295,7 @@ class _Run:
                    + int(failed_count) + metrics["val_failed_videos"]}
             p.history.append(row)
             self.result = reports.write(row, p.history, self.classes, metrics["confusion"])
-            self.say(epoch_line(row))
+            self.say(epoch_line(row, len(self.classes)))
         if self.ddp.enabled:
             box = [p.history]
             dist.broadcast_object_list(box, src=0)

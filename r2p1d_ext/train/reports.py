@@ -25,10 +25,16 @@ def append_csv(path: str, row: Dict[str, Any]) -> None:
         writer.writerow(row)
 
 
-def epoch_line(row: Dict[str, Any]) -> str:
+def shows_top5(num_classes: int) -> bool:
+    """Whether top-5 accuracy says anything: with 5 classes or fewer it is always 1."""
+    return num_classes > 5
+
+
+def epoch_line(row: Dict[str, Any], num_classes: int) -> str:
+    top5 = f"top-5 {row['val_top5']:.3f} " if shows_top5(num_classes) else ""
     return (f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} top-1 {row['train_top1']:.3f} | "
-            f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.3f} top-5 {row['val_top5']:.3f} "
-            f"video top-1 {row['val_video_top1']:.3f}")
+            f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.3f} {top5}"
+            f"video top-1 {row['val_video_top1']:.3f} | {row['skipped_videos']} videos skipped")
 
 
 def _pyplot():
@@ -42,7 +48,7 @@ def _pyplot():
     return plt
 
 
-def plot_curves(history: List[Dict[str, Any]], path: str) -> bool:
+def plot_curves(history: List[Dict[str, Any]], path: str, num_classes: int) -> bool:
     plt = _pyplot()
     if plt is None:
         return False
@@ -53,6 +59,8 @@ def plot_curves(history: List[Dict[str, Any]], path: str) -> bool:
     a.set_xlabel("epoch"); a.set_ylabel("cross-entropy"); a.legend(); a.set_title("loss")
     for key, label in (("train_top1", "train clip top-1"), ("val_top1", "val clip top-1"),
                        ("val_top5", "val clip top-5"), ("val_video_top1", "val video top-1")):
+        if key == "val_top5" and not shows_top5(num_classes):
+            continue
         b.plot(epochs, [h[key] for h in history], "o-", label=label)
     b.set_ylim(0, 1.02); b.set_xlabel("epoch"); b.set_ylabel("accuracy"); b.legend(fontsize=8)
     b.set_title("accuracy")
@@ -111,6 +119,6 @@ class EpochReports:
         self.tensorboard.log(row, row["step"])
         result = {**row, "classes": classes, "confusion": confusion, "history": history}
         write_json(os.path.join(self.folder, "metrics.json"), result)
-        plot_curves(history, os.path.join(self.folder, "curves.png"))
+        plot_curves(history, os.path.join(self.folder, "curves.png"), len(classes))
         plot_confusion(confusion, classes, os.path.join(self.folder, "confusion.png"))
         return result
