@@ -71,6 +71,11 @@ SPATIAL_NAMES = ["y", "mean", "var", "grad x", "grad w", "grad b"]
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", SPATIAL_CASES)
 def test_spatial_ops(case, dtype, tile):
+    _check_spatial_ops(case, dtype, tile)
+
+
+def _check_spatial_ops(case, dtype, tile):
+    """Both spatial ops on the emulator with tile shape `tile` against float64."""
     x, w, b, st, pd, gy, gmean, gvar = _spatial_inputs(case, dtype)
     y, mean, var = EMU.spatial_conv_stats(x, w, b, st, pd, 132, tile)
     assert y.is_contiguous(memory_format=torch.channels_last_3d) and y.dtype == dtype
@@ -99,6 +104,11 @@ def _temporal_reference(y, mean, scale, shift, w, b, st, pt, grad_out):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", TEMPORAL_CASES)
 def test_temporal_ops(case, dtype, tile):
+    _check_temporal_ops(case, dtype, tile)
+
+
+def _check_temporal_ops(case, dtype, tile):
+    """Both temporal ops on the emulator with tile shape `tile` against float64."""
     y, mean, scale, shift, w, b, st, pt = _temporal_inputs(case, dtype)
     out = EMU.temporal_conv_bnrelu(y, mean, scale, shift, w, b, st, pt, 132, tile)
     assert out.is_contiguous(memory_format=torch.channels_last_3d) and out.dtype == dtype
@@ -183,19 +193,8 @@ def test_forwards_split_k():
 def test_every_tile_shape(tile, dtype):
     """The tile shapes past the two of test_spatial_ops/test_temporal_ops (csrc/tc/plan.h's
     lists; an index past a list's end runs the plan's choice) on the past-tile cases."""
-    x, w, b, st, pd, gy, gmean, gvar = _spatial_inputs("past-tile", dtype)
-    got = (*EMU.spatial_conv_stats(x, w, b, st, pd, 132, tile),)
-    got += EMU.spatial_conv_backward(gy, x, w, got[0], got[1], gmean, gvar, st, pd, [True] * 3, 132, tile)
-    for name, a, r in zip(SPATIAL_NAMES, got, spatial_reference(x, w, b, st, pd, gy, gmean, gvar)):
-        assert_close(a, r, TC_TOL[dtype], f"tile {tile} spatial {name}")
-    y, mean, scale, shift, w, b, st, pt = _temporal_inputs("past-tile", dtype)
-    out = EMU.temporal_conv_bnrelu(y, mean, scale, shift, w, b, st, pt, 132, tile)
-    grad_out = _rand(out.shape, dtype, torch.Generator().manual_seed(2))
-    grads = EMU.temporal_conv_bnrelu_backward(grad_out, y, mean, scale, shift, w, st, pt, [True] * 6, 132, tile)
-    ref, want = _temporal_reference(y, mean, scale, shift, w, b, st, pt, grad_out)
-    assert_close(out, ref, TC_TOL[dtype], f"tile {tile} temporal out")
-    for name, a, r in zip(["y", "mean", "scale", "shift", "weight", "bias"], grads, want):
-        assert_close(a, r, TC_TOL[dtype], f"tile {tile} temporal grad {name}")
+    _check_spatial_ops("past-tile", dtype, tile)
+    _check_temporal_ops("past-tile", dtype, tile)
 
 
 def _misaligned(t):
