@@ -15,39 +15,43 @@ PIP := $(PY) -m pip
 
 all: install
 
-# torch 2.14.1 is the CUDA 13 build (so the .cu files compile, with no GPU needed);
-# torchvision is test-only (fuse() on its r2plus1d_18); matplotlib draws the benchmark and
-# training-curve PNGs; onnx/onnxscript/onnxruntime: the ONNX export tests (tests/test_deploy.py).
-# The same sets are pyproject.toml's extras (train, test).
-# nvidia-cutlass: the CUTLASS/CuTe headers of the tensor-core kernels, installed without
-# its dependencies (they serve its Python generator, which we do not use).
-# nvidia-cuda-cuobjdump/-nvdisasm: the SASS of the built kernels for bench/tc_sass.py (the
-# toolkit here lacks them).
+# torch 2.14.1 is the CUDA 13 build (so the .cu files compile, with no GPU needed). Two sets,
+# so that `make demo` installs only what it runs (pyproject.toml's extras hold the same):
+# - base: the build tools and the [train] extra (OpenCV, NumPy, tqdm, matplotlib), then
+#   nvidia-cutlass (the CUTLASS/CuTe headers of the tensor-core kernels) without its
+#   dependencies (they serve its Python generator, which we do not use). NumPy comes first:
+#   a later pip run that installs NumPy would print a resolver ERROR about them.
+# - test: torchvision (fuse() on its r2plus1d_18), pytest, hypothesis, onnx/onnxscript/
+#   onnxruntime (the ONNX export tests) and nvidia-cuda-cuobjdump/-nvdisasm (the SASS of the
+#   built kernels for bench/tc_sass.py; the toolkit here lacks them).
 CUTLASS ?= 4.2.0.0
 CUDA_TOOLS ?= 13.2.86
-$(VENV)/.deps:
+$(VENV)/.deps-base:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install "torch==$(TORCH)" "torchvision==$(TORCHVISION)" ninja pybind11 \
-		opencv-python-headless tqdm matplotlib pytest hypothesis onnx onnxscript onnxruntime
+	$(PIP) install "torch==$(TORCH)" setuptools ninja pybind11 numpy opencv-python-headless tqdm matplotlib
 	$(PIP) install --no-deps "nvidia-cutlass==$(CUTLASS)"
+	touch $@
+
+$(VENV)/.deps-test: $(VENV)/.deps-base
+	$(PIP) install "torchvision==$(TORCHVISION)" pytest hypothesis onnx onnxscript onnxruntime
 	$(PIP) install --no-deps "nvidia-cuda-cuobjdump==$(CUDA_TOOLS)" "nvidia-cuda-nvdisasm==$(CUDA_TOOLS)"
 	touch $@
 
 # Incremental: ninja rebuilds only the sources that changed (setup.py keeps the objects in
 # build/temp-cpu or build/temp-cuda). Without a GPU the build is CPU-only unless FORCE_CUDA=1
 # (.ci/run sets it, so CI compiles the CUDA code too).
-install: $(VENV)/.deps
+install: $(VENV)/.deps-base
 	$(PIP) install --no-build-isolation -e .
 
-test: install
+test: install $(VENV)/.deps-test
 	$(PY) -m pytest tests -q
 
 # The main job: generate the synthetic motion videos (once), train a small R(2+1)D on the
 # fused CPU kernels, evaluate it. Writes runs/demo/{metrics.json,curves.png,confusion.png}.
 DEMO_DATA ?= data/synthetic
 DEMO_RUN  ?= runs/demo
-DEMO_ARGS ?= --arch r2plus1d_10 --epochs 12 --batch-size 8 --clip-len 8 --short-side 64 \
+DEMO_ARGS ?= --arch r2plus1d_10 --epochs 8 --batch-size 8 --clip-len 8 --short-side 64 \
 	--crop-size 56 --lr 0.01 --no-hflip --workers 1
 demo: install
 	test -f $(DEMO_DATA)/.complete || $(PY) -m r2p1d_ext.cli make-synthetic $(DEMO_DATA)
@@ -56,14 +60,15 @@ demo: install
 
 # The tensor-core kernels measured without a GPU (bench/tc_report.py): every GEMM of
 # R(2+1)D-18 on the emulator's counters and the SASS; bench/results/<date>-tc-report.*.
-tc-report: install
+tc-report: install $(VENV)/.deps-test
 	$(PY) bench/tc_report.py
 
-bench: install
+bench: install $(VENV)/.deps-test
 	$(PY) bench/bench_block.py
 	$(PY) bench/bench_network.py
 	$(PY) bench/bench_inference.py
 	$(PY) bench/bench_data.py
+	$(PY) bench/bench_predict.py
 
 # The GPU machines have no network: the wheels their stock PyTorch image lacks travel in
 # .whl/ (git-ignored). Run this where the package registry is reachable.

@@ -15,6 +15,7 @@ The CUDA build needs the CUTLASS/CuTe headers of the `nvidia-cutlass` package (h
 """
 import glob
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -113,7 +114,19 @@ class _BuildExt(BuildExtension.with_options(use_ninja=True)):
         self.build_temp = os.path.join(HERE, "build", "temp-cuda" if _use_cuda() else "temp-cpu")
 
 
+def _write_build_info(cuda: bool) -> None:
+    """r2p1d_ext/_build_info.json: what this build is made of, for `r2p1d check` (git-ignored;
+    package data, so a wheel carries it). Written before setup() so every build copies it."""
+    info = {"torch": torch.__version__, "cuda": cuda, "cuda_version": torch.version.cuda if cuda else None,
+            "cuda_archs": os.environ.get("TORCH_CUDA_ARCH_LIST") if cuda else None}
+    with open(os.path.join(HERE, "r2p1d_ext", "_build_info.json"), "w") as f:
+        json.dump(info, f, indent=2)
+
+
 # Metadata, dependencies, extras and the `r2p1d` script are in pyproject.toml. Imported (not
 # run) by tests/test_build.py, which asks _extension() what a build would compile.
 if __name__ == "__main__":
-    setup(ext_modules=[_extension()], cmdclass={"build_ext": _BuildExt})
+    extension = _extension()
+    _write_build_info(_use_cuda())
+    setup(ext_modules=[extension], cmdclass={"build_ext": _BuildExt},
+          package_data={"r2p1d_ext": ["_build_info.json"]})

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPU inference benchmark (the table of docs/inference.md): r2plus1d_18 (torchvision's layout) fused
 against the same network unfused in eager PyTorch (contiguous and channels_last_3d) and the
-eager network exported to ONNX in ONNX Runtime and OpenVINO (bench/engines.py), float32,
+eager network exported to ONNX in ONNX Runtime and OpenVINO (r2p1d_ext/tools/engines.py), float32,
 the same weights and input everywhere, at several batch x clip-length sizes.
 
 The implementations are timed in interleaved rounds (fused, eager, eager_cl, onnxruntime,
@@ -26,9 +26,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import engines  # noqa: E402
-from common import RESULTS, commit, device_name, pyplot, save, save_figure  # noqa: E402
+from common import RESULTS, commit, device_name, pyplot, save, save_figure  # noqa: E402  (puts the repo on the path)
 from r2p1d_ext import models, reference  # noqa: E402
+from r2p1d_ext.tools import engines  # noqa: E402
 
 ARCHS = models.ARCHS
 

@@ -5,6 +5,7 @@ an old path still load."""
 from __future__ import annotations
 
 import importlib
+import sys
 import warnings
 from typing import Callable, List, Tuple
 
@@ -19,9 +20,12 @@ def forward(old: str, *new: str) -> Tuple[Callable[[str], object], Callable[[], 
                 module = importlib.import_module(target)
                 if hasattr(module, name):
                     value = getattr(module, name)
-                    # Name the module that defines it (targets re-export some names).
+                    # Name the module that defines it (targets re-export some names), where
+                    # it goes by the same name there.
                     home = getattr(value, "__module__", None)
-                    home = home if isinstance(home, str) and home.startswith("r2p1d_ext.") else target
+                    defined = isinstance(home, str) and home.startswith("r2p1d_ext.") and \
+                        getattr(sys.modules.get(home), name, None) is value
+                    home = home if defined else target
                     warnings.warn(f"{old}.{name} is deprecated: use {home}.{name} ({old} moved)",
                                   DeprecationWarning, stacklevel=2)
                     return value

@@ -1,12 +1,14 @@
 """Atomic file writes, shared by the data layer (the prepare manifest) and the training
-application (checkpoints, JSON logs). Standard library only."""
+application (checkpoints, JSON logs), and the checkpoint reader that falls back to the
+previous file (torch.load with weights_only=True)."""
 from __future__ import annotations
 
 import glob
 import json
 import os
 import tempfile
-from typing import IO, Any, Callable, List, Sequence
+import warnings
+from typing import IO, Any, Callable, Dict, List, Sequence
 
 TMP_PREFIX, TMP_SUFFIX = ".tmp-", ".pt"
 
@@ -53,3 +55,25 @@ def remove_stale_temporaries(folder: str, suffixes: Sequence[str] = (TMP_SUFFIX,
     for tmp in stale:
         os.unlink(tmp)
     return stale
+
+
+def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
+    """The checkpoint at ``path``; if it cannot be read, the previous one (``previous(path)``)
+    with a warning naming the bad file; a clear error when neither can be read."""
+    import torch  # here: the data layer's users of this module need no torch at import
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # truncated or corrupt: torch.load raises several kinds
+        prev = previous(path)
+        if not os.path.exists(prev):
+            raise RuntimeError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}) and there is "
+                               f"no {prev} to fall back to; restore it from a copy, or delete it to start over") from err
+        warnings.warn(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); using the previous "
+                      f"one, {prev} (delete {path} to silence this)", RuntimeWarning, stacklevel=2)
+        try:
+            return torch.load(prev, map_location=map_location, weights_only=True)
+        except Exception as err2:
+            raise RuntimeError(f"checkpoints {path} and {prev} both cannot be read ({err2}); restore one from "
+                               "a copy, or delete both to start over") from err2

@@ -21,9 +21,10 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from . import _C  # noqa: F401  (importing runs the TORCH_LIBRARY registrations)
+from . import _extension
 from ._args import output_size
 
+_C = _extension.load()  # importing it runs the TORCH_LIBRARY registrations
 _ops = torch.ops.r2p1d
 
 

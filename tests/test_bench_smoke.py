@@ -18,6 +18,8 @@ CASES = {
     "bench_inference": ["--arch", "r2plus1d_10", "--sizes", "1x2", "--crop", "32", "--warmup", "0", "--rounds", "1",
                         "--repeats", "1"],
     "bench_data": ["--videos", "1", "--seconds", "1", "--many", "4", "--workers", "1", "--clips", "2", "--repeats", "1"],
+    "bench_predict": ["--videos", "1", "--seconds", "1", "--clips", "1", "--batch", "1", "--workers", "1", "--arch",
+                      "r2plus1d_10", "--repeats", "1"],
     "bench_sync_bn": ["--batch", "1", "--clip-len", "2", "--crop", "32", "--warmup", "0", "--repeats", "1"],
 }
 
@@ -26,7 +28,7 @@ CASES = {
 def test_benchmark_script_runs(script, tmp_path):
     out = tmp_path / f"{script}.json"
     args = CASES[script] + ["--out", str(out)]
-    if script == "bench_data":
+    if script in ("bench_data", "bench_predict"):
         args += ["--data", str(tmp_path / "videos")]
     done = subprocess.run([sys.executable, os.path.join("bench", script + ".py"), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)

@@ -34,10 +34,6 @@ def test_cuda_kernel_compiled_and_registered(op):
     assert _has_kernel(op, "CUDA"), "torch has CUDA and nvcc is present, but the CUDA kernels were not built"
 
 
-CUDA_BUILD = os.environ.get("FORCE_CPU") != "1" and (os.environ.get("FORCE_CUDA") == "1" or torch.cuda.is_available())
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 @pytest.mark.skipif(not CUDA_BUILD, reason="no GPU and no FORCE_CUDA=1: a CppExtension build")
 def test_tensor_core_kernels_compiled():
     """The tensor-core GEMM kernels (csrc/tc/, launched from csrc/cuda/igemm/) are in the library: their device entry

@@ -72,7 +72,7 @@ def _layer(name):
     """The layers, bottom up: the kernel library, the models, fuse and the package's front,
     then the data layer and the training application beside them, the entry points last."""
     tail = name[len("r2p1d_ext."):] if name != "r2p1d_ext" else ""
-    if tail in ("_C", "_args", "_io", "_extras", "_deprecated"):
+    if tail in ("_C", "_extension", "_args", "_io", "_extras", "_deprecated", "_cli_common"):
         return 0
     if tail in ("ops", "reference", "folding", "measure", "sync_bn"):
         return 1
@@ -82,7 +82,7 @@ def _layer(name):
         return 3
     if tail.startswith("models"):
         return 4
-    if tail in ("fuse", ""):
+    if tail in ("fuse", "") or tail.startswith("tools"):
         return 5
     if tail.startswith("data"):
         return 6

@@ -41,6 +41,8 @@ def _config(data, out, **kw):
 def test_cli_train_and_eval_end_to_end(data, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data", data, "--out", str(out), "--epochs", "1"] + TINY) == 0
+    first = capsys.readouterr().out.splitlines()[0]  # the start-of-run summary
+    assert first.startswith("training r2plus1d_10 (") and "on 2 classes:" in first and "-> " + str(out) in first, first
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("epoch", "train_loss", "val_top1", "val_top5", "val_video_top1", "confusion", "history"):
         assert key in metrics
@@ -170,7 +172,7 @@ def test_help_texts_say_every_option_and_its_default(capsys):
     from r2p1d_ext.train.cli import build_parser
 
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(commands) == {"make-synthetic", "prepare", "train", "eval"}
+    assert set(commands) == {"make-synthetic", "prepare", "train", "eval", "predict", "check", "export", "bench"}
     for name, sub in commands.items():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":

@@ -10,12 +10,14 @@
 #   3. without a GPU: says so and exits 0 (the build is the check);
 #   4. the CUDA tests: tests/test_cuda_tc.py, then every test parametrized over "cuda"
 #      (the CPU suite is CI's job), over pytest-xdist workers;
-#   5. compute-sanitizer (memcheck, racecheck, synccheck, initcheck) on one tiny case of
+#   5. `r2p1d check --device cuda --quick`: what a user with a GPU runs to verify the build (every
+#      CUDA kernel family and dtype against the reference), its table in check.log;
+#   6. compute-sanitizer (memcheck, racecheck, synccheck, initcheck) on one tiny case of
 #      every tensor-core and every direct kernel (tools/sanitizer_cases.py);
-#   6. a short benchmark: the block in bf16 at batch 32 x 16x112x112, no torch.compile
-#      baseline (`make gpu-bench` has the long ones).
+#   7. a short benchmark: the block in bf16 at batch 32 x 16x112x112, conv2_x and conv3_x,
+#      no torch.compile baseline (`make gpu-bench` has the long ones).
 # Logs go to ${OUT:-bench/results}: gpu-check.log (the summary), build.log, tests.log,
-# sanitizer.log, block-bf16.json; each is written as its step ends, so a run cut short still
+# check.log, check.json, sanitizer.log, block-bf16.json; each is written as its step ends, so a run cut short still
 # reports what it did. Exit status: non-zero when the build, a test or a sanitizer fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +50,14 @@ for part in "tests/test_cuda_tc.py" "tests -k cuda --ignore=tests/test_cuda_tc.p
 done
 grep -E "^(FAILED|ERROR) " "$OUT/tests.log" | head -40 | tee -a "$SUMMARY"
 
+section "r2p1d check --device cuda --quick"
+start=$SECONDS
+"$PY" -m r2p1d_ext.cli check --device cuda --quick --json "$OUT/check.json" > "$OUT/check.log" 2>&1
+rc=$?
+say "r2p1d check --device cuda --quick: $(tail -1 "$OUT/check.log") (rc $rc, $((SECONDS - start)) s)"
+grep -E " FAIL" "$OUT/check.log" | head -20 | tee -a "$SUMMARY"
+[ $rc -eq 0 ] || status=1
+
 section "compute-sanitizer"
 : > "$OUT/sanitizer.log"
 if ! command -v compute-sanitizer > /dev/null; then
@@ -72,7 +82,7 @@ if [ "${GPU_CHECK_BENCH:-1}" = 0 ]; then
 fi
 section "short benchmark"
 bench block-bf16 bench/bench_block.py --device cuda --dtype bfloat16 --batch 32 --clip-len 16 \
-  --warmup 5 --repeats 20 --no-memory --out "$OUT/block-bf16.json"
+  --stages conv2_x,conv3_x --warmup 5 --repeats 20 --no-memory --out "$OUT/block-bf16.json"
 rm -f "$OUT/block-bf16.png"
 say "done: exit $status"
 exit $status

@@ -35,7 +35,8 @@ EXAMPLE_SECONDS = 0.15      # per hypothesis example of a CUDA test (50 per test
 COMPILE_TEST_SECONDS = 40.0  # per test that runs torch.compile (Inductor compiles on the GPU)
 SANITIZER_RUNS = 4          # memcheck, racecheck, synccheck, initcheck, each over both families
 SANITIZER_SECONDS = 40.0    # per run: start-up under the tool and the tiny cases
-BENCH_SECONDS = 60.0        # bench_block bf16, batch 32 x 16x112x112, no compile, no memory
+CHECK_SECONDS = 25.0        # r2p1d check --device cuda --quick: both families, 2 block shapes, every dtype
+BENCH_SECONDS = 30.0        # bench_block bf16, batch 32 x 16x112x112, conv2_x and conv3_x, no compile or memory
 BUDGET = 7 * 60
 
 
@@ -90,9 +91,10 @@ def main() -> int:
          f"{sum(times.values()):.0f} s in all, measured here)", build_seconds(times)),
         (f"CUDA tests: {len(tests)} ({len(hypothesis)} with 50 random examples, {len(compiled)} torch.compile) "
          f"on {WORKERS} workers", test_seconds),
+        ("r2p1d check --device cuda --quick (both kernel families, every dtype)", CHECK_SECONDS),
         (f"compute-sanitizer: {SANITIZER_RUNS} runs (memcheck, racecheck, synccheck, initcheck; both families)",
          SANITIZER_RUNS * SANITIZER_SECONDS),
-        ("short benchmark: block bf16, batch 32 x 16x112x112", BENCH_SECONDS),
+        ("short benchmark: block bf16, batch 32 x 16x112x112, conv2_x and conv3_x", BENCH_SECONDS),
     ]
     print("make gpu-check, dry run: the steps on the GPU machine and their estimated time")
     for what, seconds in steps:
@@ -102,7 +104,8 @@ def main() -> int:
           f"{'' if total <= BUDGET else ': OVER'})")
     print("Assumptions (tools/gpu_check_estimate.py): the GPU machine's cores as fast as this machine's; "
           f"{TEST_SECONDS} s per CUDA test, {EXAMPLE_SECONDS} s per random example, {COMPILE_TEST_SECONDS:.0f} s per "
-          f"torch.compile test, {SANITIZER_SECONDS:.0f} s per sanitizer run, {BENCH_SECONDS:.0f} s for the benchmark.")
+          f"torch.compile test, {SANITIZER_SECONDS:.0f} s per sanitizer run, {CHECK_SECONDS:.0f} s for r2p1d check, "
+          f"{BENCH_SECONDS:.0f} s for the benchmark.")
     return 0 if total <= BUDGET else 1
 
 

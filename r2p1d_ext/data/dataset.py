@@ -121,34 +121,15 @@ class VideoDataset(Dataset):
 
     # ------------------------------------------------------------------ sampling
     def clip_start(self, frames: int, clip: int, rng: np.random.Generator) -> int:
-        span = (self.clip_len - 1) * self.frame_stride + 1
-        room = max(0, frames - span)
         if self.train:
-            return int(rng.integers(0, room + 1))
-        if self.clips_per_video == 1:
-            return room // 2
-        return round(clip * room / (self.clips_per_video - 1))
+            span = (self.clip_len - 1) * self.frame_stride + 1
+            return int(rng.integers(0, max(0, frames - span) + 1))
+        return clip_starts(frames, self.clip_len, self.frame_stride, self.clips_per_video)[clip]
 
     def transform(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         """(T, H, W, 3) uint8 RGB -> (3, T, crop, crop) normalised float32."""
-        t, h, w, _ = frames.shape
-        scale = self.short_side / min(h, w)
-        nh, nw = max(self.short_side, round(h * scale)), max(self.short_side, round(w * scale))
-        if (nh, nw) == (h, w):  # a prepared video at this short side: nothing to resize
-            resized = frames
-        else:
-            resized = np.stack([cv2.resize(f, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1
-                                           else cv2.INTER_LINEAR) for f in frames])
-        c = self.crop_size
-        if self.train:
-            top, left = int(rng.integers(0, nh - c + 1)), int(rng.integers(0, nw - c + 1))
-        else:
-            top, left = (nh - c) // 2, (nw - c) // 2
-        clip = resized[:, top:top + c, left:left + c]
-        if self.train and self.hflip and rng.random() < 0.5:
-            clip = clip[:, :, ::-1]
-        clip = (clip.astype(np.float32) - self.mean) / self.std
-        return torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))
+        return resize_crop_normalise(frames, self.short_side, self.crop_size, self.mean, self.std,
+                                     rng if self.train else None, self.hflip)
 
     def __getitem__(self, index: int):
         """(clip, label, video index, index of a video that failed here or -1)."""
@@ -169,6 +150,40 @@ class VideoDataset(Dataset):
         # Never another video's clip under this one's id and label: a flagged blank.
         c = self.crop_size
         return torch.zeros(3, self.clip_len, c, c), label, video, video
+
+
+def clip_starts(frames: int, clip_len: int, frame_stride: int, clips: int) -> List[int]:
+    """The first frames of `clips` evaluation clips of a `frames`-frame video: uniformly
+    spaced from its start to its last full clip (one clip: the centred one)."""
+    room = max(0, frames - ((clip_len - 1) * frame_stride + 1))
+    if clips == 1:
+        return [room // 2]
+    return [round(c * room / (clips - 1)) for c in range(clips)]
+
+
+def resize_crop_normalise(frames: np.ndarray, short_side: int, crop_size: int, mean: np.ndarray, std: np.ndarray,
+                          rng: Optional[np.random.Generator] = None, hflip: bool = False) -> torch.Tensor:
+    """(T, H, W, 3) uint8 RGB -> (3, T, crop, crop) float32: short side resized to
+    `short_side`, then a centre crop (rng None: evaluation) or a random crop and, with
+    `hflip`, a random flip; (x - mean) / std with mean/std in 0-255 units."""
+    t, h, w, _ = frames.shape
+    scale = short_side / min(h, w)
+    nh, nw = max(short_side, round(h * scale)), max(short_side, round(w * scale))
+    if (nh, nw) == (h, w):  # a prepared video at this short side: nothing to resize
+        resized = frames
+    else:
+        resized = np.stack([cv2.resize(f, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1
+                                       else cv2.INTER_LINEAR) for f in frames])
+    c = crop_size
+    if rng is not None:
+        top, left = int(rng.integers(0, nh - c + 1)), int(rng.integers(0, nw - c + 1))
+    else:
+        top, left = (nh - c) // 2, (nw - c) // 2
+    clip = resized[:, top:top + c, left:left + c]
+    if rng is not None and hflip and rng.random() < 0.5:
+        clip = clip[:, :, ::-1]
+    clip = (clip.astype(np.float32) - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))
 
 
 def _read_manifest(root: str, manifest: Union[str, None]):

@@ -3,7 +3,7 @@ one clip decoded with one seek and sequential reads."""
 from __future__ import annotations
 
 import os
-from typing import Dict
+from typing import Dict, Tuple
 
 # FFmpeg logs every damaged macroblock of a corrupt video (thousands of lines for one bad
 # file, burying the dataset's one-line warning): quiet, unless the user set its level.
@@ -24,20 +24,27 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def probe_frame_count(path: str) -> int:
-    """Frames in the video as its container reports them (0 if it cannot be opened)."""
+def probe_video(path: str) -> Tuple[int, float]:
+    """(frames, frames per second) as the container reports them; the frames counted by
+    decoding where it does not say; (0, 0.0) if the file cannot be opened."""
     cap = cv2.VideoCapture(path)
     try:
         if not cap.isOpened():
-            return 0
+            return 0, 0.0
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         if n <= 0:  # some containers do not say: count by decoding
             n = 0
             while cap.grab():
                 n += 1
-        return n
+        return n, fps if fps > 0 and fps == fps else 0.0
     finally:
         cap.release()
+
+
+def probe_frame_count(path: str) -> int:
+    """Frames in the video as its container reports them (0 if it cannot be opened)."""
+    return probe_video(path)[0]
 
 
 def read_frames(path: str, start: int, count: int, stride: int, total: int) -> np.ndarray:

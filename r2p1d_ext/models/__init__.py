@@ -6,31 +6,20 @@
 * the paper's original R2Plus1D-PyTorch layout (:mod:`.r2plus1d`): ``R2Plus1DNet`` and
   ``R2Plus1DClassifier``.
 
-``build_model(arch, num_classes)`` builds a torchvision-layout network by name (``ARCHS``).
+``build_model(arch, num_classes)`` builds a torchvision-layout network by name (``ARCHS``);
+``load_model(path)`` a trained one from a checkpoint or a torchvision state_dict, and
+``load_initial_weights`` starts a fine-tuning run from one (:mod:`.loading`).
 """
 from __future__ import annotations
-
-from typing import Callable, Dict
-
-from torch import nn
 
 from ..conv_bn import ConvBN
 from ._common import to_working_layout
 from .r2plus1d import R2Plus1DClassifier, R2Plus1DNet, SpatioTemporalResBlock, SpatioTemporalResLayer
 from .video_resnet import (BasicBlock, VideoResNet, load_torchvision_state_dict, r2plus1d_10, r2plus1d_18,
                            r2plus1d_34, torchvision_keys_to_fused)
+from .builders import ARCHS, build_model
+from .loading import LoadedModel, load_initial_weights, load_model, read_labels
 
-ARCHS: Dict[str, Callable[..., VideoResNet]] = {"r2plus1d_10": r2plus1d_10, "r2plus1d_18": r2plus1d_18,
-                                                 "r2plus1d_34": r2plus1d_34}
-
-
-def build_model(arch: str, num_classes: int) -> nn.Module:
-    """The ``arch`` network (a key of ARCHS) with ``num_classes`` outputs, fused."""
-    if arch not in ARCHS:
-        raise ValueError(f"expected arch in {sorted(ARCHS)}, got {arch!r}")
-    return ARCHS[arch](num_classes=num_classes)
-
-
-__all__ = ["ARCHS", "build_model", "r2plus1d_10", "r2plus1d_18", "r2plus1d_34", "VideoResNet", "BasicBlock",
-           "ConvBN", "load_torchvision_state_dict", "torchvision_keys_to_fused", "R2Plus1DNet",
+__all__ = ["ARCHS", "build_model", "LoadedModel", "load_model", "load_initial_weights", "read_labels",
+           "r2plus1d_10", "r2plus1d_18", "r2plus1d_34", "VideoResNet", "BasicBlock", "ConvBN", "load_torchvision_state_dict", "torchvision_keys_to_fused", "R2Plus1DNet",
            "R2Plus1DClassifier", "SpatioTemporalResBlock", "SpatioTemporalResLayer", "to_working_layout"]

@@ -4,15 +4,14 @@ with a warning, when the latest cannot be read). Random-number-generator states 
 as tensors and plain lists so that the safe loader accepts them."""
 from __future__ import annotations
 
-import os
 import random
-import warnings
 from typing import Any, Dict
 
 import numpy as np
 import torch
 
-from .._io import previous, remove_stale_temporaries, write_atomic  # noqa: F401  (this module's API)
+from .._io import load_checkpoint as load  # noqa: F401  (this module's API)
+from .._io import previous, remove_stale_temporaries, write_atomic  # noqa: F401
 
 
 def rng_state() -> Dict[str, Any]:
@@ -43,24 +42,3 @@ def save_atomic(obj: Dict[str, Any], path: str, keep_previous: bool = False) -> 
     ``previous(path)``, so that one damaged after it was written (a full disk, a bad copy)
     still leaves a good one."""
     write_atomic(path, lambda f: torch.save(obj, f), keep_previous=keep_previous)
-
-
-def load(path: str, map_location="cpu") -> Dict[str, Any]:
-    """The checkpoint at ``path``; if it cannot be read, the previous one (``previous(path)``)
-    with a warning naming the bad file; a clear error when neither can be read."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # truncated or corrupt: torch.load raises several kinds
-        prev = previous(path)
-        if not os.path.exists(prev):
-            raise RuntimeError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}) and there is "
-                               f"no {prev} to fall back to; restore it from a copy, or delete it to start over") from err
-        warnings.warn(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); using the previous "
-                      f"one, {prev} (delete {path} to silence this)", RuntimeWarning, stacklevel=2)
-        try:
-            return torch.load(prev, map_location=map_location, weights_only=True)
-        except Exception as err2:
-            raise RuntimeError(f"checkpoints {path} and {prev} both cannot be read ({err2}); restore one from "
-                               "a copy, or delete both to start over") from err2

@@ -1,4 +1,5 @@
-"""The ``r2p1d`` command's sub-commands: make-synthetic, prepare, train, eval. Its entry
+"""The ``r2p1d`` command's sub-commands: make-synthetic, prepare, train, eval, predict, and
+(from r2p1d_ext/tools/cli.py, which needs no [train] extra) check, export, bench. Its entry
 point, r2p1d_ext/cli.py, says which extra to install when this package's are missing.
 """
 from __future__ import annotations
@@ -6,7 +7,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 from typing import List, Optional
@@ -16,33 +16,8 @@ from .config import TrainConfig
 from .evaluation import evaluate_checkpoint
 from .loop import train
 from .reports import shows_top5
-
-
-class _Defaults(argparse.HelpFormatter):
-    """--help shows each option's default where it has one worth showing (not for required
-    options, flags that are off, or options whose help already says it)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if (action.default not in (None, False, argparse.SUPPRESS) and not action.required
-                and "default" not in text and action.option_strings):
-            text += " (default: %(default)s)"
-        return text
-
-
-def _number(kind, minimum, name):
-    """An argparse type: a finite `kind` (int or float) of at least `minimum`, with a message
-    naming the option, what was expected and what was given."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
-        if not math.isfinite(value) or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a finite value >= {minimum}, got {text}")
-        return value
-    parse.__name__ = name  # argparse's "invalid <name> value" text
-    return parse
+from .._cli_common import Defaults as _Defaults, number as _number, run_command
+from ..tools import cli as tools
 
 
 # What each numeric option of `train` means (its default is shown beside it by --help).
@@ -100,6 +75,9 @@ def _train_parser(sub, common):
                    help="with several processes (torchrun), BatchNorm statistics over all of them: the standalone "
                         "layers and the fused blocks (CPU and CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--init", default=None, metavar="FILE",
+                   help="fine-tune: start from these weights, a torchvision r2plus1d_* state_dict (e.g. Kinetics-400) "
+                        "or a checkpoint of r2p1d train; the classifier is replaced when the class count differs")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -135,6 +113,44 @@ def _run_prepare(args, parser) -> int:
     return 0
 
 
+def _predict_parser(sub, common):
+    p = sub.add_parser("predict", help="classify video files with a trained model (whole videos, or window by window)",
+                       parents=[common], formatter_class=_Defaults)
+    p.add_argument("videos", nargs="+", metavar="VIDEO_OR_FOLDER", help="video files, or folders walked for them")
+    tools.model_options(p)
+    p.add_argument("--top-k", type=_number(int, 1, "integer"), default=5, help="classes shown per video or window")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--clips", type=_number(int, 1, "integer"), default=10,
+                      help="clips per video, spread over it; their scores are averaged")
+    mode.add_argument("--window-stride", type=_number(float, 1e-3, "number"), default=None, metavar="SECONDS",
+                      help="instead: one prediction per window, a clip every SECONDS along the whole video")
+    p.add_argument("--out", default=None, help="also write the predictions: .jsonl (one object per video) or .csv")
+    p.add_argument("--batch-size", type=_number(int, 1, "integer"), default=16, help="clips per network call")
+    p.add_argument("--workers", type=_number(int, 0, "integer"), default=2, help="DataLoader worker processes decoding")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--amp", nargs="?", const="bfloat16", default=None, choices=["bfloat16", "float16"],
+                   help="mixed precision on CUDA (default dtype bfloat16)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _run_predict(args) -> int:
+    from .predict import find_videos, format_table, predict, write_predictions
+    loaded = tools.load_from_args(args)
+    videos = find_videos(args.videos)
+    if not videos:
+        raise FileNotFoundError(f"no video files (extensions .mp4, .avi, ...) in {' '.join(args.videos)}")
+    results = predict(loaded, videos, args.clips, args.window_stride, args.top_k, args.batch_size, args.workers,
+                      args.device, args.amp, args.progress)
+    print(format_table(results))
+    if args.out:
+        write_predictions(results, args.out)
+    failed = sum(r.error is not None for r in results)
+    done = len(results) - failed
+    print(f"{done} video{'' if done == 1 else 's'} classified, {failed} unreadable"
+          + (f" -> {args.out}" if args.out else ""))
+    return 0 if failed < len(results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``r2p1d`` command's parser, with its sub-commands."""
     parser = argparse.ArgumentParser(prog="r2p1d", description="R(2+1)D video classification on fused kernels")
@@ -163,24 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="clips per video (default: the checkpoint's training setting)")
     ev.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     ev.add_argument("--out", default=None, help="JSON path (default: eval_<split>.json beside the checkpoint)")
+    _predict_parser(sub, common)
+    tools.add_parsers(sub, common)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return _run(args, parser)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
-        # A user's mistake (a path, a size, a dataset that does not fit the options): one line
-        # saying what to fix, exit status 2 like argparse's own errors; --debug shows where.
-        if args.debug:
-            raise
-        print(f"r2p1d {args.command}: error: {err} (--debug shows the traceback)", file=sys.stderr)
-        return 2
+    return run_command(args, lambda: _run(args, parser))
 
 
 def _run(args, parser) -> int:
+    if args.command in tools.COMMANDS:
+        return tools.run(args)
+    if args.command == "predict":
+        return _run_predict(args)
     if args.command == "make-synthetic":
         from ..data.synthetic import make_synthetic
         counts = make_synthetic(args.dir, (args.train_per_class, args.val_per_class), frames=args.frames,

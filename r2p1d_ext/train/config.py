@@ -39,11 +39,12 @@ class TrainConfig:
     seed: int = 0
     device: Optional[str] = None
     progress: bool = True
+    init: Optional[str] = None  # fine-tuning: start from these weights (models.load_initial_weights)
 
 
 # Settings a resumed run may change without a word (the rest change what is trained).
 RESUME_FREE = {"data", "out", "epochs", "workers", "progress", "device", "checkpoint_every", "stop_after_steps",
-               "eval_clips"}
+               "eval_clips", "init"}
 
 
 def validate(cfg: TrainConfig) -> None:

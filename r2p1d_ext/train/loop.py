@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.dataset import VideoDataset, count_failed
-from ..models import build_model
+from ..models import build_model, load_initial_weights
 from ..sync_bn import convert_sync_batchnorm
 from . import checkpoint as ckpt
 from .config import RESUME_FREE, TrainConfig, amp_dtype, resolve_device, use_channels_last, validate
@@ -177,6 +177,20 @@ class _Run:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16
                                            and device.type == "cuda")
 
+    def summary(self) -> str:
+        """What this run trains, on what, where: printed once at the start."""
+        cfg = self.cfg
+        params = sum(p.numel() for p in self.model.parameters())
+        where = f"{self.device}" + (f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else "")
+        if self.ddp.enabled:
+            where += f" x {self.ddp.world} processes"
+        precision = f"autocast {cfg.amp}" if cfg.amp else "float32"
+        return (f"training {cfg.arch} ({params / 1e6:.1f} M parameters) on {len(self.classes)} classes: "
+                f"{len(self.train_set)} training clips ({self.steps_per_epoch} steps of {cfg.batch_size} per epoch"
+                f"{' and process' if self.ddp.enabled else ''}), {len(self.val_set.videos)} val videos x "
+                f"{cfg.eval_clips} clips; {cfg.clip_len}x{cfg.crop_size}x{cfg.crop_size} clips; {where}, "
+                f"{precision}; {cfg.epochs} epochs -> {cfg.out} (checkpoint.pt, log.csv, metrics.json, curves.png)")
+
     def prepare_folder(self) -> None:
         os.makedirs(self.cfg.out, exist_ok=True)
         if self.ddp.main:
@@ -311,6 +325,9 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     run.prepare_folder()
     run.resume()
     p = run.progress
+    if cfg.init and p.step == 0:  # a fresh run from pretrained weights (a resumed one has its own)
+        run.say(load_initial_weights(run.model, cfg.init))
+    run.say(run.summary())
     if p.epoch >= cfg.epochs:
         run.say(f"{run.path} has already finished {cfg.epochs} epochs; nothing to do")
         return p.history[-1] if p.history else {}

@@ -1,0 +1,47 @@
+"""What every ``r2p1d`` sub-command shares: --help showing defaults, numeric option types
+with messages that name what was expected, and one-line errors for a user's mistakes."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Callable
+
+
+class Defaults(argparse.HelpFormatter):
+    """--help shows each option's default where it has one worth showing (not for required
+    options, flags that are off, or options whose help already says it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default not in (None, False, argparse.SUPPRESS) and not action.required
+                and "default" not in text and action.option_strings):
+            text += " (default: %(default)s)"
+        return text
+
+
+def number(kind, minimum, name):
+    """An argparse type: a finite `kind` (int or float) of at least `minimum`, with a message
+    naming the option, what was expected and what was given."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a finite value >= {minimum}, got {text}")
+        return value
+    parse.__name__ = name  # argparse's "invalid <name> value" text
+    return parse
+
+
+def run_command(args, run: Callable[[], int], mistakes=(FileNotFoundError, NotADirectoryError, ValueError)) -> int:
+    """run(), with a user's mistake (a path, a size, a file that does not fit) printed as one
+    line saying what to fix, exit status 2 like argparse's own errors; --debug shows where."""
+    try:
+        return run()
+    except mistakes as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"r2p1d {args.command}: error: {err} (--debug shows the traceback)", file=sys.stderr)
+        return 2

@@ -1,0 +1,320 @@
+"""``r2p1d check``: the installed build verified on this machine, for each available device
+and kernel family: float64 ``gradcheck`` of every differentiable op, ``torch.library.opcheck``
+of every op, and ``SpatioTemporalConv`` against ``reference.SpatioTemporalConv`` (forward,
+every gradient, the running statistics; train and eval) on R(2+1)D-18 block shapes.
+
+Families: the CPU kernels; on CUDA the tensor-core kernels (bfloat16, float16, float32 as
+TF32) and the direct kernels (float64, float32), chosen with R2P1D_CUDA_KERNELS. Errors are
+relative in the 2-norm against the float64 reference (a gradient against the scale of all
+the block's gradients when its own is tiny), with the tolerances docs/testing.md states.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import ops, reference
+from ..module import SpatioTemporalConv
+from .timing import cpu_name
+
+# Relative 2-norm error allowed per dtype (docs/testing.md); TF32 multiplies 10-bit mantissas.
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+TF32_TOLERANCE = 5e-3
+# R(2+1)D-18 blocks (in, out, stride) at a reduced clip and batch: the stem, a conv2_x block,
+# a downsampling conv3_x block and a conv4_x block (the mid channel counts are R(2+1)D's).
+SHAPES = [("stem", 3, 64, (1, 2, 2), (7, 7), 3), ("conv2_x", 64, 64, 1, 3, 1), ("conv3_x down", 64, 128, 2, 3, 1),
+          ("conv4_x", 256, 256, 1, 3, 1)]
+QUICK_SHAPES = SHAPES[1:3]
+
+
+@dataclasses.dataclass
+class Row:
+    check: str      # gradcheck, opcheck, module train, module eval
+    what: str       # the op or the block shape
+    device: str
+    family: str     # cpu, tensor-core, direct
+    dtype: str
+    error: Optional[float]
+    tolerance: Optional[float]
+    passed: bool
+    note: str = ""
+
+
+# ------------------------------------------------------------------ the build's facts
+def _cpu_vector_width() -> str:
+    """What the CPU kernels' target_clones resolve to here (avx512f, else avx2, else the
+    portable version), read from the CPU's flags as the loader's resolver does."""
+    flags = ""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    words = set(flags.split())
+    if "avx512f" in words:
+        return "AVX-512 (512-bit)"
+    if "avx2" in words:
+        return "AVX2 (256-bit)"
+    return f"portable (torch reports {torch.backends.cpu.get_cpu_capability()})"
+
+
+def build_facts() -> Dict[str, Any]:
+    """torch and CUDA versions, what the extension was built with (r2p1d_ext/_build_info.json,
+    written by setup.py), the kernel families in the build, the CPU vector width, the GPU."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    info: Dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        with open(os.path.join(package, "_build_info.json")) as f:
+            info = json.load(f)
+    families = ["cpu"]
+    if cuda_built():
+        families.append("cuda direct")
+        if tensor_core_kernels_built():
+            families.append("cuda tensor-core")
+    facts = {"torch": torch.__version__, "torch CUDA": torch.version.cuda or "none",
+             "built against torch": info.get("torch", "unknown"),
+             "CUDA archs compiled": info.get("cuda_archs") or "none (CPU-only build)",
+             "kernel families": ", ".join(families), "CPU": cpu_name(),
+             "CPU kernels": _cpu_vector_width(), "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        facts["GPU"] = f"{p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB"
+    else:
+        facts["GPU"] = "none visible"
+    return facts
+
+
+def cuda_built() -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key("r2p1d::spatial_conv_stats", "CUDA")
+
+
+def tensor_core_kernels_built() -> bool:
+    """The tensor-core GEMM kernels' entry points are in the library (only a CUDA build with
+    sm_80+ archs has them)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for path in glob.glob(os.path.join(package, "_C*.so")):
+        with open(path, "rb") as f:
+            if b"_ZN5r2p1d2tc12igemm_kernel" in f.read():
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def _kernels(setting: Optional[str]) -> Iterator[None]:
+    """R2P1D_CUDA_KERNELS set for the block (read by the CUDA router at every call)."""
+    old = os.environ.get("R2P1D_CUDA_KERNELS")
+    if setting is not None:
+        os.environ["R2P1D_CUDA_KERNELS"] = setting
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("R2P1D_CUDA_KERNELS", None)
+        else:
+            os.environ["R2P1D_CUDA_KERNELS"] = old
+
+
+# ------------------------------------------------------------------ the ops on small inputs
+def op_samples(device: str, dtype=torch.float64, requires_grad: bool = False) -> Dict[str, Tuple[Callable, tuple]]:
+    """Each op with small inputs that cover strides, padding and odd sizes:
+    name -> (op, args)."""
+    g = torch.Generator().manual_seed(0)
+
+    def t(*shape, scale=1.0, shift=0.0, stats=False):
+        kind = (torch.float64 if dtype == torch.float64 else torch.float32) if stats else dtype
+        x = (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(kind)
+        return x.to(device).requires_grad_(requires_grad)
+
+    x, ws, bs = t(2, 3, 3, 6, 5), t(4, 3, 1, 3, 2), t(4)
+    y, wt, bt = t(2, 4, 5, 3, 2), t(3, 4, 3, 1, 1), t(3)
+    mean, scale, shift = t(4, scale=0.3, stats=True), t(4, scale=0.2, shift=1.0, stats=True), t(4, scale=0.3, stats=True)
+    xe, wse, bse, wte, bte = t(2, 3, 5, 7, 6), t(4, 3, 1, 3, 3), t(4), t(5, 4, 3, 1, 1), t(5)
+    eval_args = (xe, wse, bse, wte, bte, [2, 2, 1], [1, 1, 0])
+    with torch.no_grad():
+        res = torch.randn(torch.ops.r2p1d.fused_eval.default(*eval_args).shape, generator=g, dtype=torch.float64)
+    res = res.to(dtype).to(device)
+    return {
+        "spatial_conv_stats": (torch.ops.r2p1d.spatial_conv_stats.default, (x, ws, bs, [2, 1], [1, 0])),
+        "temporal_conv_bnrelu": (torch.ops.r2p1d.temporal_conv_bnrelu.default,
+                                 (y, mean, scale, shift, wt, bt, 2, 1)),
+        "fused_eval": (torch.ops.r2p1d.fused_eval.default, eval_args + (res, True)),
+    }
+
+
+def _gradcheck_rows(device: str, family: str) -> List[Row]:
+    rows = []
+    for name, (op, args) in op_samples(device, torch.float64, requires_grad=True).items():
+        if name == "fused_eval":  # inference only: no gradient
+            continue
+        inputs = [a for a in args if isinstance(a, Tensor)]
+
+        def f(*tensors, op=op, args=args):
+            it = iter(tensors)
+            out = op(*[next(it) if isinstance(a, Tensor) else a for a in args])
+            return out if isinstance(out, Tensor) else tuple(out)
+        # Tolerance column: gradcheck's atol (with rtol 1e-3) between the analytical and the
+        # finite-difference Jacobians.
+        rows.append(_guarded("gradcheck", name, device, family, "float64", 1e-5,
+                             lambda: torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5, rtol=1e-3)))
+    return rows
+
+
+def _opcheck_rows(device: str, family: str, dtype: torch.dtype) -> List[Row]:
+    rows = []
+    for name, (op, args) in op_samples(device, dtype, requires_grad=dtype == torch.float64).items():
+        def run(op=op, args=args):
+            torch.library.opcheck(op, args)  # raises on the first failed test
+            return True
+        rows.append(_guarded("opcheck", name, device, family, _name(dtype), None, run))
+    return rows
+
+
+def _guarded(check, what, device, family, dtype, tol, run: Callable[[], bool]) -> Row:
+    try:
+        ok = bool(run())
+        return Row(check, what, device, family, dtype, None, tol, ok)
+    except Exception as err:  # a failed check raises with its reason
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return Row(check, what, device, family, dtype, None, tol, False, first[:200])
+
+
+# ------------------------------------------------------------------ the block against the reference
+def _rel(got: Optional[Tensor], want: Optional[Tensor], floor: float = 0.0) -> float:
+    if got is None or want is None:
+        return 0.0 if got is None and want is None else float("inf")
+    g, w = got.detach().double().cpu(), want.detach().double().cpu()
+    if g.shape != w.shape or not torch.isfinite(g).all():
+        return float("inf")
+    return (g - w).norm().item() / max(w.norm().item(), floor, 1e-300)
+
+
+def module_errors(shape, device: str, dtype: torch.dtype, train: bool, batch: int = 2, frames: int = 4,
+                  size: int = 14, seed: int = 0) -> Dict[str, float]:
+    """SpatioTemporalConv in `dtype` on `device` against the float64 reference block with
+    the same state: the output and, in training, every gradient and the running statistics,
+    as relative errors."""
+    _, cin, cout, stride, kernel, pad = shape
+    torch.manual_seed(seed)
+    ref = reference.SpatioTemporalConv(cin, cout, kernel if isinstance(kernel, int) else (3, *kernel),
+                                       stride=stride, padding=pad if isinstance(kernel, int) else (1, pad, pad))
+    with torch.no_grad():  # BatchNorm off its initial identity, values exact in `dtype`
+        ref.bn.weight.uniform_(0.5, 1.5); ref.bn.bias.uniform_(-0.3, 0.3)
+        ref.bn.running_mean.uniform_(-0.2, 0.2); ref.bn.running_var.uniform_(0.5, 1.5)
+        for p in list(ref.parameters()) + list(ref.buffers()):
+            if p.is_floating_point():
+                p.copy_(p.to(dtype).double())
+    fused = SpatioTemporalConv(cin, cout, kernel if isinstance(kernel, int) else (3, *kernel), stride=stride,
+                               padding=pad if isinstance(kernel, int) else (1, pad, pad))
+    fused.load_state_dict(ref.state_dict())
+    ref, fused = ref.double().train(train), fused.to(device=device, dtype=dtype).train(train)
+    x = torch.randn(batch, cin, frames, size, size, dtype=torch.float64).to(dtype)
+    xf = x.to(device).clone().requires_grad_(train)  # two leaves, never the same tensor
+    xr = x.double().clone().requires_grad_(train)
+    out, want = fused(xf), ref(xr)
+    errs = {"output": _rel(out, want)}
+    if train:
+        g = torch.randn(want.shape, dtype=torch.float64).to(dtype)
+        out.backward(g.to(device))
+        want.backward(g.double())
+        grads = {"input": (xf.grad, xr.grad)}
+        grads.update({n: (p.grad, dict(ref.named_parameters())[n].grad) for n, p in fused.named_parameters()})
+        total = torch.cat([w.reshape(-1) for _, w in grads.values()]).norm().item()
+        errs.update({f"grad {n}": _rel(a, b, 1e-3 * total) for n, (a, b) in grads.items()})
+        errs["running_mean"] = _rel(fused.bn.running_mean, ref.bn.running_mean)
+        errs["running_var"] = _rel(fused.bn.running_var, ref.bn.running_var)
+    return errs
+
+
+def _module_rows(device: str, family: str, dtype: torch.dtype, shapes, tol: float) -> List[Row]:
+    rows = []
+    for shape in shapes:
+        for train in (True, False):
+            check = "module train" if train else "module eval"
+            try:
+                errs = module_errors(shape, device, dtype, train)
+            except Exception as err:
+                rows.append(Row(check, shape[0], device, family, _name(dtype), None, tol, False, str(err)[:200]))
+                continue
+            worst = max(errs, key=errs.get)
+            rows.append(Row(check, shape[0], device, family, _name(dtype), errs[worst], tol, errs[worst] <= tol,
+                            f"worst: {worst}"))
+    return rows
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+# ------------------------------------------------------------------ all of it
+def plan(devices: Sequence[str], quick: bool) -> List[Tuple[str, str, Optional[str], List[Callable[[], List[Row]]]]]:
+    """(device, family, R2P1D_CUDA_KERNELS, the checks) for each device and kernel family."""
+    shapes = QUICK_SHAPES if quick else SHAPES
+    out = []
+    if "cpu" in devices:
+        out.append(("cpu", "cpu", None, [
+            lambda: _gradcheck_rows("cpu", "cpu"),
+            lambda: _opcheck_rows("cpu", "cpu", torch.float64),
+            lambda: _opcheck_rows("cpu", "cpu", torch.float32),
+            lambda: _module_rows("cpu", "cpu", torch.float64, shapes[:1], TOLERANCE[torch.float64]),
+            lambda: _module_rows("cpu", "cpu", torch.float32, shapes, TOLERANCE[torch.float32])]))
+    if "cuda" in devices:
+        out.append(("cuda", "direct", "direct", [
+            lambda: _gradcheck_rows("cuda", "direct"),
+            lambda: _opcheck_rows("cuda", "direct", torch.float64),
+            lambda: _module_rows("cuda", "direct", torch.float64, shapes[:1], TOLERANCE[torch.float64]),
+            lambda: _module_rows("cuda", "direct", torch.float32, shapes, TOLERANCE[torch.float32])]))
+        if tensor_core_kernels_built():
+            checks = [lambda dt=dt: _module_rows("cuda", "tensor-core", dt, shapes, TOLERANCE[dt])
+                      for dt in (torch.bfloat16, torch.float16)]
+            checks.append(lambda: _module_rows("cuda", "tensor-core", torch.float32, shapes, TF32_TOLERANCE))
+            checks += [lambda dt=dt: _opcheck_rows("cuda", "tensor-core", dt) for dt in (torch.bfloat16, torch.float32)]
+            out.append(("cuda", "tensor-core", "tc", checks))
+    return out
+
+
+def resolve_devices(device: str) -> List[str]:
+    """``cpu``, ``cuda`` or ``all`` (the CPU, and CUDA when a GPU is visible and the build has
+    its kernels). Asking for CUDA where it cannot run is an error saying why."""
+    if device not in ("cpu", "cuda", "all"):
+        raise ValueError(f"expected --device cpu, cuda or all, got {device!r}")
+    want_cuda = device in ("cuda", "all")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible to this torch "
+                         f"({torch.__version__}, CUDA {torch.version.cuda or 'none'})")
+    if device == "cuda" and not cuda_built():
+        raise ValueError("--device cuda: this r2p1d_ext was built without its CUDA part; rebuild with a GPU visible "
+                         "or FORCE_CUDA=1 (README, Install)")
+    devices = [] if device == "cuda" else ["cpu"]
+    if want_cuda and torch.cuda.is_available() and cuda_built():
+        devices.append("cuda")
+    return devices
+
+
+def run_checks(device: str = "all", quick: bool = False, progress: Optional[Callable[[str], None]] = None) -> List[Row]:
+    """Every check of :func:`plan` for `device`; rows in order. Never raises for a failed
+    check: its row says FAIL and why."""
+    rows: List[Row] = []
+    for dev, family, setting, checks in plan(resolve_devices(device), quick):
+        with _kernels(setting):
+            for check in checks:
+                start = time.perf_counter()
+                rows += check()
+                if progress:
+                    progress(f"{dev} {family}: {rows[-1].check} done in {time.perf_counter() - start:.1f} s")
+    return rows
+
+
+def format_rows(rows: Sequence[Row]) -> str:
+    head = ("check", "op / block", "device", "family", "dtype", "max error", "tolerance", "result")
+    table = [head] + [(r.check, r.what, r.device, r.family, r.dtype, "-" if r.error is None else f"{r.error:.2e}",
+                       "-" if r.tolerance is None else f"{r.tolerance:.0e}",
+                       ("PASS" if r.passed else "FAIL") + (f"  {r.note}" if r.note and not r.passed else ""))
+                      for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(head) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths)) + "  " + line[-1] for line in table)
