@@ -26,7 +26,7 @@ def missing_message(err: ImportError) -> str:
             return (f"{what}. This is a source tree: build it here with "
                     f"`{sys.executable} -m pip install --no-build-isolation -e .` (README, Install), "
                     "or run from another folder to import an installed r2p1d_ext")
-        return f"{what}; reinstall r2p1d_ext: pip install --no-build-isolation r2p1d_ext"
+        return f"{what}; reinstall r2p1d_ext from its source: pip install --no-build-isolation <source folder>"
     return (f"r2p1d_ext's compiled extension {os.path.basename(built[0])} does not load with this torch "
             f"{torch.__version__} ({err}); it was built against another torch or is damaged: rebuild it "
             "(pip install --no-build-isolation -e . in the source tree, or reinstall the package)")

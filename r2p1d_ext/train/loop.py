@@ -325,12 +325,12 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     run.prepare_folder()
     run.resume()
     p = run.progress
-    if cfg.init and p.step == 0:  # a fresh run from pretrained weights (a resumed one has its own)
-        run.say(load_initial_weights(run.model, cfg.init))
-    run.say(run.summary())
     if p.epoch >= cfg.epochs:
         run.say(f"{run.path} has already finished {cfg.epochs} epochs; nothing to do")
         return p.history[-1] if p.history else {}
+    if cfg.init and p.step == 0:  # a fresh run from pretrained weights (a resumed one has its own)
+        run.say(load_initial_weights(run.model, cfg.init))
+    run.say(run.summary())
     net = run.model
     if run.ddp.enabled:
         device_ids = [run.device.index] if run.device.type == "cuda" else None
