@@ -7,6 +7,8 @@ import math
 import sys
 from typing import Callable
 
+from ._extras import MissingExtraError
+
 
 class Defaults(argparse.HelpFormatter):
     """--help shows each option's default where it has one worth showing (not for required
@@ -35,9 +37,11 @@ def number(kind, minimum, name):
     return parse
 
 
-def run_command(args, run: Callable[[], int], mistakes=(FileNotFoundError, NotADirectoryError, ValueError)) -> int:
-    """run(), with a user's mistake (a path, a size, a file that does not fit) printed as one
-    line saying what to fix, exit status 2 like argparse's own errors; --debug shows where."""
+def run_command(args, run: Callable[[], int],
+                mistakes=(FileNotFoundError, NotADirectoryError, ValueError, MissingExtraError)) -> int:
+    """run(), with a user's mistake (a path, a size, a file that does not fit, an optional
+    package not installed) printed as one line saying what to fix, exit status 2 like
+    argparse's own errors; --debug shows where."""
     try:
         return run()
     except mistakes as err:

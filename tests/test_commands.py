@@ -185,6 +185,15 @@ def test_export_onnx_round_trip_through_onnx_runtime(checkpoint, tmp_path, capsy
     assert session.run(None, {session.get_inputs()[0].name: x})[0].shape == (3, 3)
 
 
+def test_export_onnx_without_its_packages_names_the_extra(checkpoint, tmp_path):
+    done = _python(["import sys", "sys.modules['onnxscript'] = None  # as if not installed",
+                    "from r2p1d_ext.cli import main",
+                    f"sys.exit(main(['export', '--checkpoint', {checkpoint!r}, '--out', 'm.onnx']))"], tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "module 'onnxscript' is missing): pip install 'r2p1d_ext[deploy]'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_export_pt2_round_trip(checkpoint, tmp_path, capsys):
     out = tmp_path / "model.pt2"
     assert main(["export", "--checkpoint", checkpoint, "--format", "pt2", "--out", str(out), "--batch", "2",

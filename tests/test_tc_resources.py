@@ -14,10 +14,9 @@ import shutil
 import subprocess
 
 import pytest
-import torch
 
-import r2p1d_ext  # noqa: F401  (registers the ops: which kernels were built)
 from conftest import cutlass_include
+from r2p1d_ext.tools.check import cuda_built
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGISTERS_PER_SM = 65536
@@ -56,8 +55,7 @@ def _kernels(report):
 
 @pytest.fixture(scope="module")
 def reports():
-    built_cuda = torch._C._dispatch_has_kernel_for_dispatch_key("r2p1d::spatial_conv_stats", "CUDA")
-    if not built_cuda and os.environ.get("R2P1D_TEST_PTXAS") != "1":
+    if not cuda_built() and os.environ.get("R2P1D_TEST_PTXAS") != "1":
         pytest.skip("the extension was built without its CUDA part (FORCE_CUDA=1 or R2P1D_TEST_PTXAS=1 runs these)")
     if cutlass_include() is None or _nvcc() is None:
         pytest.skip("needs nvcc and the nvidia-cutlass headers")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -91,9 +92,11 @@ def build_facts() -> Dict[str, Any]:
 
 
 def cuda_built() -> bool:
+    """The extension was built with its CUDA part (its ops have CUDA kernels)."""
     return torch._C._dispatch_has_kernel_for_dispatch_key("r2p1d::spatial_conv_stats", "CUDA")
 
 
+@functools.lru_cache(maxsize=None)
 def tensor_core_kernels_built() -> bool:
     """The tensor-core GEMM kernels' entry points are in the library (only a CUDA build with
     sm_80+ archs has them)."""

@@ -116,5 +116,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(args, lambda: run(args), (FileNotFoundError, NotADirectoryError, ValueError,
-                                                 ModuleNotFoundError))
+    return run_command(args, lambda: run(args))

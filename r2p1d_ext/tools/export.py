@@ -12,14 +12,9 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
+from .._extras import require
 from .._io import write_atomic
 from ..models.loading import LoadedModel
-
-
-def _needs(module: str, what: str, extra: str = "deploy") -> None:
-    if importlib.util.find_spec(module) is None:
-        raise ModuleNotFoundError(f"{what} needs the Python package {module!r}: pip install {module} "
-                                  f"(or pip install 'r2p1d_ext[{extra}]')", name=module)
 
 
 def export_model(loaded: LoadedModel, out: str, fmt: str = "onnx", batch: Union[str, int] = "dynamic",
@@ -42,7 +37,7 @@ def export_model(loaded: LoadedModel, out: str, fmt: str = "onnx", batch: Union[
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     labels = "\n".join(loaded.classes) + "\n"
     if fmt == "onnx":
-        _needs("onnxscript", "ONNX export (torch.onnx.export with dynamo=True)")
+        require("ONNX export (torch.onnx.export with dynamo=True)", "deploy", ("onnx", "onnxscript"))
         program = torch.onnx.export(model, (x,), dynamo=True, verbose=False, dynamic_shapes=dynamic)
         proto = program.model_proto
         entry = proto.metadata_props.add()
@@ -83,7 +78,7 @@ def check_export(model: torch.nn.Module, path: str, fmt: str, x: torch.Tensor) -
 
 def read_onnx_labels(path: str):
     """The class names an exported ONNX file carries (its ``labels`` metadata)."""
-    _needs("onnx", "reading ONNX metadata")
+    require("reading ONNX metadata", "deploy", ("onnx",))
     import onnx
     meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
     return meta["labels"].splitlines() if "labels" in meta else None
