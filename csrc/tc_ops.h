@@ -19,8 +19,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
-#include <initializer_list>
 #include <tuple>
+#include <vector>
 
 #include "checks.h"
 #include "tc/args.h"
@@ -57,7 +57,7 @@ struct Touched {
   const char* name;
   bool written = false;
 };
-using Tensors = std::initializer_list<Touched>;
+using Tensors = std::vector<Touched>;
 
 inline const void* ptr_or_null(const std::optional<Tensor>& t, Tensor& keep) {
   if (!t.has_value() || !t->defined()) return nullptr;
@@ -83,6 +83,18 @@ inline Tensor split_workspace(const tc::Plan& plan, const tc::GemmExtent& e, con
 }
 
 inline float* float_ptr(const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+// One GEMM: planned for the backend's device, given the float workspace its K splits need,
+// run; `touched` lists the tensors it reads and writes (the workspace is added here).
+template <class Backend, class Args>
+void plan_and_run(Backend& be, Args& a, const at::TensorOptions& options, Tensors touched) {
+  const tc::GemmExtent e = tc::extent_of(a);
+  const tc::Plan plan = be.plan(e, a.elem);
+  const Tensor ws = split_workspace(plan, e, options);
+  a.workspace = float_ptr(ws);
+  touched.push_back({ws, "workspace", true});
+  be.run(a, plan, touched);
+}
 
 template <class Backend>
 std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats(Backend& be, const Tensor& x, const Tensor& weight,
@@ -130,13 +142,9 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward(
     grad_x = empty_channels_last(x.sizes(), x.options());
     tc::SpatialDgradArgs a{spatial_shape(g), elem, gyc.data_ptr(), yc.data_ptr(), mup, cap, cbp,
                            wc.data_ptr(), grad_x.data_ptr()};
-    const tc::GemmExtent e = tc::extent_of(a);
-    const tc::Plan plan = be.plan(e, elem);
-    const Tensor ws = split_workspace(plan, e, x.options());
-    a.workspace = float_ptr(ws);
-    be.run(a, plan,
-           {{gyc, "grad_y"}, {yc, "y"}, {mu, "mean"}, {coeffs.first, "ca"}, {coeffs.second, "cb"}, {wc, "weight"},
-            {grad_x, "grad_x", true}, {ws, "workspace", true}});
+    plan_and_run(be, a, x.options(),
+             {{gyc, "grad_y"}, {yc, "y"}, {mu, "mean"}, {coeffs.first, "ca"}, {coeffs.second, "cb"}, {wc, "weight"},
+              {grad_x, "grad_x", true}});
   }
   if (mask[1] || mask[2]) {
     // The weight gradient comes out in the weight's channels-last layout, (M, kh, kw, C) in
@@ -145,13 +153,9 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward(
     if (mask[2]) grad_b = at::empty({g.M}, weight.options());
     tc::SpatialWgradArgs a{spatial_shape(g), elem, gyc.data_ptr(), yc.data_ptr(), mup, cap, cbp, xc.data_ptr(),
                            grad_w.data_ptr(), mask[2] ? grad_b.data_ptr() : nullptr, mask[2]};
-    const tc::GemmExtent e = tc::extent_of(a);
-    const tc::Plan plan = be.plan(e, elem);
-    const Tensor ws = split_workspace(plan, e, x.options());
-    a.workspace = float_ptr(ws);
-    be.run(a, plan,
-           {{gyc, "grad_y"}, {yc, "y"}, {mu, "mean"}, {coeffs.first, "ca"}, {coeffs.second, "cb"}, {xc, "x"},
-            {grad_w, "grad_weight", true}, {grad_b, "grad_bias", true}, {ws, "workspace", true}});
+    plan_and_run(be, a, x.options(),
+             {{gyc, "grad_y"}, {yc, "y"}, {mu, "mean"}, {coeffs.first, "ca"}, {coeffs.second, "cb"}, {xc, "x"},
+              {grad_w, "grad_weight", true}, {grad_b, "grad_bias", true}});
     if (!mask[1]) grad_w = Tensor();
   }
   return {grad_x, grad_w, grad_b};
@@ -169,13 +173,8 @@ Tensor temporal_conv_bnrelu(Backend& be, const Tensor& y, const Tensor& mean, co
   tc::TemporalFpropArgs a{temporal_shape(g), elem_of(y.scalar_type()), yc.data_ptr(),
                           mu.data_ptr<float>(), sc.data_ptr<float>(), sh.data_ptr<float>(),
                           wc.data_ptr(), ptr_or_null(bias, bc), out.data_ptr()};
-  const tc::GemmExtent e = tc::extent_of(a);
-  const tc::Plan plan = be.plan(e, a.elem);
-  const Tensor ws = split_workspace(plan, e, y.options());
-  a.workspace = float_ptr(ws);
-  be.run(a, plan,
-         {{yc, "y"}, {mu, "mean"}, {sc, "scale"}, {sh, "shift"}, {wc, "weight"}, {bc, "bias"}, {out, "out", true},
-          {ws, "workspace", true}});
+  plan_and_run(be, a, y.options(),
+           {{yc, "y"}, {mu, "mean"}, {sc, "scale"}, {sh, "shift"}, {wc, "weight"}, {bc, "bias"}, {out, "out", true}});
   return out;
 }
 
@@ -222,13 +221,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> temporal_conv_bnrelu_
     tc::TemporalWgradArgs a{temporal_shape(g), elem, go.data_ptr(), yc.data_ptr(), mu.data_ptr<float>(),
                             sc.data_ptr<float>(), sh.data_ptr<float>(), grad_w.data_ptr(),
                             mask[5] ? grad_b.data_ptr() : nullptr, mask[5]};
-    const tc::GemmExtent e = tc::extent_of(a);
-    const tc::Plan plan = be.plan(e, elem);
-    const Tensor ws = split_workspace(plan, e, y.options());
-    a.workspace = float_ptr(ws);
-    be.run(a, plan,
-           {{go, "grad_out"}, {yc, "y"}, {mu, "mean"}, {sc, "scale"}, {sh, "shift"}, {grad_w, "grad_weight", true},
-            {grad_b, "grad_bias", true}, {ws, "workspace", true}});
+    plan_and_run(be, a, y.options(),
+             {{go, "grad_out"}, {yc, "y"}, {mu, "mean"}, {sc, "scale"}, {sh, "shift"}, {grad_w, "grad_weight", true},
+              {grad_b, "grad_bias", true}});
     if (!mask[4]) grad_w = Tensor();
   }
   return {grad_y, grad_mean, grad_scale, grad_shift, grad_w, grad_b};
@@ -252,21 +247,11 @@ Tensor fused_eval(Backend& be, const Tensor& x, const Tensor& spatial_weight,
   Tensor z = empty_channels_last({g.N, g.M, g.T, g.Ho, g.Wo}, x.options());
   tc::SpatialFpropArgs sa{spatial_shape(g), elem, xc.data_ptr(), ws.data_ptr(), ptr_or_null(spatial_bias, bs),
                           z.data_ptr(), /*relu=*/true, nullptr};
-  const tc::GemmExtent se = tc::extent_of(sa);
-  const tc::Plan splan = be.plan(se, elem);
-  const Tensor sws = split_workspace(splan, se, x.options());
-  sa.workspace = float_ptr(sws);
-  be.run(sa, splan, {{xc, "x"}, {ws, "spatial weight"}, {bs, "spatial bias"}, {z, "z", true},
-                     {sws, "workspace", true}});
+  plan_and_run(be, sa, x.options(), {{xc, "x"}, {ws, "spatial weight"}, {bs, "spatial bias"}, {z, "z", true}});
   Tensor out = empty_channels_last({g.N, tg.O, tg.To, g.Ho, g.Wo}, x.options());
   tc::TemporalFpropArgs ta{temporal_shape(tg), elem, z.data_ptr(), nullptr, nullptr, nullptr,
                            wt.data_ptr(), ptr_or_null(temporal_bias, bt), out.data_ptr()};
-  const tc::GemmExtent te = tc::extent_of(ta);
-  const tc::Plan tplan = be.plan(te, elem);
-  const Tensor tws = split_workspace(tplan, te, x.options());
-  ta.workspace = float_ptr(tws);
-  be.run(ta, tplan, {{z, "z"}, {wt, "temporal weight"}, {bt, "temporal bias"}, {out, "out", true},
-                     {tws, "workspace", true}});
+  plan_and_run(be, ta, x.options(), {{z, "z"}, {wt, "temporal weight"}, {bt, "temporal bias"}, {out, "out", true}});
   add_residual_relu(out, residual, relu);
   return out;
 }
