@@ -81,12 +81,18 @@ gpu-wheels:
 # on every kernel and a short benchmark; logs and JSON to $$OUT (default bench/results).
 # Without a GPU it builds and says so. `make gpu-check DRY_RUN=1` prints the steps and their
 # time estimate and runs nothing; GPU_CHECK_BENCH=0 skips the benchmark (tools/gpu_check.sh).
-# `make gpu-bench` then runs the long GPU benchmarks (tools/gpu_bench.sh).
+# `make gpu-bench` then runs the GPU benchmarks, Nsight Compute against the emulator's
+# counters and writes the results file <date>-<gpu>.json (tools/gpu_bench.sh; DRY_RUN=1
+# works the same). COMMIT names the commit in the results where the tree travels without
+# its .git (the device tool copies the working tree): `make gpu-bench COMMIT=abc1234`.
+COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null)
 gpu-check:  # every core (this Makefile's MAX_JOBS default of 2 is for the 2-core machines)
-	GPU_CHECK_DRY_RUN=$${GPU_CHECK_DRY_RUN:-$(DRY_RUN)} MAX_JOBS=$${GPU_MAX_JOBS:-$$(nproc)} bash tools/gpu_check.sh
+	GPU_CHECK_DRY_RUN=$${GPU_CHECK_DRY_RUN:-$(DRY_RUN)} MAX_JOBS=$${GPU_MAX_JOBS:-$$(nproc)} R2P1D_COMMIT=$(COMMIT) \
+	  bash tools/gpu_check.sh
 
 gpu-bench:
-	MAX_JOBS=$${GPU_MAX_JOBS:-$$(nproc)} bash tools/gpu_bench.sh
+	GPU_CHECK_DRY_RUN=$${GPU_CHECK_DRY_RUN:-$(DRY_RUN)} MAX_JOBS=$${GPU_MAX_JOBS:-$$(nproc)} R2P1D_COMMIT=$(COMMIT) \
+	  bash tools/gpu_bench.sh
 
 clean:
 	rm -rf build *.egg-info r2p1d_ext/_C*.so

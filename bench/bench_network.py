@@ -2,7 +2,9 @@
 """Network benchmark: a whole R(2+1)D (torchvision's layout, r2plus1d_18 by default) built
 from the fused SpatioTemporalConv against the same network built from the unfused eager
 block (contiguous and channels_last_3d), on video clips; on the CPU in float32 also the eager
-network exported to ONNX Runtime and OpenVINO (when installed).
+network exported to ONNX Runtime and OpenVINO (when installed). With --baseline torchvision,
+against torchvision's own model instead (eager, channels_last_3d, and with --compile under
+torch.compile), the fused network being fuse() of it.
 
 Per implementation: the median time of a training step (forward, cross-entropy, backward)
 and of an inference forward, after warm-up, all in one process on the same input; and the
@@ -16,29 +18,22 @@ this script adds the repository's default output, bench/results/<date>-<device>-
 
     python bench/bench_network.py                    # CPU, float32, batch 4, 8x112 clips
     python bench/bench_network.py --device cuda --batch 16 --clip-len 16
+    python bench/bench_network.py --device cuda --amp bfloat16 --baseline torchvision --compile   # make gpu-bench's
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import sys
-
-from common import RESULTS  # (puts the repository on the path)
+from common import bench_script  # (puts the repository on the path)
 from r2p1d_ext.tools import bench
-from r2p1d_ext.tools.timing import add_run_options
+
+
+def options(p):
+    bench.add_network_options(p)
+    bench.add_compile_options(p)
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_options(p, warmup="default 1 on CPU, 5 on CUDA", repeats="default 5 on CPU, 20 on CUDA")
-    bench.add_network_options(p)
-    p.add_argument("--out", default=None, help="JSON path (default bench/results/<date>-<device>-network.json)")
-    args = p.parse_args(argv)
-    device = "gpu" if args.device == "cuda" else "cpu"
-    args.out = args.out or os.path.join(RESULTS, f"{datetime.date.today().isoformat()}-{device}-network.json")
-    return bench.run_network(args, argv)
+    return bench_script(__doc__, argv, dict(warmup="default 1 on CPU, 5 on CUDA", repeats="default 5 on CPU, 20 on CUDA"),
+                        options, "-network", bench.run_network)
 
 
 if __name__ == "__main__":

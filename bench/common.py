@@ -1,5 +1,8 @@
 """The bench/ scripts' shared helpers: the package's (r2p1d_ext/tools/timing.py, also
-behind `r2p1d bench`) and the repository's results folder."""
+behind `r2p1d bench`), the repository's results folder, and the front of the scripts that
+are thin callers of `r2p1d bench`'s functions."""
+import argparse
+import datetime
 import os
 import sys
 
@@ -9,3 +12,18 @@ from r2p1d_ext.tools.timing import (add_run_options, commit, configure, cpu_name
                                     timer, train_step)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def bench_script(doc, argv, defaults, add_options, name, run):
+    """The block and network scripts' front: the run options (`defaults`: the help text of
+    the warm-up and repeat defaults), the script's own (`add_options(parser)`), --out
+    defaulting to bench/results/<date>-<cpu|gpu><name>.json; then run(args, argv)."""
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_options(p, **defaults)
+    add_options(p)
+    p.add_argument("--out", default=None, help=f"JSON path (default bench/results/<date>-<device>{name}.json)")
+    args = p.parse_args(argv)
+    device = "gpu" if args.device == "cuda" else "cpu"
+    args.out = args.out or os.path.join(RESULTS, f"{datetime.date.today().isoformat()}-{device}{name}.json")
+    return run(args, argv)

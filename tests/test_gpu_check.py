@@ -1,6 +1,7 @@
-"""`make gpu-check` fits one device call: its dry run (no GPU, nothing built) prints the steps
-and their estimated time on the GPU machine, and the estimate is within the 7-minute budget
-(tools/gpu_check_estimate.py has the measurements and assumptions behind it)."""
+"""`make gpu-check` and `make gpu-bench` each fit one device call: the dry run (no GPU,
+nothing built) prints the steps and their estimated time on the GPU machine, and the
+estimate is within the budget, 7 minutes and 6.5 (tools/gpu_check_estimate.py has the
+measurements and assumptions behind it)."""
 import os
 import re
 import subprocess
@@ -20,3 +21,15 @@ def test_dry_run_prints_an_estimate_within_budget():
     total = re.search(r"(\d+) s  in all \(([\d.]+) min; the budget is 7 min\)", text)
     assert total and int(total.group(1)) <= 7 * 60, text
     assert "OVER" not in text
+
+
+def test_bench_dry_run_fits_what_the_check_leaves():
+    """`make gpu-bench DRY_RUN=1`: its steps and their estimate, within the 6.5 minutes that the
+    machine's start and gpu-check's 7 leave of the 15."""
+    out = subprocess.run(["make", "-s", "gpu-bench", "DRY_RUN=1"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, PY=sys.executable))
+    assert out.returncode == 0, out.stdout + out.stderr
+    for step in ("block bf16", "r2plus1d_18 fused vs torchvision", "ncu:", "TF32", "results file"):
+        assert step in out.stdout, out.stdout
+    total = re.search(r"(\d+) s  in all \(([\d.]+) min; the budget is 6.5 min\)", out.stdout)
+    assert total and int(total.group(1)) <= 390, out.stdout

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The dry run of `make gpu-check` (GPU_CHECK_DRY_RUN=1): what it will run on the GPU
 machine and how long that should take there, to fit one device call (10 minutes a command,
-15 in all with the machine's start; the check's budget is 7 minutes).
+15 in all with the machine's start; the check's budget is 7 minutes). With --bench, the
+same for `make gpu-bench` (budget 6.5 minutes).
 
 The estimate is built from what this machine can measure:
 - the build: each source file's compile time, measured here on one core per file
@@ -38,6 +39,18 @@ SANITIZER_SECONDS = 40.0    # per run: start-up under the tool and the tiny case
 CHECK_SECONDS = 25.0        # r2p1d check --device cuda --quick: both families, 2 block shapes, every dtype
 BENCH_SECONDS = 30.0        # bench_block bf16, batch 32 x 16x112x112, conv2_x and conv3_x, no compile or memory
 BUDGET = 7 * 60
+# `make gpu-bench` (tools/gpu_bench.sh), after gpu-check on the same warm machine (built):
+# assumed costs per step, which its first run will correct (it prints each step's time).
+BENCH_STEPS = [
+    ("block bf16, 4 stage shapes, with torch.compile (mode default, static shapes: a train and an eval graph "
+     "per shape) and peak memory", 150.0),
+    ("r2plus1d_18 fused vs torchvision (eager, channels_last_3d, torch.compile), autocast bf16, batch 16",
+     150.0),
+    ("ncu: the metric query, the forward GEMMs at conv2_x profiled, the emulator's counts", 45.0),
+    ("block float32 as TF32, 4 stage shapes, no torch.compile", 25.0),
+    ("the results file (merge, chart)", 5.0),
+]
+BENCH_BUDGET = 390  # 15 minutes of device time: the machine's start (~1.5), gpu-check's 7, then this
 
 
 def measure(build_dir: str) -> None:
@@ -71,13 +84,28 @@ def collected(args) -> list:
     return [line for line in out.stdout.splitlines() if "::" in line]
 
 
+def bench_estimate() -> int:
+    """The dry run of `make gpu-bench`: its steps and their assumed costs."""
+    print("make gpu-bench, dry run: the steps on the GPU machine (after gpu-check, built) and their estimated time")
+    for what, seconds in BENCH_STEPS:
+        print(f"  {seconds:6.0f} s  {what}")
+    total = sum(s for _, s in BENCH_STEPS)
+    print(f"  {total:6.0f} s  in all ({total / 60:.1f} min; the budget is {BENCH_BUDGET / 60:.1f} min"
+          f"{'' if total <= BENCH_BUDGET else ': OVER'}); GPU_CHECK_COMPILE=0 leaves out the torch.compile "
+          "baselines")
+    return 0 if total <= BENCH_BUDGET else 1
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--measure", metavar="BUILD_DIR", help="record the compile times of a ninja build")
+    p.add_argument("--bench", action="store_true", help="the dry run of make gpu-bench instead")
     args = p.parse_args()
     if args.measure:
         measure(args.measure)
         return 0
+    if args.bench:
+        return bench_estimate()
     with open(TIMES) as f:
         times = json.load(f)
     tests = collected(["tests/test_cuda_tc.py"]) + collected(["tests", "-k", "cuda", "--ignore=tests/test_cuda_tc.py"])

@@ -49,7 +49,7 @@ bench() {
   local name=$1; shift
   local t0=$SECONDS
   if "$PY" "$@" > "$OUT/$name.txt" 2>&1; then
-    say "$name: $(grep -E 'geometric-mean|vs eager' "$OUT/$name.txt" | tail -1) ($((SECONDS - t0)) s)"
+    say "$name: $(grep -E 'geometric-mean|vs the best' "$OUT/$name.txt" | tail -1) ($((SECONDS - t0)) s)"
   else
     say "$name FAILED ($((SECONDS - t0)) s):"; tail -15 "$OUT/$name.txt" | tee -a "$SUMMARY"
     status=1

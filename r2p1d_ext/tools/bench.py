@@ -1,8 +1,8 @@
-"""``r2p1d bench``: the fused block against the unfused eager block (contiguous and
-channels_last_3d), optionally the eager block under torch.compile, and nn.Conv3d of the
-same in/out channels, on the R(2+1)D-18 stage shapes; with ``network``, a whole R(2+1)D
-(torchvision's layout) built from each block (and, on the CPU in float32, the eager network
-in ONNX Runtime and OpenVINO when they are installed).
+"""``r2p1d bench``: the fused block against the unfused eager block (contiguous,
+channels_last_3d, and with its spatial conv as a 2-D conv over the frames), optionally the
+eager block under torch.compile, and nn.Conv3d of the same in/out channels, on the
+R(2+1)D-18 stage shapes; with ``network``, a whole R(2+1)D against our network of unfused
+blocks or torchvision's own model (network_bench.py).
 
 Every ratio is measured in one process on the same inputs: the median of ``repeats`` timed
 runs after ``warmup`` runs (CUDA events on a GPU); the peak memory of a training step (on
@@ -28,34 +28,39 @@ from .. import reference
 from ..fuse import fuse
 from ..measure import saved_activation_bytes
 from ..models import ARCHS
-from ..module import SpatioTemporalConv
-from .timing import (add_run_options, commit, configure, device_name, eval_step, peak_in_child, pyplot,
-                     resident_growth_mb, save, save_figure, timer, train_step)
+from . import network_bench
+from .timing import (add_run_options, commit, compile_static, configure, device_name, eval_step, peak_in_child,
+                     progress, pyplot, resident_growth_mb, save, save_figure, slow_kernels, timer, train_step)
 
 STAGES = ("conv2_x", "conv3_x", "conv4_x", "conv5_x")
-NET_IMPLS = ("fused", "eager", "eager_cl")
-_CHILD = "r2p1d_ext.tools.bench"  # `python -m` this module: one peak-memory measurement
-
-
-def _progress(iterable, desc):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is the [train] extra's; the kernels-only install runs without bars
-        return iterable
-    return tqdm(iterable, desc=desc, unit=desc.rstrip("s"))
+EAGER = ("eager", "eager_cl", "eager_2d")  # the eager baselines; "vs eager" is against the best of them
+_CHILD = network_bench.CHILD  # `python -m` this module: one peak-memory measurement
 
 
 # ------------------------------------------------------------------ options
+def add_compile_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="also time the eager block (and the torchvision network of --baseline torchvision) "
+                        "under torch.compile")
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode (the block: max-autotune on CUDA, default on the CPU; the network: default)")
+
+
 def add_block_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stages", default=",".join(STAGES), help="R(2+1)D-18 stages to time, comma-separated")
-    p.add_argument("--compile", action="store_true", help="also time the eager block under torch.compile")
-    p.add_argument("--compile-mode", default=None,
-                   help="torch.compile mode (default: max-autotune on CUDA, default on the CPU)")
-    p.add_argument("--no-channels-last", action="store_true", help="skip the channels_last_3d eager baseline")
+    add_compile_options(p)
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="skip the channels_last_3d eager baselines (eager_cl, eager_2d)")
 
 
 def add_network_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="r2plus1d_18", choices=sorted(ARCHS), help="the network")
+    p.add_argument("--baseline", default="ours", choices=["ours", "torchvision"],
+                   help="what the fused network is compared with: our network of unfused reference blocks, or "
+                        "torchvision.models.video.<arch> itself, fused with fuse() for the fused row "
+                        "(r2p1d_ext/tools/network_bench.py; default ours)")
+    p.add_argument("--amp", default=None, choices=["bfloat16", "float16"],
+                   help="run the network's steps under torch.autocast in this dtype (float32 weights)")
     p.add_argument("--no-engines", dest="engines", action="store_false",
                    help="CPU float32: skip the ONNX Runtime and OpenVINO inference rows")
 
@@ -88,9 +93,30 @@ def block_flops(block, shape) -> float:
     return 2 * n * t * h * w * (m * c * kh * kw + o * m * kt)  # stride 1, 'same' padding
 
 
+class FramesConv2dBlock(nn.Module):
+    """The eager block with its (1,k,k) conv run as nn.functional.conv2d over the N*T frames:
+    on a channels_last_3d input that is a zero-copy view (N, C, T, H, W) -> (N*T, C, H, W) in
+    channels_last, and back. What a careful user writes by hand; it shares `ref`'s
+    parameters and BatchNorm buffers."""
+
+    def __init__(self, ref: nn.Module):
+        super().__init__()
+        self.ref = ref
+
+    def forward(self, x):
+        n, c, t, h, w = x.shape
+        conv = self.ref.spatial_conv
+        frames = x.permute(0, 2, 1, 3, 4).reshape(n * t, c, h, w)
+        y = F.conv2d(frames, conv.weight.squeeze(2), conv.bias, conv.stride[1:], conv.padding[1:])
+        y = y.reshape(n, t, *y.shape[1:]).permute(0, 2, 1, 3, 4)
+        return self.ref.temporal_conv(self.ref.relu(self.ref.bn(y)))
+
+
 def build_impls(c, dev, dtype, compile_=False, channels_last=True, shape=None, compile_mode=None):
     """The modules compared, seeded identically: {name: (module, input)}. On CUDA the fused
-    block takes channels_last_3d input, its kernels' layout (as in the networks)."""
+    block takes channels_last_3d input, its kernels' layout (as in the networks). The eager
+    baselines: `eager` (contiguous), and with `channels_last` `eager_cl` (channels_last_3d)
+    and `eager_2d` (its spatial conv as a 2-D conv over the frames, FramesConv2dBlock)."""
     torch.manual_seed(0)
     ref = reference.SpatioTemporalConv(c, c, 3, padding=1, bias=False)
     fused = fuse(ref)
@@ -101,9 +127,10 @@ def build_impls(c, dev, dtype, compile_=False, channels_last=True, shape=None, c
     impls = {"fused": (fused, x_cl if dev == "cuda" else x), "eager": (ref, x), "conv3d": (conv, x)}
     if channels_last:
         impls["eager_cl"] = (ref, x_cl)
+        impls["eager_2d"] = (FramesConv2dBlock(ref), x_cl)
     if compile_:
         mode = compile_mode or ("max-autotune" if dev == "cuda" else "default")
-        impls["compiled"] = (torch.compile(ref, mode=mode), x_cl if dev == "cuda" else x)
+        impls["compiled"] = (compile_static(ref, mode), x_cl if dev == "cuda" else x)
     return impls
 
 
@@ -125,7 +152,7 @@ def run_block(args, argv=None) -> Dict[str, Any]:
         raise ValueError(f"expected --stages from {', '.join(STAGES)}, got {', '.join(sorted(unknown))}")
     shapes = [s for s in stage_shapes(batch, clip_len, args.crop) if s[0] in wanted]
     rows = []
-    for name, c, shape in _progress(shapes, "shapes"):
+    for name, c, shape in progress(shapes, "shapes"):
         impls = build_impls(c, dev, dtype, args.compile, not args.no_channels_last, shape, args.compile_mode)
         fused, x = impls["fused"]
         ref = impls["eager"][0]
@@ -133,9 +160,9 @@ def run_block(args, argv=None) -> Dict[str, Any]:
                "gflop_fwd": block_flops(fused, shape) / 1e9}
         for impl, (module, inp) in impls.items():
             module.train()
-            row[f"{impl}_train_ms"] = 1e3 * run(train_step(module, inp))
+            row[f"{impl}_train_ms"] = 1e3 * run(train_step(module, inp), compiled=impl == "compiled")
             module.eval()
-            row[f"{impl}_eval_ms"] = 1e3 * run(eval_step(module, inp))
+            row[f"{impl}_eval_ms"] = 1e3 * run(eval_step(module, inp), compiled=impl == "compiled")
             if on_gpu and not args.no_memory:
                 torch.cuda.reset_peak_memory_stats()
                 module.train()
@@ -147,7 +174,11 @@ def run_block(args, argv=None) -> Dict[str, Any]:
         fused.train(); ref.train()
         row["fused_saved_mb"] = saved_activation_bytes(lambda: fused(x), fused.parameters())[0] / 2**20
         row["eager_saved_mb"] = saved_activation_bytes(lambda: ref(x), ref.parameters())[0] / 2**20
-        best_eager = lambda mode: min(row[k] for k in (f"eager_{mode}_ms", f"eager_cl_{mode}_ms") if k in row)
+        best_eager = lambda mode: min(row[f"{i}_{mode}_ms"] for i in EAGER if f"{i}_{mode}_ms" in row)  # noqa: E731
+        for impl, (module, inp) in impls.items():  # a baseline on ATen's fallback convolution is named
+            found = [] if impl == "fused" else slow_kernels(train_step(module.train(), inp))
+            if found:
+                row.setdefault("slow_paths", {})[impl] = found
         row["train_vs_eager"] = best_eager("train") / row["fused_train_ms"]
         row["eval_vs_eager"] = best_eager("eval") / row["fused_eval_ms"]
         row["train_vs_conv3d"] = row["conv3d_train_ms"] / row["fused_train_ms"]
@@ -190,6 +221,9 @@ def print_block_table(result) -> None:
         print(f"peak memory of a training step, MB ({' / '.join(names)}): " + ", ".join(
             f"{r['stage']} " + "/".join(f"{r[f'{i}_train_peak_mb']:.0f}" for i in names)
             for r in result["rows"]))
+    for r in result["rows"]:
+        for impl, names in r.get("slow_paths", {}).items():
+            print(f"WARNING: {r['stage']} {impl} ran PyTorch's slow convolution path: {', '.join(names)}")
     print("geometric-mean speedups: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["speedup"].items()))
 
 
@@ -214,122 +248,13 @@ def plot_block(result, path) -> None:
 
 
 # ------------------------------------------------------------------ the network
-def build_network(impl, arch, device, dtype, shape, classes=400):
-    """The network and a clip batch with labels, seeded identically for every impl."""
-    torch.manual_seed(0)
-    conv = SpatioTemporalConv if impl == "fused" else reference.SpatioTemporalConv
-    model = ARCHS[arch](num_classes=classes, conv=conv).to(device=device, dtype=dtype)
-    x = torch.randn(shape, device=device, dtype=dtype)
-    if impl == "eager_cl":
-        model = model.to(memory_format=torch.channels_last_3d)
-        x = x.to(memory_format=torch.channels_last_3d)
-    labels = torch.randint(0, classes, (shape[0],), device=device)
-    return model, x, labels
-
-
-def network_train_step(model, x, labels):
-    return train_step(model, x, lambda logits: F.cross_entropy(logits, labels))
-
-
-def engine_rows(model, x, reference_out, run, threads):
-    """CPU float32 inference of `model` (the unfused network, eval) exported to ONNX, in ONNX
-    Runtime and OpenVINO with `threads` threads, on the same input (r2p1d_ext/tools/engines.py);
-    per engine its median time and its output's relative error against `reference_out` (the
-    model's own eager output)."""
-    from . import engines
-    rows = {}
-    inp = x.numpy()
-    for name, (infer, version) in engines.load(model, x, threads).items():
-        rows[name] = {"eval_ms": 1e3 * run(lambda: infer(inp)),
-                      "rel_err": engines.rel_err(infer(inp), reference_out), "version": version}
-    return rows
-
-
 def run_network(args, argv=None) -> Dict[str, Any]:
-    """Times a training step and inference of the whole network per implementation, prints
-    the table; returns the result (written to ``args.out`` when set)."""
-    dev = args.device
-    on_gpu = configure(args, warmup=(1, 5), repeats=(5, 20))
-    warmup, repeats = args.warmup, args.repeats
-    dtype = getattr(torch, args.dtype)
-    shape = (args.batch, 3, args.clip_len, args.crop, args.crop)
-    run = timer(dev, warmup, repeats)
-    rows: Dict[str, Any] = {}
-    engine_results: Dict[str, Any] = {}
-    with_engines = args.engines and not on_gpu and args.dtype == "float32"
-    for impl in _progress(NET_IMPLS, "implementations"):
-        model, x, labels = build_network(impl, args.arch, dev, dtype, shape)
-        model.train()
-        row = {"train_ms": 1e3 * run(network_train_step(model, x, labels))}
-        model.eval()
-        row["eval_ms"] = 1e3 * run(eval_step(model, x))
-        if on_gpu and not args.no_memory:
-            model.train()
-            torch.cuda.reset_peak_memory_stats()
-            network_train_step(model, x, labels)()
-            row["train_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        elif not args.no_memory:
-            row["train_peak_mb"] = peak_in_child(_CHILD, "network", impl, args.arch, ",".join(map(str, shape)),
-                                                 args.dtype)
-        rows[impl] = row
-        if impl == "eager" and with_engines:
-            with torch.no_grad():  # the model as exported (its running statistics moved in the timed steps)
-                eager_out = model.eval()(x)
-            engine_results = engine_rows(model, x, eager_out, run, torch.get_num_threads())
-        del model, x
-    rows.update(engine_results)
-
-    best = lambda key: min(rows[i][key] for i in NET_IMPLS if i != "fused")
-    result = {
-        "device": device_name(dev), "torch": torch.__version__, "dtype": args.dtype,
-        "commit": commit(), "date": datetime.date.today().isoformat(), "command": _command(argv),
-        "arch": args.arch, "shape": list(shape), "warmup": warmup, "repeats": repeats,
-        "rows": rows,
-        "train_vs_eager": best("train_ms") / rows["fused"]["train_ms"],
-        "eval_vs_eager": best("eval_ms") / rows["fused"]["eval_ms"],
-    }
-    if "train_peak_mb" in rows["fused"]:
-        result["peak_vs_eager"] = rows["fused"]["train_peak_mb"] / best("train_peak_mb")
-    for engine in ("onnxruntime", "openvino"):
-        if engine in rows:
-            result[f"eval_vs_{engine}"] = rows[engine]["eval_ms"] / rows["fused"]["eval_ms"]
-    return _report(result, args.out, print_network_table, plot_network)
-
-
-def print_network_table(result) -> None:
-    print(f"\n{result['arch']} {tuple(result['shape'])} | {result['device']} | torch {result['torch']} "
-          f"| {result['dtype']} | commit {result['commit']}")
-    print(f"{'impl':11} {'train ms':>10} {'eval ms':>10} {'peak MB':>9}")
-    for impl, r in result["rows"].items():
-        peak = f"{r['train_peak_mb']:9.0f}" if "train_peak_mb" in r else f"{'-':>9}"
-        train = f"{r['train_ms']:10.1f}" if "train_ms" in r else f"{'-':>10}"
-        print(f"{impl:11} {train} {r['eval_ms']:10.1f} {peak}")
-    line = (f"fused vs the better eager: train {result['train_vs_eager']:.2f}x faster, "
-            f"eval {result['eval_vs_eager']:.2f}x faster")
-    if "peak_vs_eager" in result:
-        line += f", peak memory {result['peak_vs_eager']:.2f}x"
-    for engine in ("onnxruntime", "openvino"):
-        if f"eval_vs_{engine}" in result:
-            line += (f"; eval {result[f'eval_vs_{engine}']:.2f}x faster than {engine} "
-                     f"(its output within {result['rows'][engine]['rel_err']:.1e})")
-    print(line)
-
-
-def plot_network(result, path) -> None:
-    plt = pyplot()
-    if plt is None:
-        return
-    impls = list(result["rows"])
-    keys = [k for k in ("train_ms", "eval_ms", "train_peak_mb") if k in result["rows"][impls[0]]]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        have = [i for i in impls if key in result["rows"][i]]
-        ax.bar(have, [result["rows"][i][key] for i in have], color=[f"C{impls.index(i)}" for i in have])
-        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
-        ax.set_title({"train_ms": "training step (ms)", "eval_ms": "inference (ms)",
-                      "train_peak_mb": "peak memory, training (MB)"}[key])
-    save_figure(fig, f"{result['arch']} {tuple(result['shape'])}, {result['device']}, "
-                     f"torch {result['torch']}, {result['dtype']}", path)
+    """Times a training step and inference of the whole network per implementation against
+    the baseline of ``args.baseline`` (r2p1d_ext/tools/network_bench.py), prints the table;
+    returns the result (written to ``args.out`` when set). With ``args.compile`` the
+    torchvision baseline is also timed under torch.compile."""
+    result = network_bench.run_network(args, _command(argv))
+    return _report(result, args.out, network_bench.print_table, network_bench.plot)
 
 
 def _report(result, out: Optional[str], table, chart) -> Dict[str, Any]:
@@ -360,17 +285,13 @@ def run_from_args(args, argv=None) -> int:
 
 def _peak_child(argv: List[str]) -> None:
     """In a fresh process: the resident growth of one training step, in MB, printed."""
-    kind = argv[0]
-    if kind == "block":
-        impl, c, shape, dtype = argv[1:5]
-        module, x = build_impls(int(c), "cpu", getattr(torch, dtype), shape=tuple(int(v) for v in shape.split(",")))[impl]
-        module.train()
-        print(resident_growth_mb(train_step(module, x)))
-    else:
-        impl, arch, shape, dtype = argv[1:5]
-        model, x, labels = build_network(impl, arch, "cpu", getattr(torch, dtype), tuple(int(v) for v in shape.split(",")))
-        model.train()
-        print(resident_growth_mb(network_train_step(model, x, labels)))
+    if argv[0] != "block":
+        network_bench.peak_child(argv[1:])
+        return
+    impl, c, shape, dtype = argv[1:5]
+    module, x = build_impls(int(c), "cpu", getattr(torch, dtype), shape=tuple(int(v) for v in shape.split(",")))[impl]
+    module.train()
+    print(resident_growth_mb(train_step(module, x)))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ peak-memory measurement in a fresh process, run metadata, JSON and charts."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -64,10 +65,11 @@ def configure(args, warmup: tuple, repeats: tuple):
 
 
 def timer(device, warmup, repeats):
-    """run(fn): the median of `repeats` timed calls after `warmup` untimed ones (CUDA events
-    on a GPU), in seconds."""
-    def run(fn):
-        for _ in range(warmup):
+    """run(fn, compiled=False): the median of `repeats` timed calls after `warmup` untimed
+    ones (CUDA events on a GPU), in seconds; a torch.compile'd `fn` gets at least one untimed
+    call, so that its compilation is never timed."""
+    def run(fn, compiled=False):
+        for _ in range(max(warmup, 1) if compiled else warmup):
             fn()
         times = []
         for _ in range(repeats):
@@ -80,6 +82,15 @@ def timer(device, warmup, repeats):
                 t0 = time.perf_counter(); fn(); times.append(time.perf_counter() - t0)
         return statistics.median(times)
     return run
+
+
+def progress(iterable, desc):
+    """`iterable` under a tqdm bar, or bare where tqdm is not installed."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is the [train] extra's; the kernels-only install runs without bars
+        return iterable
+    return tqdm(iterable, desc=desc, unit=desc.rstrip("s"))
 
 
 def _status_kib(field):
@@ -112,11 +123,13 @@ def peak_in_child(module, *args):
 
 def commit():
     """The r2p1d_ext source tree's HEAD short hash, with "+changes" when tracked files differ
-    from it (the results then belong to the commit that adds them); "unknown" for an
-    installed package outside a git checkout."""
+    from it (the results then belong to the commit that adds them); R2P1D_COMMIT where the
+    tree is a copy without its .git (the GPU machine's: `make gpu-bench COMMIT=...`);
+    "unknown" for an installed package outside a git checkout."""
     tree = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    fallback = os.environ.get("R2P1D_COMMIT") or "unknown"
     if not os.path.isfile(os.path.join(tree, "setup.py")):  # site-packages: not our checkout
-        return "unknown"
+        return fallback
     try:
         head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, cwd=tree,
                                        stderr=subprocess.DEVNULL).strip()
@@ -124,7 +137,7 @@ def commit():
                                         cwd=tree, stderr=subprocess.DEVNULL).strip()
         return head + ("+changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return fallback
 
 
 def cpu_name():
@@ -145,18 +158,71 @@ def device_name(device):
     return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
-def train_step(module, x, loss=lambda out: out.sum()):
-    """One forward and backward of `module` on `x` (gradients reset first), as a closure."""
+def compile_static(module, mode=None):
+    """torch.compile of a baseline with static shapes (each benchmarked shape gets its own
+    graph, as a user who compiles for one input size does) and room for all of them: past
+    Dynamo's recompile limit (8 graphs per function by default) the module would run eagerly
+    without a word, and the "compiled" row would time eager PyTorch."""
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # the older name
+    setattr(cfg, name, max(getattr(cfg, name), 64))
+    return torch.compile(module, mode=mode, dynamic=False)
+
+
+SLOW_PATHS = ("slow_conv", "vol2col", "col2vol")  # ATen's fallback convolutions (docs/benchmarks.md)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Process-level stderr (file descriptor 2) to /dev/null for the block: some PyTorch
+    builds' profiler prints a line at every start and stop from C++. Python exceptions
+    still propagate."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def slow_kernels(fn):
+    """The names of ATen's slow fallback convolutions (im2col-style, not cuDNN or oneDNN)
+    that one call of fn() runs, from the operator records of torch.profiler (the CPU-side
+    ops, which name the path on either device): a baseline on that path is not what a user
+    of a tuned PyTorch gets, and the benchmark's table says so."""
+    from torch.profiler import ProfilerActivity, profile
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    return sorted({e.name for e in prof.events() if any(p in e.name for p in SLOW_PATHS)})
+
+
+def _autocast(x, amp):
+    """torch.autocast in `amp` (a dtype) on x's device; off for None."""
+    return torch.autocast(x.device.type, dtype=amp, enabled=amp is not None)
+
+
+def train_step(module, x, loss=lambda out: out.sum(), amp=None):
+    """One forward and backward of `module` on `x` (gradients reset first), as a closure;
+    the forward and the loss under autocast in `amp` when given (as mixed-precision training
+    runs them: float32 weights, the backward outside autocast)."""
     def fn():
         module.zero_grad(set_to_none=True)
-        loss(module(x)).backward()
+        with _autocast(x, amp):
+            out = loss(module(x))
+        out.backward()
     return fn
 
 
-def eval_step(module, x):
-    """One forward of `module` on `x` without autograd, as a closure."""
+def eval_step(module, x, amp=None):
+    """One forward of `module` on `x` without autograd (under autocast in `amp` when given),
+    as a closure."""
     def fn():
-        with torch.no_grad():
+        with torch.no_grad(), _autocast(x, amp):
             module(x)
     return fn
 
