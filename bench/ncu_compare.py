@@ -127,19 +127,19 @@ def _number(text: str):
 
 def read_ncu_csv(path: str) -> list:
     """The kernels of `ncu --csv --page raw` output: [{"name", "metrics": {name: value}}],
-    in launch order (ncu's own ==PROF== lines and the units row are skipped)."""
+    in launch order (ncu's own ==PROF== lines, the units row and blank lines are skipped)."""
     with open(path) as f:
         lines = [line for line in f if not line.startswith("==")]
-    start = next((i for i, line in enumerate(lines) if line.startswith('"ID"')), None)
+    start = next((i for i, line in enumerate(lines) if '"Kernel Name"' in line), None)
     if start is None:
-        raise ValueError(f"{path}: expected ncu's CSV (a header row starting with \"ID\"), found none")
+        raise ValueError(f"{path}: expected ncu's CSV (a header row with \"Kernel Name\"), found none")
     reader = csv.reader(lines[start:])
     header = next(reader)
     kernels = []
     for row in reader:
-        if len(row) != len(header) or not row[0].strip().isdigit():
-            continue  # the units row, blank lines
         cells = dict(zip(header, row))
+        if len(row) != len(header) or not cells["Kernel Name"].strip():
+            continue  # the units row (its name cell is empty), blank lines
         metrics = {k: _number(v) for k, v in cells.items() if "__" in k}
         kernels.append({"name": cells.get("Kernel Name", ""), "grid": cells.get("Grid Size", ""),
                         "metrics": {k: v for k, v in metrics.items() if v is not None}})

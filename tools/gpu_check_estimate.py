@@ -93,6 +93,10 @@ def bench_estimate() -> int:
     print(f"  {total:6.0f} s  in all ({total / 60:.1f} min; the budget is {BENCH_BUDGET / 60:.1f} min"
           f"{'' if total <= BENCH_BUDGET else ': OVER'}); GPU_CHECK_COMPILE=0 leaves out the torch.compile "
           "baselines")
+    with open(TIMES) as f:
+        build = build_seconds(json.load(f))
+    print(f"On a fresh machine (the last one went back: it stays warm 30 s after a call) it builds first: "
+          f"+{build:.0f} s, and the machine's start.")
     return 0 if total <= BENCH_BUDGET else 1
 
 
