@@ -83,7 +83,8 @@ gpu-wheels:
 # time estimate and runs nothing; GPU_CHECK_BENCH=0 skips the benchmark (tools/gpu_check.sh).
 # `make gpu-bench` then runs the GPU benchmarks, Nsight Compute against the emulator's
 # counters and writes the results file <date>-<gpu>.json (tools/gpu_bench.sh; DRY_RUN=1
-# works the same). COMMIT names the commit in the results where the tree travels without
+# works the same; REHEARSE=1 runs its steps here on the CPU at a tiny size, ncu left out, to
+# try the script and the merge). COMMIT names the commit in the results where the tree travels without
 # its .git (the device tool copies the working tree): `make gpu-bench COMMIT=abc1234`.
 COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null)
 gpu-check:  # every core (this Makefile's MAX_JOBS default of 2 is for the 2-core machines)
@@ -92,7 +93,7 @@ gpu-check:  # every core (this Makefile's MAX_JOBS default of 2 is for the 2-cor
 
 gpu-bench:
 	GPU_CHECK_DRY_RUN=$${GPU_CHECK_DRY_RUN:-$(DRY_RUN)} MAX_JOBS=$${GPU_MAX_JOBS:-$$(nproc)} R2P1D_COMMIT=$(COMMIT) \
-	  bash tools/gpu_bench.sh
+	  GPU_BENCH_REHEARSE=$${GPU_BENCH_REHEARSE:-$(REHEARSE)} bash tools/gpu_bench.sh
 
 clean:
 	rm -rf build *.egg-info r2p1d_ext/_C*.so

@@ -28,27 +28,42 @@ fi
 GPU_LOG_APPEND=1
 source tools/gpu_common.sh
 
-if ! "$PY" -c "import r2p1d_ext, torch; assert torch._C._dispatch_has_kernel_for_dispatch_key('r2p1d::fused_eval', 'CUDA')" \
-    2> /dev/null; then
-  section "building"
-  build_extension || exit 1
+# The sizes of the GPU run; GPU_BENCH_REHEARSE=1 runs the same steps on this machine's CPU
+# at a tiny size (float32 blocks, ncu left out), to try the script and the merge where no
+# GPU is (tests/test_gpu_check.py).
+device=cuda block_dtype=bfloat16
+block_size=(--batch 32 --clip-len 16 --warmup 5 --repeats 20)
+net_size=(--batch 16 --clip-len 16 --warmup 3 --repeats 10)
+if [ "${GPU_BENCH_REHEARSE:-}" = 1 ]; then
+  device=cpu block_dtype=float32
+  block_size=(--batch 1 --clip-len 2 --crop 32 --warmup 0 --repeats 1 --no-memory)
+  net_size=("${block_size[@]}")
+  say "rehearsal on the CPU at a tiny size: not a measurement"
+else
+  if ! "$PY" -c "import r2p1d_ext, torch; assert torch._C._dispatch_has_kernel_for_dispatch_key('r2p1d::fused_eval', 'CUDA')" \
+      2> /dev/null; then
+    section "building"
+    build_extension || exit 1
+  fi
+  require_gpu || exit 0
 fi
-require_gpu || exit 0
 
 section "GPU benchmarks"
 compile_args=(--compile --compile-mode default)
 [ "${GPU_CHECK_COMPILE:-1}" = 0 ] && compile_args=()
 tf32_compile=()
 [ "${GPU_BENCH_TF32_COMPILE:-0}" = 1 ] && tf32_compile=("${compile_args[@]}")
-bench block-bf16 bench/bench_block.py --device cuda --dtype bfloat16 --batch 32 --clip-len 16 \
-  --warmup 5 --repeats 20 "${compile_args[@]}" --out "$OUT/block-bf16.json"
-bench network-bf16 bench/bench_network.py --device cuda --dtype float32 --amp bfloat16 --baseline torchvision \
-  --batch 16 --clip-len 16 --warmup 3 --repeats 10 "${compile_args[@]}" --out "$OUT/network-bf16.json"
+bench block-bf16 bench/bench_block.py --device $device --dtype $block_dtype "${block_size[@]}" \
+  "${compile_args[@]}" --out "$OUT/block-bf16.json"
+bench network-bf16 bench/bench_network.py --device $device --dtype float32 --amp bfloat16 --baseline torchvision \
+  "${net_size[@]}" "${compile_args[@]}" --out "$OUT/network-bf16.json"
 rm -f "$OUT"/block-bf16.png "$OUT"/network-bf16.png
 
 section "Nsight Compute: the forward GEMMs at conv2_x against the emulator"
 start=$SECONDS
-if ! command -v ncu > /dev/null; then
+if [ $device = cpu ]; then
+  say "ncu: left out of the rehearsal"
+elif ! command -v ncu > /dev/null; then
   say "ncu not found: skipped"
   status=1
 else
@@ -66,8 +81,8 @@ else
   fi
 fi
 
-bench block-tf32 bench/bench_block.py --device cuda --dtype float32 --tf32 --batch 32 --clip-len 16 \
-  --warmup 5 --repeats 20 "${tf32_compile[@]}" --out "$OUT/block-tf32.json"
+bench block-tf32 bench/bench_block.py --device $device --dtype float32 --tf32 "${block_size[@]}" \
+  "${tf32_compile[@]}" --out "$OUT/block-tf32.json"
 rm -f "$OUT"/block-tf32.png
 
 section "results file"
