@@ -184,13 +184,20 @@ def emulated(gemm: str, sample: int = 3) -> dict:
     settings = {"R2P1D_EMULATOR_COUNTERS": "on", "R2P1D_EMULATOR_SAMPLE": str(sample), "R2P1D_EMULATOR_CHECKS": None}
     saved = {k: os.environ.get(k) for k in settings}
     try:
-        for k, v in settings.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        _set_environ(settings)
         torch.ops.r2p1d_tc_emulate.counters()  # drop earlier counts
         return tc_report.run_gemm(mod, shape, torch.bfloat16, gemm, 132)
     finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        _set_environ(saved)
+
+
+def _set_environ(values: dict) -> None:
+    """Sets each variable, or removes it where its value is None."""
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _emulator_value(launch: dict, space: str, op, field: str) -> float:

@@ -117,7 +117,7 @@ def run_network(args, command: str) -> Dict[str, Any]:
     model and its input built afresh for each), prints the table; returns the result."""
     dev = args.device
     on_gpu = configure(args, warmup=(1, 5), repeats=(5, 20))
-    baseline, amp_name = getattr(args, "baseline", "ours"), getattr(args, "amp", None)
+    baseline, amp_name = args.baseline, args.amp
     amp = getattr(torch, amp_name) if amp_name else None
     if amp is not None and args.dtype != "float32":
         raise ValueError(f"--amp {amp_name}: expected --dtype float32 (autocast runs float32 weights), "
