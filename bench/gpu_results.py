@@ -28,13 +28,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import re
-import statistics
 import sys
 
 from common import RESULTS, pyplot, save, save_figure
+from r2p1d_ext.tools.bench import EAGER
+from r2p1d_ext.tools.timing import geomean
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 PARTS = {"block_bf16": "block-bf16.json", "block_tf32": "block-tf32.json", "network": "network-bf16.json",
@@ -63,11 +63,6 @@ def _load(folder, name):
         return json.load(f)
 
 
-def _geo(values):
-    values = [v for v in values if v]
-    return math.exp(statistics.fmean(math.log(v) for v in values)) if values else None
-
-
 def gpu_slug(device: str) -> str:
     """"NVIDIA H100 80GB HBM3" -> "h100": the file name's device part."""
     match = re.search(r"\b([A-Z]\d{2,4}[A-Za-z]?)\b", device or "")
@@ -80,10 +75,10 @@ def block_peak_ratio(block):
         return None
     ratios = []
     for r in block["rows"]:
-        eager = [r[k] for k in ("eager_train_peak_mb", "eager_cl_train_peak_mb", "eager_2d_train_peak_mb") if k in r]
+        eager = [r[f"{i}_train_peak_mb"] for i in EAGER if f"{i}_train_peak_mb" in r]
         if "fused_train_peak_mb" in r and eager:
             ratios.append(r["fused_train_peak_mb"] / min(eager))
-    return _geo(ratios)
+    return geomean(v for v in ratios if v > 0)
 
 
 def merge(parts: dict, command: str) -> dict:
@@ -122,7 +117,7 @@ def merge(parts: dict, command: str) -> dict:
         "ncu": ncu,
     }
     measured = {**speedup, "train_peak_mem_ratio": result["train_peak_mem_ratio"]}
-    result["goals"] = [{"key": key, "what": what, "target": f"{op} {target}", "measured": measured[key],
+    result["goals"] = [{"key": key, "what": what, "op": op, "target": target, "measured": measured[key],
                         "met": None if measured[key] is None else
                         (measured[key] >= target if op == ">=" else measured[key] <= target)}
                        for key, what, target, op in GOALS]
@@ -166,7 +161,7 @@ def chart(result, path) -> None:
         axes[2].barh([g["key"] for g in goals], [g["measured"] for g in goals],
                      color=["C2" if g["met"] else "C3" for g in goals])
         for i, g in enumerate(goals):
-            axes[2].plot([float(g["target"].split()[1])] * 2, [i - 0.4, i + 0.4], color="black")
+            axes[2].plot([g["target"]] * 2, [i - 0.4, i + 0.4], color="black")
         axes[2].tick_params(axis="y", labelsize=7)
         axes[2].set_title("goals: measured (bar) and target (line)")
     save_figure(fig, f"{result['device']}, torch {result['torch']}, commit {result['commit']}", path)
@@ -186,7 +181,7 @@ def readme_section(result, chart_path: str) -> str:
              "| | measured | goal |", "| --- | ---: | --- |"]
     for g in result["goals"]:
         mark = "" if g["met"] is None else (" (met)" if g["met"] else " (not met)")
-        lines.append(f"| {g['what']} | {_x(g['measured'])} | {g['target']}x{mark} |")
+        lines.append(f"| {g['what']} | {_x(g['measured'])} | {g['op']} {g['target']}x{mark} |")
     if result["floor"]:
         f = result["floor"]
         lines.append(f"| conv2_x block forward vs its {f['floor_ms']} ms floor | {100 * f['fraction']:.0f}% "
@@ -237,7 +232,7 @@ def main(argv=None) -> int:
     save(result, out)
     chart(result, out[:-5] + ".png")
     for g in result["goals"]:
-        print(f"  {g['what']}: {_x(g['measured'])} (goal {g['target']}x)"
+        print(f"  {g['what']}: {_x(g['measured'])} (goal {g['op']} {g['target']}x)"
               + ("" if g["met"] is None else (", met" if g["met"] else ", NOT met")))
     if result["missing"]:
         print("  missing: " + ", ".join(result["missing"]))

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
+import functools
+import math
 import os
 import re
 import sys
@@ -62,6 +63,7 @@ EXTRA = ["launch__grid_size", "gpu__time_duration.sum", "dram__bytes_read.sum", 
 WANTED = list(dict.fromkeys([m for row in ROWS for ms in row[3:] for m in ms] + EXTRA))
 
 
+@functools.lru_cache(maxsize=None)
 def _conv2_x():
     """The conv2_x block of R(2+1)D-18 and its input shape (bench/tc_report.py's layers)."""
     import tc_report
@@ -168,10 +170,7 @@ def _ctas(kernel: dict) -> float:
     dims = [int(v) for v in re.findall(r"\d+", kernel["grid"])]
     if not dims:
         raise ValueError(f"no grid size for kernel {kernel['name'][:80]}")
-    n = 1
-    for d in dims:
-        n *= d
-    return float(n)
+    return float(math.prod(dims))
 
 
 # ------------------------------------------------------------------ the comparison
@@ -201,7 +200,10 @@ def _set_environ(values: dict) -> None:
 
 
 def _emulator_value(launch: dict, space: str, op, field: str) -> float:
-    classes = [c for c in launch["classes"] if c["space"] == space and (op is None or c["op"] == op)]
+    """Per CTA: `field` summed over the launch's access classes in `space` (and of `op`,
+    unless None); "conflicts": the wavefronts past the ideal."""
+    import tc_report
+    classes = tc_report._classes(launch, space=space, **({} if op is None else {"op": op}))
     if field == "conflicts":
         total = sum(c["wavefronts"] - c["ideal_wavefronts"] for c in classes)
     else:

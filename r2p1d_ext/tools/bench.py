@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import shlex
 import statistics
 import sys
@@ -29,8 +28,9 @@ from ..fuse import fuse
 from ..measure import saved_activation_bytes
 from ..models import ARCHS
 from . import network_bench
-from .timing import (add_run_options, commit, compile_static, configure, device_name, eval_step, peak_in_child,
-                     progress, pyplot, resident_growth_mb, save, save_figure, slow_kernels, timer, train_step)
+from .timing import (add_run_options, commit, compile_static, configure, device_name, eval_step, geomean,
+                     peak_in_child, progress, pyplot, resident_growth_mb, save, save_figure, slow_kernels, timer,
+                     train_step)
 
 STAGES = ("conv2_x", "conv3_x", "conv4_x", "conv5_x")
 EAGER = ("eager", "eager_cl", "eager_2d")  # the eager baselines; "vs eager" is against the best of them
@@ -188,7 +188,7 @@ def run_block(args, argv=None) -> Dict[str, Any]:
             row["train_vs_compile"] = row["compiled_train_ms"] / row["fused_train_ms"]
         rows.append(row)
 
-    geo = lambda key: math.exp(statistics.fmean(math.log(r[key]) for r in rows))
+    geo = lambda key: geomean(r[key] for r in rows)  # noqa: E731
     speedup = {"block_train_vs_eager": geo("train_vs_eager"), "block_eval_vs_eager": geo("eval_vs_eager"),
                "block_train_vs_conv3d": geo("train_vs_conv3d")}
     if args.compile:

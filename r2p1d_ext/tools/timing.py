@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import platform
 import statistics
@@ -82,6 +83,12 @@ def timer(device, warmup, repeats):
                 t0 = time.perf_counter(); fn(); times.append(time.perf_counter() - t0)
         return statistics.median(times)
     return run
+
+
+def geomean(values):
+    """The geometric mean of positive numbers, or None for none."""
+    values = list(values)
+    return math.exp(statistics.fmean(math.log(v) for v in values)) if values else None
 
 
 def progress(iterable, desc):
