@@ -10,14 +10,21 @@ from typing import Callable
 from ._extras import MissingExtraError
 
 
+def plural(count: int, word: str, words: str = "") -> str:
+    """"1 step", "2 steps" (`words`: the plural where it is not `word` + "s")."""
+    return f"{count} {word if count == 1 else (words or word + 's')}"
+
+
 class Defaults(argparse.HelpFormatter):
     """--help shows each option's default where it has one worth showing (not for required
-    options, flags that are off, or options whose help already says it)."""
+    options, on/off flags, or options whose help already says it). An on/off flag's help says
+    what it turns on or off and the feature's state without it: "(default: True)" beside
+    ``--no-progress`` would read as "off by default"."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if (action.default not in (None, False, argparse.SUPPRESS) and not action.required
-                and "default" not in text and action.option_strings):
+        if (action.default not in (None, False, True, argparse.SUPPRESS) and not action.required
+                and "default" not in text and action.option_strings and action.nargs != 0):
             text += " (default: %(default)s)"
         return text
 

@@ -19,15 +19,33 @@ def previous(path: str) -> str:
     return f"{root}.prev{ext or '.pt'}"
 
 
+def _umask() -> int:
+    """The process's umask (read from /proc on Linux: setting it to read it, the portable way,
+    would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str, write: Callable[[IO], None], binary: bool = True,
                  keep_previous: bool = False, suffix: str = TMP_SUFFIX) -> None:
     """write(file) into a temp file (``.tmp-*<suffix>``) in `path`'s folder, fsync, then
     rename over `path`: a reader (or a crash) sees the old file or the new one, never half
-    of one. With ``keep_previous`` the old one becomes ``previous(path)`` first."""
+    of one. With ``keep_previous`` the old one becomes ``previous(path)`` first. The file
+    gets the mode that ``open()`` would give it (0666 less the umask), not mkstemp's 0600: a
+    checkpoint or an exported model is often read by another user (a serving container)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
@@ -59,14 +77,20 @@ def remove_stale_temporaries(folder: str, suffixes: Sequence[str] = (TMP_SUFFIX,
 
 def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
     """The checkpoint at ``path``; if it cannot be read, the previous one (``previous(path)``)
-    with a warning naming the bad file; a clear error when neither can be read."""
+    with a warning naming the bad file; a clear error when neither can be read. A missing
+    ``path`` beside its previous file (a writer stopped between write_atomic's two renames)
+    also falls back to the previous one."""
     import torch  # here: the data layer's users of this module need no torch at import
+    prev = previous(path)
+    if not os.path.exists(path):
+        if not os.path.exists(prev):
+            raise FileNotFoundError(f"no such checkpoint file: {path} (r2p1d train writes checkpoint.pt into "
+                                    "its --out folder)")
+        warnings.warn(f"checkpoint {path} is missing; using the previous one, {prev}", RuntimeWarning, stacklevel=2)
+        return torch.load(prev, map_location=map_location, weights_only=True)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
     except Exception as err:  # truncated or corrupt: torch.load raises several kinds
-        prev = previous(path)
         if not os.path.exists(prev):
             raise RuntimeError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}) and there is "
                                f"no {prev} to fall back to; restore it from a copy, or delete it to start over") from err

@@ -1,6 +1,7 @@
 """SpatioTemporalConv: the fused (2+1)D block as a drop-in replacement for nn.Conv3d."""
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -32,6 +33,32 @@ def _memory_format(x: Tensor) -> torch.memory_format:
 
 def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
     return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
+
+
+def cpu_precision_notice(dtype: Optional[torch.dtype]) -> Optional[str]:
+    """The one-line notice that `dtype` runs slowly in the CPU kernels (None for float32,
+    float64 and no autocast).
+
+    The CPU kernels compute bfloat16 and float16 through their generic loops: they have no
+    AMX or AVX512-BF16 micro-kernels yet, so on every CPU they run slower than in float32
+    (README, "Precision on the CPU"). The trainer prints it at the start of a run; the
+    module warns with it at its first such call in a process."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        return None
+    name = str(dtype).replace("torch.", "")
+    return (f"{name} on the CPU: r2p1d_ext's CPU kernels have no AMX/AVX512-BF16 path yet and run {name} "
+            "slower than float32 on every CPU; use float32 on the CPU (README: Precision on the CPU)")
+
+
+_cpu_notice_given = False
+
+
+def _warn_cpu_precision_once(dtype: torch.dtype) -> None:
+    global _cpu_notice_given
+    notice = cpu_precision_notice(dtype)
+    if notice:
+        _cpu_notice_given = True
+        warnings.warn(notice, UserWarning, stacklevel=3)
 
 
 def _refuse_forward_ad(*tensors: Optional[Tensor]) -> None:
@@ -136,6 +163,8 @@ class SpatioTemporalConv(nn.Module):
             self._check_unbatched(x)
             x = x.unsqueeze(0)
         self._check_input(x)
+        if x.device.type == "cpu" and not _cpu_notice_given and not torch.compiler.is_compiling():
+            _warn_cpu_precision_once(_autocast_dtype(x) or x.dtype)
         fmt = _memory_format(x)
         if x.shape[0] > 0 and self.folds_batchnorm() and not torch.onnx.is_in_onnx_export():
             # Running statistics: BatchNorm folds into the spatial weights and one op computes

@@ -68,7 +68,12 @@ def test_short_video_is_looped(tmp_path):
     for cls in ("a", "b"):
         (root / "train" / cls).mkdir(parents=True)
         _write(str(root / "train" / cls / "v.mp4"), render_video(np.random.default_rng(1), "up", 3, (32, 32)))
-    d = ds.VideoDataset(str(root), "train", clip_len=8, short_side=32, crop_size=32, seed=0)
+    _write(str(root / "train" / "b" / "long.mp4"), render_video(np.random.default_rng(2), "up", 12, (32, 32)))
+    # Said once, with how many: a clip longer than most videos trains on loops, silently otherwise.
+    with pytest.warns(RuntimeWarning, match=r"^2 of 3 train videos are shorter than a clip of 8 frames "
+                                            r"\(clip_len 8, frame_stride 1\): their frames are looped") as seen:
+        d = ds.VideoDataset(str(root), "train", clip_len=8, short_side=32, crop_size=32, seed=0)
+    assert len(seen) == 1 and d.short_videos == 2
     clip = d[0][0]
     assert clip.shape[1] == 8
     assert torch.allclose(clip[:, 0], clip[:, 3], atol=1e-6)  # frame 0 again after 3 frames

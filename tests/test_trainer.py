@@ -62,6 +62,17 @@ def test_cli_train_and_eval_end_to_end(data, tmp_path, capsys):
     assert "already finished" in capsys.readouterr().out
 
 
+def test_a_cpu_amp_run_says_what_it_gets(data, tmp_path, capsys):
+    """--amp on the CPU: the second line of the run says that bfloat16 is slower than float32
+    there (the summary counts in words: "1 epoch")."""
+    assert main(["train", "--data", data, "--out", str(tmp_path / "amp"), "--epochs", "1", "--amp",
+                 "--stop-after-steps", "1"] + TINY) == 3
+    lines = capsys.readouterr().out.splitlines()
+    assert "autocast bfloat16; 1 epoch -> " in lines[0], lines[0]
+    assert lines[1].startswith("note: bfloat16 on the CPU: r2p1d_ext's CPU kernels have no AMX/AVX512-BF16 path "
+                               "yet"), lines
+
+
 def test_interrupted_then_resumed_run_ends_with_the_same_weights(data, tmp_path, capsys):
     torch.manual_seed(123)
     train(_config(data, tmp_path / "straight", epochs=2))
@@ -163,7 +174,9 @@ def test_user_mistakes_are_one_line_errors(data, capsys):
     with pytest.raises(FileNotFoundError, match="looks like a split itself"):
         main(["train", "--debug", "--data", train_dir, "--out", "/nonexistent-run"] + TINY)
     assert main(["eval", "--data", data, "--checkpoint", "/nonexistent/checkpoint.pt"]) == 2
-    assert "r2p1d eval: error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("r2p1d eval: error: no such checkpoint file: /nonexistent/checkpoint.pt (r2p1d train "
+                          "writes checkpoint.pt into its --out folder)") and "Errno" not in err, err
 
 
 def test_help_texts_say_every_option_and_its_default(capsys):
@@ -184,6 +197,12 @@ def test_help_texts_say_every_option_and_its_default(capsys):
                   "(default: r2plus1d_18)", "(default: 45)"):
         assert shown in text
     assert "(default: None)" not in text and "(default: False)" not in text
+    assert "--no-hflip turn off the random horizontal flips of training clips, which are on by default" in text
+    assert "--no-progress hide the progress bars (shown by default)" in text
+    # An on/off flag never shows "(default: True)": beside --no-x it reads as "off by default".
+    for name, sub in commands.items():
+        help_text = " ".join(sub.format_help().split())
+        assert "(default: True)" not in help_text and "(default: False)" not in help_text, name
 
 
 def test_epoch_line_counts_skipped_videos_and_shows_top5_only_where_it_says_something():

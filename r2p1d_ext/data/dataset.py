@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from . import manifest as manifest_file
-from .video import VIDEO_EXTENSIONS, VideoDecodeError, is_hidden, probe_frame_count, read_frames
+from .video import VIDEO_EXTENSIONS, VideoDecodeError, is_hidden, probe_frame_count, read_frames, warn_line
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
@@ -95,6 +95,12 @@ class VideoDataset(Dataset):
         if not self.videos:
             raise ValueError(f"no readable video under {split_dir} ({len(self.unreadable)} skipped)")
         self.split, self.clip_len, self.frame_stride = split, clip_len, frame_stride
+        span = (clip_len - 1) * frame_stride + 1
+        self.short_videos = sum(frames < span for _, _, frames in self.videos)  # looped to fill a clip
+        if self.short_videos:
+            warn_line(f"{self.short_videos} of {len(self.videos)} {split} videos are shorter than a clip of {span} "
+                      f"frames (clip_len {clip_len}, frame_stride {frame_stride}): their frames are looped to fill "
+                      "it; a shorter clip (--clip-len) avoids that")
         self.short_side, self.crop_size = short_side, crop_size
         self.train = split == "train" if train is None else train
         self.hflip, self.clips_per_video = hflip, clips_per_video
@@ -208,10 +214,8 @@ def _read_manifest(root: str, manifest: Union[str, None]):
 
 
 def _warn_skip(path: str, why: str) -> None:
-    """One line: `r2p1d_ext.data: RuntimeWarning: skipping video ...`. Raised inside a
-    DataLoader worker, a plain warnings.warn would name (and print a line of) torch's own
-    fetch code, which says nothing to the user."""
-    warnings.warn_explicit(f"skipping video {path}: {why}", RuntimeWarning, "r2p1d_ext.data", 0)
+    """One line (warn_line): ``r2p1d_ext.data:0: RuntimeWarning: skipping video ...``."""
+    warn_line(f"skipping video {path}: {why}")
 
 
 def count_failed(failed: torch.Tensor, seen: set) -> None:

@@ -33,7 +33,6 @@ import fcntl
 import math
 import multiprocessing
 import os
-import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import cv2
@@ -41,7 +40,7 @@ from tqdm import tqdm
 
 from . import manifest
 from .._io import remove_stale_temporaries
-from .video import VIDEO_EXTENSIONS, VideoDecodeError, is_hidden
+from .video import VIDEO_EXTENSIONS, VideoDecodeError, is_hidden, warn_line
 
 CODEC, CONTAINER = "mp4v", ".mp4"
 PART = ".part-"
@@ -294,14 +293,13 @@ def _prepare(src: str, dst: str, jobs: List[str], settings: Dict[str, Any], shor
         status, first, note = result
         if status == "failed":
             summary["failed"].append((first, note))
-            warnings.warn(f"skipping video {os.path.join(src, first)}: {note}", RuntimeWarning, stacklevel=3)
+            warn_line(f"skipping video {os.path.join(src, first)}: {note}", "r2p1d_ext.prepare")
             return
         rows[first["output"]] = first
         summary["prepared"] += 1
         if note:
             summary["truncated"].append((first["source"], note))
-            warnings.warn(f"{os.path.join(src, first['source'])}: {note}; kept those frames", RuntimeWarning,
-                          stacklevel=3)
+            warn_line(f"{os.path.join(src, first['source'])}: {note}; kept those frames", "r2p1d_ext.prepare")
 
     save(complete=False)  # the settings are on record before the first output exists
     pool = bar = None

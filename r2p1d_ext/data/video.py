@@ -3,6 +3,7 @@ one clip decoded with one seek and sequential reads."""
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Dict, Tuple
 
 # FFmpeg logs every damaged macroblock of a corrupt video (thousands of lines for one bad
@@ -18,6 +19,14 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".m
 
 class VideoDecodeError(RuntimeError):
     pass
+
+
+def warn_line(message: str, where: str = "r2p1d_ext.data") -> None:
+    """A RuntimeWarning printed as one line, ``<where>:0: RuntimeWarning: <message>``. A plain
+    warnings.warn names the calling line and prints its source: inside a DataLoader worker
+    that is torch's own fetch code, in a process pool the pool's, which says nothing to the
+    user."""
+    warnings.warn_explicit(message, RuntimeWarning, where, 0)
 
 
 def is_hidden(name: str) -> bool:

@@ -28,7 +28,7 @@ from ..fuse import fuse
 from ..measure import saved_activation_bytes
 from ..models import ARCHS
 from . import network_bench
-from .timing import (add_run_options, commit, compile_static, configure, device_name, eval_step, geomean,
+from .timing import (add_run_options, as_speed, commit, compile_static, configure, device_name, eval_step, geomean,
                      peak_in_child, progress, pyplot, resident_growth_mb, save, save_figure, slow_kernels, timer,
                      train_step)
 
@@ -62,7 +62,8 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", default=None, choices=["bfloat16", "float16"],
                    help="run the network's steps under torch.autocast in this dtype (float32 weights)")
     p.add_argument("--no-engines", dest="engines", action="store_false",
-                   help="CPU float32: skip the ONNX Runtime and OpenVINO inference rows")
+                   help="skip the ONNX Runtime and OpenVINO inference rows, which CPU float32 runs time by default "
+                        "when those packages are installed")
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -205,15 +206,19 @@ def run_block(args, argv=None) -> Dict[str, Any]:
     return _report(result, args.out, print_block_table, plot_block)
 
 
+_SPEEDUP_NAMES = {"block_train_vs_eager": "train vs eager", "block_train_vs_compile": "train vs torch.compile",
+                  "block_eval_vs_eager": "eval vs eager"}
+
+
 def print_block_table(result) -> None:
     impls = [k[:-9] for k in result["rows"][0] if k.endswith("_train_ms")]
     print(f"\n{result['device']} | torch {result['torch']} | {result['dtype']} | commit {result['commit']}")
-    head = f"{'stage':8} {'mode':5} " + " ".join(f"{i + ' ms':>12}" for i in impls) + f" {'vs eager':>9} {'TFLOP/s':>8}"
+    head = f"{'stage':8} {'mode':5} " + " ".join(f"{i + ' ms':>12}" for i in impls) + f" {'eager/fused':>11} {'TFLOP/s':>8}"
     print(head)
     for r in result["rows"]:
         for mode in ("train", "eval"):
             times = " ".join(f"{r[f'{i}_{mode}_ms']:12.2f}" for i in impls)
-            print(f"{r['stage']:8} {mode:5} {times} {r[f'{mode}_vs_eager']:8.2f}x {r[f'fused_{mode}_tflops']:8.3f}")
+            print(f"{r['stage']:8} {mode:5} {times} {r[f'{mode}_vs_eager']:10.2f}x {r[f'fused_{mode}_tflops']:8.3f}")
     print("saved for backward (fused / eager): " + ", ".join(
         f"{r['stage']} {r['fused_saved_mb']:.1f}/{r['eager_saved_mb']:.1f} MB" for r in result["rows"]))
     if "fused_train_peak_mb" in result["rows"][0]:
@@ -224,7 +229,8 @@ def print_block_table(result) -> None:
     for r in result["rows"]:
         for impl, names in r.get("slow_paths", {}).items():
             print(f"WARNING: {r['stage']} {impl} ran PyTorch's slow convolution path: {', '.join(names)}")
-    print("geometric-mean speedups: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["speedup"].items()))
+    print("geometric means over the stages, fused against each baseline: " + ", ".join(
+        f"{_SPEEDUP_NAMES.get(k, k)} {as_speed(v)}" for k, v in result["speedup"].items()))
 
 
 def plot_block(result, path) -> None:

@@ -27,8 +27,8 @@ from .. import reference
 from ..fuse import fuse
 from ..models import ARCHS
 from ..module import SpatioTemporalConv
-from .timing import (commit, compile_static, configure, device_name, eval_step, peak_in_child, progress, pyplot,
-                     save_figure, timer, train_step)
+from .timing import (as_speed, commit, compile_static, configure, device_name, eval_step, peak_in_child, progress,
+                     pyplot, save_figure, timer, train_step)
 
 OURS = ("fused", "eager", "eager_cl")
 TORCHVISION = ("fused", "torchvision", "torchvision_cl")
@@ -175,13 +175,13 @@ def print_table(result) -> None:
         train = f"{r['train_ms']:10.1f}" if "train_ms" in r else f"{'-':>10}"
         print(f"{impl:24} {train} {r['eval_ms']:10.1f} {peak}")
     name = "eager" if result.get("baseline", "ours") == "ours" else "torchvision"
-    line = (f"fused vs the best {name}: train {result[f'train_vs_{name}']:.2f}x faster, "
-            f"eval {result[f'eval_vs_{name}']:.2f}x faster")
+    line = (f"fused against the best {name}: train {as_speed(result[f'train_vs_{name}'])}, "
+            f"eval {as_speed(result[f'eval_vs_{name}'])}")
     if f"peak_vs_{name}" in result:
         line += f", peak memory {result[f'peak_vs_{name}']:.2f}x"
     for engine in ("onnxruntime", "openvino"):
         if f"eval_vs_{engine}" in result:
-            line += (f"; eval {result[f'eval_vs_{engine}']:.2f}x faster than {engine} "
+            line += (f"; eval {as_speed(result[f'eval_vs_{engine}'], engine)} "
                      f"(its output within {result['rows'][engine]['rel_err']:.1e})")
     print(line)
 

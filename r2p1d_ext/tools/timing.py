@@ -15,6 +15,9 @@ import time
 
 import torch
 
+from .._cli_common import plural
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -91,6 +94,17 @@ def geomean(values):
     return math.exp(statistics.fmean(math.log(v) for v in values)) if values else None
 
 
+def as_speed(ratio: float, than: str = "") -> str:
+    """A time ratio (the other's time / ours) in words: "1.37x faster", "2.70x slower" (ratio
+    0.37), "as fast" within 0.5%; `than` names the other ("... than eager")."""
+    tail = f" than {than}" if than else ""
+    if abs(ratio - 1) < 0.005:
+        return f"as fast as {than}" if than else "as fast"
+    if ratio > 1:
+        return f"{ratio:.2f}x faster{tail}"
+    return f"{1 / ratio:.2f}x slower{tail}"
+
+
 def progress(iterable, desc):
     """`iterable` under a tqdm bar, or bare where tqdm is not installed."""
     try:
@@ -162,7 +176,7 @@ def cpu_name():
 def device_name(device):
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
+    return f"{cpu_name()} ({plural(torch.get_num_threads(), 'thread')})"
 
 
 def compile_static(module, mode=None):

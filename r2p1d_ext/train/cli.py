@@ -16,7 +16,7 @@ from .config import TrainConfig
 from .evaluation import evaluate_checkpoint
 from .loop import train
 from .reports import shows_top5
-from .._cli_common import Defaults as _Defaults, number as _number, run_command
+from .._cli_common import Defaults as _Defaults, number as _number, plural, run_command
 from ..tools import cli as tools
 
 
@@ -66,11 +66,13 @@ def _train_parser(sub, common):
     p.add_argument("--schedule", default=d.schedule, choices=["cosine", "step"],
                    help="learning-rate schedule after the warm-up")
     p.add_argument("--amp", nargs="?", const="bfloat16", default=None, choices=["bfloat16", "float16"],
-                   help="mixed precision (default dtype bfloat16; float16 uses a GradScaler on CUDA)")
+                   help="mixed precision (default dtype bfloat16; float16 uses a GradScaler on CUDA); on the CPU "
+                        "slower than float32 for now (README: Precision on the CPU)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last_3d model and inputs (default: on CUDA, not on the CPU)")
     p.add_argument("--no-hflip", dest="hflip", action="store_false",
-                   help="no horizontal flips (for classes that depend on left/right motion)")
+                   help="turn off the random horizontal flips of training clips, which are on by default (for "
+                        "classes that depend on left/right motion)")
     p.add_argument("--sync-bn", action="store_true",
                    help="with several processes (torchrun), BatchNorm statistics over all of them: the standalone "
                         "layers and the fused blocks (CPU and CUDA)")
@@ -78,7 +80,8 @@ def _train_parser(sub, common):
     p.add_argument("--init", default=None, metavar="FILE",
                    help="fine-tune: start from these weights, a torchvision r2plus1d_* state_dict (e.g. Kinetics-400) "
                         "or a checkpoint of r2p1d train; the classifier is replaced when the class count differs")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide the progress bars (shown by default)")
 
 
 def _prepare_parser(sub, common):
@@ -93,15 +96,14 @@ def _prepare_parser(sub, common):
                    help="lower the frame rate to this (default: keep the source's)")
     p.add_argument("--workers", type=_number(int, 0, "integer"), default=None,
                    help="worker processes (default: one per core; 0: in this process)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide the progress bars (shown by default)")
 
 
-def _run_prepare(args, parser) -> int:
+def _run_prepare(args) -> int:
     from ..data.prepare import FolderBusyError, prepare
-    try:
+    try:  # a wrong path or setting raises ValueError/FileNotFoundError: one line (run_command)
         s = prepare(args.src, args.dst, args.short_side, args.fps, args.workers, args.progress)
-    except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
     except FolderBusyError as err:
         print(f"r2p1d prepare: {err}", file=sys.stderr)
         return 1
@@ -129,8 +131,10 @@ def _predict_parser(sub, common):
     p.add_argument("--workers", type=_number(int, 0, "integer"), default=2, help="DataLoader worker processes decoding")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--amp", nargs="?", const="bfloat16", default=None, choices=["bfloat16", "float16"],
-                   help="mixed precision on CUDA (default dtype bfloat16)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+                   help="mixed precision (default dtype bfloat16); on the CPU slower than float32 for now (README: "
+                        "Precision on the CPU)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide the progress bar (shown by default)")
 
 
 def _run_predict(args) -> int:
@@ -185,12 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    return run_command(args, lambda: _run(args, parser))
+    args = build_parser().parse_args(argv)
+    return run_command(args, lambda: _run(args))
 
 
-def _run(args, parser) -> int:
+def _run(args) -> int:
     if args.command in tools.COMMANDS:
         return tools.run(args)
     if args.command == "predict":
@@ -202,7 +205,7 @@ def _run(args, parser) -> int:
         print(f"wrote {counts['train']} train and {counts['val']} val videos under {args.dir}")
         return 0
     if args.command == "prepare":
-        return _run_prepare(args, parser)
+        return _run_prepare(args)
     if args.command == "train":
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         result = train(TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}))
@@ -215,6 +218,6 @@ def _run(args, parser) -> int:
     top5 = f"top-5 {metrics['val_top5']:.4f}  " if shows_top5(len(metrics["classes"])) else ""
     print(f"{args.split}: clip top-1 {metrics['val_top1']:.4f}  {top5}"
           f"video top-1 {metrics['val_video_top1']:.4f}  loss {metrics['val_loss']:.4f}  "
-          f"(epoch {metrics['epoch']}, {metrics['skipped_videos']} videos skipped) -> {out}")
+          f"(epoch {metrics['epoch']}, {plural(metrics['skipped_videos'], 'video')} skipped) -> {out}")
     return 0
 

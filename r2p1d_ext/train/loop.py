@@ -14,6 +14,7 @@ import dataclasses
 import math
 import os
 import random
+import re
 import signal
 import tempfile
 import time
@@ -28,8 +29,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .._cli_common import plural
 from ..data.dataset import VideoDataset, count_failed
 from ..models import build_model, load_initial_weights
+from ..module import cpu_precision_notice
 from ..sync_bn import convert_sync_batchnorm
 from . import checkpoint as ckpt
 from .config import RESUME_FREE, TrainConfig, amp_dtype, resolve_device, use_channels_last, validate
@@ -181,15 +184,17 @@ class _Run:
         """What this run trains, on what, where: printed once at the start."""
         cfg = self.cfg
         params = sum(p.numel() for p in self.model.parameters())
-        where = f"{self.device}" + (f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else "")
+        where = f"{self.device}" + (f" ({plural(torch.get_num_threads(), 'thread')})" if self.device.type == "cpu"
+                                    else "")
         if self.ddp.enabled:
-            where += f" x {self.ddp.world} processes"
+            where += f" x {plural(self.ddp.world, 'process', 'processes')}"
         precision = f"autocast {cfg.amp}" if cfg.amp else "float32"
-        return (f"training {cfg.arch} ({params / 1e6:.1f} M parameters) on {len(self.classes)} classes: "
-                f"{len(self.train_set)} training clips ({self.steps_per_epoch} steps of {cfg.batch_size} per epoch"
+        return (f"training {cfg.arch} ({params / 1e6:.1f} M parameters) on {plural(len(self.classes), 'class', 'classes')}: "
+                f"{plural(len(self.train_set), 'training clip')} ({plural(self.steps_per_epoch, 'step')} of "
+                f"{cfg.batch_size} per epoch"
                 f"{' and process' if self.ddp.enabled else ''}), {len(self.val_set.videos)} val videos x "
-                f"{cfg.eval_clips} clips; {cfg.clip_len}x{cfg.crop_size}x{cfg.crop_size} clips; {where}, "
-                f"{precision}; {cfg.epochs} epochs -> {cfg.out} (checkpoint.pt, log.csv, metrics.json, curves.png)")
+                f"{plural(cfg.eval_clips, 'clip')}; {cfg.clip_len}x{cfg.crop_size}x{cfg.crop_size} clips; {where}, "
+                f"{precision}; {plural(cfg.epochs, 'epoch')} -> {cfg.out} (checkpoint.pt, log.csv, metrics.json, curves.png)")
 
     def prepare_folder(self) -> None:
         os.makedirs(self.cfg.out, exist_ok=True)
@@ -200,7 +205,7 @@ class _Run:
 
     def resume(self) -> None:
         """Loads the run folder's checkpoint, if any, and says where the run continues."""
-        if not os.path.exists(self.path):
+        if not (os.path.exists(self.path) or os.path.exists(ckpt.previous(self.path))):
             return
         state = ckpt.load(self.path, map_location=self.device)
         _check_resume(state.get("config", {}), self.cfg, self.path)
@@ -214,7 +219,7 @@ class _Run:
         rank = self.ddp.rank
         ckpt.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
         self.say(f"resuming from {self.path}: epoch {p.epoch + 1}/{self.cfg.epochs}, step {p.step}"
-                 + (f" ({p.batches_done} batches into the epoch)" if p.batches_done else ""))
+                 + (f" ({plural(p.batches_done, 'batch', 'batches')} into the epoch)" if p.batches_done else ""))
 
     def save(self) -> None:
         """A checkpoint of the run as it stands (every rank's RNG states; rank 0 writes)."""
@@ -326,17 +331,22 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     run.resume()
     p = run.progress
     if p.epoch >= cfg.epochs:
-        run.say(f"{run.path} has already finished {cfg.epochs} epochs; nothing to do")
+        run.say(f"{run.path} has already finished {plural(cfg.epochs, 'epoch')}; nothing to do")
         return p.history[-1] if p.history else {}
     if cfg.init and p.step == 0:  # a fresh run from pretrained weights (a resumed one has its own)
         run.say(load_initial_weights(run.model, cfg.init))
     run.say(run.summary())
+    notice = cpu_precision_notice(run.amp_dtype) if run.device.type == "cpu" else None
+    if notice:
+        run.say(f"note: {notice}")
     net = run.model
     if run.ddp.enabled:
         device_ids = [run.device.index] if run.device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(run.model, device_ids=device_ids)
     reports = EpochReports(cfg.out) if run.ddp.main else None
-    with _StopFlag() as stop:
+    with _StopFlag() as stop, warnings.catch_warnings():
+        if notice:  # said once above: not again by the blocks' first call, inside the progress bar
+            warnings.filterwarnings("ignore", message=re.escape(notice))
         while p.epoch < cfg.epochs:
             start = time.time()
             sums = run.train_epoch(net, stop)

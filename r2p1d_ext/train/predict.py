@@ -17,7 +17,6 @@ import csv
 import dataclasses
 import json
 import os
-import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
@@ -27,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..data.dataset import KINETICS_MEAN, KINETICS_STD, clip_starts, resize_crop_normalise
-from ..data.video import VIDEO_EXTENSIONS, VideoDecodeError, is_hidden, probe_video, read_frames
+from ..data.video import VIDEO_EXTENSIONS, VideoDecodeError, is_hidden, probe_video, read_frames, warn_line
 from ..models.loading import LoadedModel
 from .config import amp_dtype, resolve_device, use_channels_last
 
@@ -186,7 +185,7 @@ def predict(loaded: LoadedModel, videos: Sequence[str], clips: int = 10, window_
     span = (cfg["clip_len"] - 1) * cfg["frame_stride"] + 1
     for v, plan in enumerate(plans):
         if plan.error is not None:
-            warnings.warn_explicit(f"skipping video {plan.path}: {plan.error}", RuntimeWarning, "r2p1d_ext.predict", 0)
+            warn_line(f"skipping video {plan.path}: {plan.error}", "r2p1d_ext.predict")
             out.append(Prediction(plan.path, error=plan.error))
         elif window_stride is None:
             got = scores[v]

@@ -9,6 +9,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from .._cli_common import plural
 from .._io import write_json_atomic
 
 
@@ -34,7 +35,7 @@ def epoch_line(row: Dict[str, Any], num_classes: int) -> str:
     top5 = f"top-5 {row['val_top5']:.3f} " if shows_top5(num_classes) else ""
     return (f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} top-1 {row['train_top1']:.3f} | "
             f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.3f} {top5}"
-            f"video top-1 {row['val_video_top1']:.3f} | {row['skipped_videos']} videos skipped")
+            f"video top-1 {row['val_video_top1']:.3f} | {plural(row['skipped_videos'], 'video')} skipped")
 
 
 def _pyplot():
