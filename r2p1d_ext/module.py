@@ -39,15 +39,17 @@ def cpu_precision_notice(dtype: Optional[torch.dtype]) -> Optional[str]:
     """The one-line notice that `dtype` runs slowly in the CPU kernels (None for float32,
     float64 and no autocast).
 
-    The CPU kernels compute bfloat16 and float16 through their generic loops: they have no
-    AMX or AVX512-BF16 micro-kernels yet, so on every CPU they run slower than in float32
-    (README, "Precision on the CPU"). The trainer prints it at the start of a run; the
+    The CPU kernels compute bfloat16 and float16 by converting to float32, running their
+    float32 kernels and rounding the results: they have no AMX or AVX512-BF16 micro-kernels
+    yet, so on every CPU they run slower than in float32 (README, "Precision on the CPU")
+    and than eager PyTorch's bfloat16 where the CPU has AMX. The trainer prints it at the start of a run; the
     module warns with it at its first such call in a process."""
     if dtype not in (torch.bfloat16, torch.float16):
         return None
     name = str(dtype).replace("torch.", "")
-    return (f"{name} on the CPU: r2p1d_ext's CPU kernels have no AMX/AVX512-BF16 path yet and run {name} "
-            "slower than float32 on every CPU; use float32 on the CPU (README: Precision on the CPU)")
+    return (f"{name} on the CPU: r2p1d_ext's CPU kernels have no AMX/AVX512-BF16 path yet and compute {name} "
+            "in float32 with conversions, slower than float32 itself; use float32 on the CPU (README: Precision on "
+            "the CPU)")
 
 
 _cpu_notice_given = False

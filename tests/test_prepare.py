@@ -168,6 +168,8 @@ def test_unreadable_inputs_are_skipped_with_one_warning_each(tmp_path):
         assert sorted(s for s, _ in summary["failed"]) == ["train/a/noise.mp4", "train/b/empty.avi"]
         assert len(messages) == 2 + (run == 0), messages
         assert all("skipping video" in m for m in messages if "cut.avi" not in m)
+        # One line each: no file of ours or of the process pool to quote a source line from.
+        assert {(w.filename, w.lineno) for w in record} == {("r2p1d_ext.prepare", 0)}
         assert (summary["prepared"], summary["skipped"]) == ((2, 0) if run == 0 else (0, 2))
     assert _outputs(dst) == ["manifest.json", "train/a/good.mp4", "train/b/cut.mp4"]
     doc = manifest.read(manifest.path_in(str(dst)))

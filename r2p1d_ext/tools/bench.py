@@ -207,18 +207,18 @@ def run_block(args, argv=None) -> Dict[str, Any]:
 
 
 _SPEEDUP_NAMES = {"block_train_vs_eager": "train vs eager", "block_train_vs_compile": "train vs torch.compile",
-                  "block_eval_vs_eager": "eval vs eager"}
+                  "block_eval_vs_eager": "eval vs eager", "block_train_vs_conv3d": "train vs nn.Conv3d"}
 
 
 def print_block_table(result) -> None:
     impls = [k[:-9] for k in result["rows"][0] if k.endswith("_train_ms")]
     print(f"\n{result['device']} | torch {result['torch']} | {result['dtype']} | commit {result['commit']}")
-    head = f"{'stage':8} {'mode':5} " + " ".join(f"{i + ' ms':>12}" for i in impls) + f" {'eager/fused':>11} {'TFLOP/s':>8}"
+    head = f"{'stage':8} {'mode':5} " + " ".join(f"{i + ' ms':>12}" for i in impls) + f" {'eager/fused':>12} {'TFLOP/s':>8}"
     print(head)
     for r in result["rows"]:
         for mode in ("train", "eval"):
             times = " ".join(f"{r[f'{i}_{mode}_ms']:12.2f}" for i in impls)
-            print(f"{r['stage']:8} {mode:5} {times} {r[f'{mode}_vs_eager']:10.2f}x {r[f'fused_{mode}_tflops']:8.3f}")
+            print(f"{r['stage']:8} {mode:5} {times} {r[f'{mode}_vs_eager']:11.2f}x {r[f'fused_{mode}_tflops']:8.3f}")
     print("saved for backward (fused / eager): " + ", ".join(
         f"{r['stage']} {r['fused_saved_mb']:.1f}/{r['eager_saved_mb']:.1f} MB" for r in result["rows"]))
     if "fused_train_peak_mb" in result["rows"][0]:
