@@ -23,7 +23,9 @@ class Defaults(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if (action.default not in (None, False, True, argparse.SUPPRESS) and not action.required
+        # `is`, not `in`: 1.0 == True and 0 == False, and those defaults are worth showing.
+        if (action.default is not None and action.default is not argparse.SUPPRESS
+                and not isinstance(action.default, bool) and not action.required
                 and "default" not in text and action.option_strings and action.nargs != 0):
             text += " (default: %(default)s)"
         return text

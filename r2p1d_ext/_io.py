@@ -3,12 +3,15 @@ application (checkpoints, JSON logs), and the checkpoint reader that falls back 
 previous file (torch.load with weights_only=True)."""
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import glob
 import json
 import os
 import tempfile
 import warnings
-from typing import IO, Any, Callable, Dict, List, Sequence
+from typing import IO, Any, Callable, Dict, Iterator, List, Sequence
 
 TMP_PREFIX, TMP_SUFFIX = ".tmp-", ".pt"
 
@@ -59,6 +62,34 @@ def write_atomic(path: str, write: Callable[[IO], None], binary: bool = True,
         raise
 
 
+@contextlib.contextmanager
+def exclusive(path: str, busy: Callable[[str], Exception], inherited: bool = True) -> Iterator[None]:
+    """Holds the lock file `path` (its content: the holder's process id) for the block, or
+    raises ``busy(holder)`` at once when a live process holds it. The kernel releases the
+    lock when its holder exits, even on kill -9, so no stale lock outlives a run.
+
+    ``inherited``: an flock, shared with the children the holder forks (a process pool that
+    writes for it). Otherwise a POSIX record lock, which forked children do not hold: a
+    trainer's DataLoader workers may outlive a killed trainer by seconds, and must not keep
+    its restarted successor out."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            if inherited:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise busy(os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 def write_json_atomic(path: str, obj: Any, indent: int = 2) -> None:
     """json.dump, atomically (write_atomic)."""
     write_atomic(path, lambda f: json.dump(obj, f, indent=indent), binary=False, suffix=".json")
@@ -75,11 +106,12 @@ def remove_stale_temporaries(folder: str, suffixes: Sequence[str] = (TMP_SUFFIX,
     return stale
 
 
-def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
+def load_checkpoint(path: str, map_location="cpu", mmap: bool = False) -> Dict[str, Any]:
     """The checkpoint at ``path``; if it cannot be read, the previous one (``previous(path)``)
     with a warning naming the bad file; a clear error when neither can be read. A missing
     ``path`` beside its previous file (a writer stopped between write_atomic's two renames)
-    also falls back to the previous one."""
+    also falls back to the previous one. ``mmap``: tensors mapped from the file, not read
+    (a look at the other fields costs no I/O)."""
     import torch  # here: the data layer's users of this module need no torch at import
     prev = previous(path)
     if not os.path.exists(path):
@@ -87,9 +119,9 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
             raise FileNotFoundError(f"no such checkpoint file: {path} (r2p1d train writes checkpoint.pt into "
                                     "its --out folder)")
         warnings.warn(f"checkpoint {path} is missing; using the previous one, {prev}", RuntimeWarning, stacklevel=2)
-        return torch.load(prev, map_location=map_location, weights_only=True)
+        return torch.load(prev, map_location=map_location, weights_only=True, mmap=mmap)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # truncated or corrupt: torch.load raises several kinds
         if not os.path.exists(prev):
             raise RuntimeError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}) and there is "
@@ -97,7 +129,7 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
         warnings.warn(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); using the previous "
                       f"one, {prev} (delete {path} to silence this)", RuntimeWarning, stacklevel=2)
         try:
-            return torch.load(prev, map_location=map_location, weights_only=True)
+            return torch.load(prev, map_location=map_location, weights_only=True, mmap=mmap)
         except Exception as err2:
             raise RuntimeError(f"checkpoints {path} and {prev} both cannot be read ({err2}); restore one from "
                                "a copy, or delete both to start over") from err2

@@ -60,7 +60,8 @@ def _warn_cpu_precision_once(dtype: torch.dtype) -> None:
     notice = cpu_precision_notice(dtype)
     if notice:
         _cpu_notice_given = True
-        warnings.warn(notice, UserWarning, stacklevel=3)
+        # The caller of the module: past forward, nn.Module's _call_impl and __call__.
+        warnings.warn(notice, UserWarning, stacklevel=5)
 
 
 def _refuse_forward_ad(*tensors: Optional[Tensor]) -> None:

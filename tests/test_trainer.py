@@ -68,7 +68,7 @@ def test_a_cpu_amp_run_says_what_it_gets(data, tmp_path, capsys):
     assert main(["train", "--data", data, "--out", str(tmp_path / "amp"), "--epochs", "1", "--amp",
                  "--stop-after-steps", "1"] + TINY) == 3
     lines = capsys.readouterr().out.splitlines()
-    assert "autocast bfloat16; 1 epoch -> " in lines[0], lines[0]
+    assert "autocast bfloat16;" in lines[0] and "; 1 epoch, evaluated every epoch;" in lines[0], lines[0]
     assert lines[1].startswith("note: bfloat16 on the CPU: r2p1d_ext's CPU kernels have no AMX/AVX512-BF16 path "
                                "yet"), lines
 

@@ -137,11 +137,15 @@ class VideoDataset(Dataset):
         return resize_crop_normalise(frames, self.short_side, self.crop_size, self.mean, self.std,
                                      rng if self.train else None, self.hflip)
 
-    def __getitem__(self, index: int):
-        """(clip, label, video index, index of a video that failed here or -1)."""
+    def __getitem__(self, item: Union[int, Tuple[int, int]]):
+        """(clip, label, video index, index of a video that failed here or -1). `item` is an
+        index, or an (index, epoch) pair: the epoch then seeds the augmentation instead of
+        set_epoch's (a persistent DataLoader worker's copy of the dataset never sees
+        set_epoch; the trainer's sampler gives pairs)."""
+        index, epoch = item if isinstance(item, tuple) else (item, self.epoch)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} clips")
-        rng = np.random.default_rng(None if self.seed is None else (self.seed, self.epoch, index))
+        rng = np.random.default_rng(None if self.seed is None else (self.seed, epoch, index))
         video, clip = divmod(index, self.clips_per_video)
         path, label, frames = self.videos[video]
         if video not in self._failed:

@@ -28,8 +28,6 @@ run into a folder that a live run is preparing into (``DST/.prepare.lock``).
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
-import fcntl
 import math
 import multiprocessing
 import os
@@ -39,7 +37,7 @@ import cv2
 from tqdm import tqdm
 
 from . import manifest
-from .._io import remove_stale_temporaries
+from .._io import exclusive as _exclusive, remove_stale_temporaries
 from .video import VIDEO_EXTENSIONS, VideoDecodeError, is_hidden, warn_line
 
 CODEC, CONTAINER = "mp4v", ".mp4"
@@ -99,27 +97,15 @@ class FolderBusyError(RuntimeError):
     """Another live `prepare` run holds the destination folder's lock."""
 
 
-@contextlib.contextmanager
 def exclusive(dst: str):
-    """Holds `dst`'s lock (``DST/.prepare.lock``, an flock) while preparing into it: a second
-    run into the same folder would remove the first's temporaries and overwrite its
-    manifest with its own rows, so it is a clear error instead. The kernel releases an
-    flock when its holder exits, even on kill -9: no stale lock outlives a killed run."""
-    path = os.path.join(dst, LOCK)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise FolderBusyError(f"another r2p1d prepare (process {holder}) is writing into {dst}; wait for "
-                                  "it to finish (a re-run then skips what it prepared), or prepare into "
-                                  "another folder") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
+    """Holds `dst`'s lock (``DST/.prepare.lock``, an flock shared with the worker pool) while
+    preparing into it: a second run into the same folder would remove the first's
+    temporaries and overwrite its manifest with its own rows, so it is a clear error
+    instead (_io.exclusive: no stale lock outlives a killed run)."""
+    def busy(holder: str) -> FolderBusyError:
+        return FolderBusyError(f"another r2p1d prepare (process {holder}) is writing into {dst}; wait for it to "
+                               "finish (a re-run then skips what it prepared), or prepare into another folder")
+    return _exclusive(os.path.join(dst, LOCK), busy)
 
 
 def convert(source: str, output: str, short_side: int, fps: Optional[float]) -> Tuple[Dict[str, Any], str]:

@@ -16,6 +16,32 @@ import numpy as np  # noqa: E402
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
+# Decoder threads per opened video (0: FFmpeg's default, one per core). A DataLoader worker
+# sets 1 (one_thread_per_worker): 14 workers x 16 threads on a 16-core machine only thrash.
+_decoder_threads = 0
+
+
+def one_thread_per_worker(worker_id: int = 0) -> None:
+    """A DataLoader ``worker_init_fn``: one thread for each thread pool a worker runs (the
+    video decoder, OpenCV's resize, torch's intra-op pool): the parallelism is the workers."""
+    global _decoder_threads
+    _decoder_threads = 1
+    cv2.setNumThreads(1)
+    import torch
+    torch.set_num_threads(1)
+
+
+def decoder_threads() -> int:
+    """Threads each video capture opened in this process uses (0: FFmpeg's default)."""
+    return _decoder_threads
+
+
+def open_video(path: str) -> "cv2.VideoCapture":
+    """cv2.VideoCapture of `path` with this process's decoder thread count."""
+    if _decoder_threads:
+        return cv2.VideoCapture(path, cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, _decoder_threads])
+    return cv2.VideoCapture(path)
+
 
 class VideoDecodeError(RuntimeError):
     pass
@@ -36,7 +62,7 @@ def is_hidden(name: str) -> bool:
 def probe_video(path: str) -> Tuple[int, float]:
     """(frames, frames per second) as the container reports them; the frames counted by
     decoding where it does not say; (0, 0.0) if the file cannot be opened."""
-    cap = cv2.VideoCapture(path)
+    cap = open_video(path)
     try:
         if not cap.isOpened():
             return 0, 0.0
@@ -61,7 +87,7 @@ def read_frames(path: str, start: int, count: int, stride: int, total: int) -> n
     video length, so short videos loop). Decodes only the span it needs."""
     indices = [(start + k * stride) % total for k in range(count)]
     first, last = min(indices), max(indices)
-    cap = cv2.VideoCapture(path)
+    cap = open_video(path)
     try:
         if not cap.isOpened():
             raise VideoDecodeError(f"cannot open {path}")

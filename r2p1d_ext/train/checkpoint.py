@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .._io import load_checkpoint as load  # noqa: F401  (this module's API)
-from .._io import previous, remove_stale_temporaries, write_atomic  # noqa: F401
+from .._io import TMP_SUFFIX, previous, remove_stale_temporaries, write_atomic  # noqa: F401
 
 
 def rng_state() -> Dict[str, Any]:

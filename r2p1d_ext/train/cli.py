@@ -28,8 +28,13 @@ _HELP = {
     "frame_stride": "take every n-th frame of the video",
     "short_side": "resize the short side of the frames to this (pixels)",
     "crop_size": "square crop (random in training, centred in evaluation)",
-    "workers": "DataLoader worker processes decoding videos (0: in the training process)",
+    "workers": "DataLoader worker processes per training process, each with one decoder thread (0: decode in "
+               "the training process; default: the cores per process on this machine, less one)",
+    "prefetch": "batches each loader worker prepares ahead",
     "eval_clips": "clips per validation video, spread over it (video-level scores average them)",
+    "eval_every": "evaluate every N epochs (and after the last), sharded over the processes",
+    "log_every": "every N steps a steps.csv row, TensorBoard scalars and the progress bar's fields: loss, lr, "
+                 "clips/s, the share of time spent waiting for data, peak GPU memory (0: none)",
     "checkpoint_every": "also write a checkpoint every N steps (0: at epoch ends only)",
     "stop_after_steps": "stop after N steps of this run with a checkpoint, exit status 3 (0: no limit)",
     "seed": "seed of the model, the sampling and the augmentation",
@@ -43,8 +48,8 @@ _HELP = {
 }
 # Smallest sensible value of each numeric option (1: counts and sizes; 0: may be off).
 _INT_MINIMUM = {"epochs": 1, "batch_size": 1, "clip_len": 1, "frame_stride": 1, "short_side": 1, "crop_size": 1,
-                "workers": 0, "eval_clips": 1, "checkpoint_every": 0, "stop_after_steps": 0, "seed": 0,
-                "step_epochs": 1}
+                "workers": 0, "prefetch": 1, "eval_clips": 1, "eval_every": 1, "log_every": 0, "checkpoint_every": 0,
+                "stop_after_steps": 0, "seed": 0, "step_epochs": 1}
 _FLOAT_MINIMUM = {"lr": 1e-12, "momentum": 0.0, "weight_decay": 0.0, "warmup_epochs": 0.0, "gamma": 0.0,
                   "clip_grad": 0.0}
 
@@ -68,6 +73,8 @@ def _train_parser(sub, common):
     p.add_argument("--amp", nargs="?", const="bfloat16", default=None, choices=["bfloat16", "float16"],
                    help="mixed precision (default dtype bfloat16; float16 uses a GradScaler on CUDA); on the CPU "
                         "slower than float32 for now (README: Precision on the CPU)")
+    p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"],
+                   help="the model's dtype (float64: slow, for checks that two runs train the same weights)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last_3d model and inputs (default: on CUDA, not on the CPU)")
     p.add_argument("--no-hflip", dest="hflip", action="store_false",

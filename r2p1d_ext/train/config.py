@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Optional
 
 import torch
@@ -31,8 +32,12 @@ class TrainConfig:
     clip_grad: float = 0.0      # max gradient norm; 0 disables
     amp: Optional[str] = None   # None, "bfloat16" or "float16"
     channels_last: Optional[bool] = None  # channels_last_3d model and clips; None: on CUDA
-    workers: int = 2
+    dtype: str = "float32"      # the parameters' and activations' dtype ("float64": for exactness checks)
+    workers: Optional[int] = None  # DataLoader workers per process; None: default_workers()
+    prefetch: int = 2           # batches each worker prepares ahead (DataLoader's prefetch_factor)
     eval_clips: int = 3         # clips per validation video (video-level accuracy)
+    eval_every: int = 1         # evaluate every N epochs (and after the last)
+    log_every: int = 50         # a steps.csv row (loss, lr, clips/s, data wait) every N steps; 0: none
     checkpoint_every: int = 0   # also checkpoint every N optimizer steps; 0: per epoch only
     stop_after_steps: int = 0   # stop (with a checkpoint) after N steps of this run; 0: never
     sync_bn: bool = False
@@ -44,16 +49,32 @@ class TrainConfig:
 
 # Settings a resumed run may change without a word (the rest change what is trained).
 RESUME_FREE = {"data", "out", "epochs", "workers", "progress", "device", "checkpoint_every", "stop_after_steps",
-               "eval_clips", "init"}
+               "eval_clips", "init", "prefetch", "eval_every", "log_every"}
 
 
 def validate(cfg: TrainConfig) -> None:
     """The numbers `r2p1d train` checks on its command line, for callers of train()."""
-    for name in ("epochs", "batch_size", "clip_len", "frame_stride", "short_side", "crop_size", "eval_clips"):
+    for name in ("epochs", "batch_size", "clip_len", "frame_stride", "short_side", "crop_size", "eval_clips",
+                 "eval_every", "prefetch"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"expected {name} >= 1, got {getattr(cfg, name)}")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ValueError(f"expected a finite lr > 0, got {cfg.lr}")
+    if cfg.dtype not in ("float32", "float64"):
+        raise ValueError(f"expected dtype 'float32' or 'float64', got {cfg.dtype!r}")
+    if cfg.dtype == "float64" and cfg.amp:
+        raise ValueError("--dtype float64 and --amp exclude each other: mixed precision is for float32 models")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise ValueError(f"expected workers >= 0, got {cfg.workers}")
+
+
+def default_workers(local_world: int, cores: Optional[int] = None) -> int:
+    """DataLoader workers per process: the cores this process may use, shared among the
+    processes of this machine (torchrun's local world), less one for the training process
+    itself; at least 1, at most 16."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(16, cores // max(1, local_world) - 1))
 
 
 def amp_dtype(amp: Optional[str]) -> Optional[torch.dtype]:

@@ -1,10 +1,11 @@
-"""Several processes under ``torchrun``: the process group (NCCL on GPUs, gloo on CPUs) and
-the sampler that shards each epoch's permutation over the ranks and resumes mid-epoch."""
+"""Several processes under ``torchrun``: the process group (NCCL on GPUs, gloo on CPUs), the
+few collectives the loop uses, the sampler that shards each epoch's permutation over the
+ranks and resumes mid-epoch, and the batches of whole videos that shard evaluation."""
 from __future__ import annotations
 
 import math
 import os
-from typing import Iterator, List
+from typing import Any, Iterator, List, Tuple
 
 import torch
 import torch.distributed as dist
@@ -18,6 +19,9 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        # Which start of the job this is: torchrun counts the restarts of its workers.
+        self.restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         self.enabled = self.world > 1
         if self.enabled and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -26,21 +30,43 @@ class Dist:
     def main(self) -> bool:
         return self.rank == 0
 
-    def barrier(self):
+    def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
 
     def sum(self, values: List[float]) -> List[float]:
+        """Element-wise sums over the ranks, in float64 (every rank gets the same numbers;
+        a NaN or Inf on any rank makes its element non-finite everywhere)."""
         if not self.enabled:
-            return values
+            return [float(v) for v in values]
         t = torch.tensor(values, dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            t = t.cuda()
         dist.all_reduce(t)
         return t.tolist()
+
+    def gather(self, obj: Any) -> List[Any]:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        out: List[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any, src: int) -> Any:
+        """Rank `src`'s `obj` on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj if self.rank == src else None]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
 
 
 class EpochSampler(Sampler):
     """This rank's share of a permutation that depends only on (seed, epoch), padded like
-    DistributedSampler, with the first ``skip`` items left out (mid-epoch resume)."""
+    DistributedSampler, with the first ``skip`` items left out (mid-epoch resume). It yields
+    ``(index, epoch)`` pairs: the dataset seeds each clip's augmentation with its epoch, and
+    a persistent DataLoader worker holds a copy of the dataset made at the first epoch."""
 
     def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
         self.n, self.seed, self.rank, self.world, self.shuffle = n, seed, rank, world, shuffle
@@ -58,8 +84,32 @@ class EpochSampler(Sampler):
         order += order[: self.per_rank * self.world - self.n]
         return order[self.rank::self.world][self.skip:]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices())
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        epoch = self.epoch
+        return iter([(i, epoch) for i in self.indices()])
 
     def __len__(self) -> int:
         return max(0, self.per_rank - self.skip)
+
+
+class VideoBatches(Sampler):
+    """Evaluation batches of whole videos (every clip of a video in one batch, in clip order):
+    batch b holds videos [b*v, (b+1)*v), v = max(1, batch_size // clips_per_video), and rank r
+    takes the batches b with b % world == r. One process (world 1) takes them all, in the same
+    batches: each clip meets the same batch-mates on any number of ranks, so its scores are
+    the same to the bit, and each video's clips are averaged on one rank in one order."""
+
+    def __init__(self, videos: int, clips_per_video: int, batch_size: int, rank: int = 0, world: int = 1):
+        self.videos, self.clips = videos, clips_per_video
+        self.per_batch = max(1, batch_size // clips_per_video)
+        self.rank, self.world = rank, world
+
+    def _batches(self) -> List[List[int]]:
+        starts = range(0, self.videos, self.per_batch)[self.rank::self.world]
+        return [list(range(v * self.clips, min(v + self.per_batch, self.videos) * self.clips)) for v in starts]
+
+    def __iter__(self) -> Iterator[List[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())

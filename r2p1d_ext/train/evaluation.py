@@ -1,8 +1,14 @@
-"""Evaluation of a video classifier: clip-level loss and top-k, video-level accuracy (clip
-scores averaged per video) and the confusion matrix; of a model in memory or of a
-checkpoint."""
+"""Evaluation of a video classifier: clip-level loss and top-1/top-5, video-level top-1,
+top-5 and mean class accuracy (clip scores averaged per video) and the confusion matrix; of
+a model in memory (on one process, or sharded over the ranks of a run) or of a checkpoint.
+
+Sharded, each rank scores its batches of whole videos (``distributed.VideoBatches``) and the
+per-clip and per-video results are gathered on every rank, so the metrics are those of one
+process to the bit: each clip is scored in the same batch, each video's clips averaged in
+the same order on one rank, and the clip losses summed exactly (``math.fsum``)."""
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -11,10 +17,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data.dataset import VideoDataset, count_failed, video_scores
+from ..data.dataset import VideoDataset, count_failed
+from ..data.video import one_thread_per_worker
 from ..models import build_model
 from . import checkpoint as ckpt
 from .config import amp_dtype, resolve_device, use_channels_last
+from .distributed import Dist, VideoBatches
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> List[int]:
@@ -25,39 +33,95 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> List[
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype=None,
-             channels_last: bool = False, num_classes: Optional[int] = None,
-             progress: bool = False) -> Dict[str, Any]:
-    """Clip-level loss/top-1/top-5, video-level top-1 (clip scores averaged per video) and
-    the video-level confusion matrix. A video any of whose clips failed to decode is left
-    out of every metric (never replaced by another video's clips) and counted in
-    ``val_failed_videos``."""
+def score_clips(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype=None,
+                channels_last: bool = False, progress: bool = False, dtype: Optional[torch.dtype] = None
+                ) -> Dict[str, Any]:
+    """This process's share of an evaluation: per clip (video, loss, top-1 hit, top-5 hit),
+    per video (label, sum of its clips' softmax scores, clip count), and the videos that
+    failed to decode. `dtype`: the clips' (the model's, if not float32)."""
     model.eval()
-    scores, labels, vids, losses, failed = [], [], [], [], set()
+    clips_out: List[tuple] = []
+    videos: Dict[int, list] = {}
+    failed: set = set()
     for clips, y, v, bad in tqdm(loader, desc="eval", leave=False, disable=not progress):
         count_failed(bad, failed)
-        clips, y = clips.to(device), y.to(device)
+        clips, y = clips.to(device, dtype=dtype or clips.dtype), y.to(device)
         if channels_last:
             clips = clips.to(memory_format=torch.channels_last_3d)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(clips)
         logits = logits.float()
-        losses.append(F.cross_entropy(logits, y, reduction="none").cpu())
-        scores.append(logits.softmax(1).cpu()); labels.append(y.cpu()); vids.append(v)
-    scores, labels, vids, losses = torch.cat(scores), torch.cat(labels), torch.cat(vids), torch.cat(losses)
-    keep = ~torch.isin(vids, torch.tensor(sorted(failed), dtype=vids.dtype))
-    if not keep.any():
+        losses = F.cross_entropy(logits, y, reduction="none").cpu().tolist()
+        scores = logits.softmax(1).cpu()
+        k = min(5, scores.shape[1])
+        hits = scores.topk(k, dim=1).indices.eq(y.cpu()[:, None])
+        for i, (video, label) in enumerate(zip(v.tolist(), y.cpu().tolist())):
+            clips_out.append((video, losses[i], bool(hits[i, 0]), bool(hits[i].any())))
+            entry = videos.setdefault(video, [label, torch.zeros_like(scores[i]), 0])
+            entry[1] += scores[i]
+            entry[2] += 1
+    return {"clips": clips_out, "videos": videos, "failed": failed}
+
+
+def metrics_of(parts: List[Dict[str, Any]], num_classes: int) -> Dict[str, Any]:
+    """The metrics of the gathered shares of score_clips (in rank order). A video any of
+    whose clips failed to decode is left out of every metric (never replaced by another
+    video's clips) and counted in ``val_failed_videos``."""
+    failed = set().union(*(p["failed"] for p in parts))
+    clips = [c for p in parts for c in p["clips"] if c[0] not in failed]
+    if not clips:
         raise RuntimeError(f"every evaluation video failed to decode ({len(failed)} videos)")
-    scores, labels, vids, losses = scores[keep], labels[keep], vids[keep], losses[keep]
-    n = len(labels)
-    top1, top5 = topk_correct(scores, labels)
-    vscores, vlabels = video_scores(scores, vids, labels)
-    c = num_classes or scores.shape[1]
-    confusion = torch.zeros(c, c, dtype=torch.long)
-    confusion.index_put_((vlabels, vscores.argmax(1)), torch.ones_like(vlabels), accumulate=True)
-    return {"val_loss": float(losses.sum()) / n, "val_top1": top1 / n, "val_top5": top5 / n,
-            "val_video_top1": float((vscores.argmax(1) == vlabels).float().mean()),
-            "val_failed_videos": len(failed), "confusion": confusion.tolist()}
+    videos: Dict[int, list] = {}
+    for p in parts:
+        for video, (label, summed, count) in p["videos"].items():
+            if video in failed:
+                continue
+            if video in videos:  # clips of one video on several ranks (not with VideoBatches)
+                videos[video][1] = videos[video][1] + summed
+                videos[video][2] += count
+            else:
+                videos[video] = [label, summed, count]
+    order = sorted(videos)
+    labels = torch.tensor([videos[v][0] for v in order])
+    means = torch.stack([videos[v][1] / videos[v][2] for v in order])
+    pred = means.argmax(1)
+    top5 = means.topk(min(5, means.shape[1]), dim=1).indices.eq(labels[:, None]).any(1)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    per_class = confusion.diagonal().double() / confusion.sum(1).clamp_min(1).double()
+    present = confusion.sum(1) > 0
+    n = len(clips)
+    return {"val_loss": math.fsum(c[1] for c in clips) / n,
+            "val_top1": sum(c[2] for c in clips) / n, "val_top5": sum(c[3] for c in clips) / n,
+            "val_video_top1": float((pred == labels).double().mean()),
+            "val_video_top5": float(top5.double().mean()),
+            "val_mean_class_acc": float(per_class[present].mean()),
+            "val_videos": len(order), "val_failed_videos": len(failed), "confusion": confusion.tolist()}
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype=None,
+             channels_last: bool = False, num_classes: Optional[int] = None, progress: bool = False,
+             ddp: Optional[Dist] = None) -> Dict[str, Any]:
+    """The metrics of `model` on `loader`'s clips (metrics_of). Under a run of several
+    processes (`ddp`), `loader` holds this rank's share and every rank gets the metrics of
+    all shares."""
+    first = next(model.parameters(), None)
+    part = score_clips(model, loader, device, amp_dtype, channels_last, progress,
+                       torch.float64 if first is not None and first.dtype == torch.float64 else None)
+    parts = ddp.gather(part) if ddp is not None else [part]
+    if num_classes is None:
+        num_classes = next(len(s[1]) for p in parts for s in p["videos"].values())
+    return metrics_of(parts, num_classes)
+
+
+def video_loader(data_set: VideoDataset, batch_size: int, workers: int, rank: int = 0, world: int = 1,
+                 pin_memory: bool = False, prefetch: int = 2, persistent: bool = False) -> DataLoader:
+    """The evaluation loader of `data_set`: batches of whole videos (VideoBatches), rank
+    `rank`'s share of `world`, one decoder thread per worker."""
+    batches = VideoBatches(len(data_set.videos), data_set.clips_per_video, batch_size, rank, world)
+    extra = dict(prefetch_factor=prefetch, persistent_workers=persistent) if workers else {}
+    return DataLoader(data_set, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
+                      worker_init_fn=one_thread_per_worker if workers else None, **extra)
 
 
 def evaluate_checkpoint(data: str, checkpoint: str, split: str = "val", batch_size: int = 8,
@@ -72,13 +136,14 @@ def evaluate_checkpoint(data: str, checkpoint: str, split: str = "val", batch_si
                             clips_per_video=eval_clips or cfg["eval_clips"])
     if data_set.classes != state["classes"]:
         raise ValueError(f"{checkpoint} was trained on classes {state['classes']}, {data}/{split} has {data_set.classes}")
-    model = build_model(cfg["arch"], len(state["classes"])).to(dev)
+    dtype = torch.float64 if cfg.get("dtype") == "float64" else torch.float32
+    model = build_model(cfg["arch"], len(state["classes"])).to(device=dev, dtype=dtype)
     model.load_state_dict(state["model"])
     channels_last = use_channels_last(cfg.get("channels_last"), dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
-    loader = DataLoader(data_set, batch_size=batch_size, num_workers=workers)
-    metrics = evaluate(model, loader, dev, amp_dtype(cfg.get("amp")), channels_last, len(state["classes"]),
-                       progress=progress)
+    loader = video_loader(data_set, batch_size, workers, pin_memory=dev.type == "cuda")
+    metrics = evaluate(model, loader, dev, amp_dtype(cfg.get("amp")), channels_last,
+                       len(state["classes"]), progress=progress)
     return {"checkpoint": checkpoint, "split": split, "epoch": state["epoch"], "classes": state["classes"],
             "skipped_videos": len(data_set.unreadable) + metrics["val_failed_videos"], **metrics}

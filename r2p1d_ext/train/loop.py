@@ -4,13 +4,29 @@
 cosine (or step) schedule, optional AMP and gradient clipping, on one process or under
 ``torchrun`` (DistributedDataParallel: NCCL on GPUs, gloo on CPUs). Every epoch (and every
 ``checkpoint_every`` steps) it writes ``<out>/checkpoint.pt`` atomically; running the same
-command again resumes from it (model, optimizer, scheduler, scaler, RNG states, epoch and
-step, mid-epoch included). SIGINT/SIGTERM save a checkpoint and stop cleanly. Rank 0
-evaluates after every epoch and writes the reports (r2p1d_ext/train/reports.py).
+command again resumes from it (model, optimizer, scheduler, scaler, RNG states, epoch, step
+and the epoch's running sums, mid-epoch included).
+
+Under torchrun every decision is taken by all ranks together (docs/training.md):
+
+- Every rank takes every step. One small all-reduce per step (after the forward pass, before
+  the backward) adds up each rank's count of good clips, loss and stop request: a rank whose
+  clips all failed to decode still runs forward and backward on an empty batch, and each
+  rank's loss is weighted so that the gradient is that of one process on all the good clips
+  of the global step.
+- One decision to stop. A signal (SIGINT/SIGTERM) on any rank, ``stop_after_steps`` or a
+  non-finite loss on any rank stops every rank after the same step with one checkpoint,
+  which rank 0 writes (after checking that every rank holds the same parameters).
+- At a resume the newest checkpoint that any node can see is read by one rank and broadcast,
+  so nodes without a shared ``--out`` resume from the same state.
+- Evaluation is sharded: each rank scores its share of the validation videos, every rank
+  gets the metrics (r2p1d_ext/train/evaluation.py).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import math
 import os
 import random
@@ -30,15 +46,23 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .._cli_common import plural
+from .._io import exclusive
 from ..data.dataset import VideoDataset, count_failed
+from ..data.video import one_thread_per_worker
 from ..models import build_model, load_initial_weights
 from ..module import cpu_precision_notice
 from ..sync_bn import convert_sync_batchnorm
 from . import checkpoint as ckpt
-from .config import RESUME_FREE, TrainConfig, amp_dtype, resolve_device, use_channels_last, validate
+from .config import RESUME_FREE, TrainConfig, amp_dtype, default_workers, resolve_device, use_channels_last, validate
 from .distributed import Dist, EpochSampler
-from .evaluation import evaluate, topk_correct
-from .reports import EpochReports, epoch_line
+from .evaluation import evaluate, topk_correct, video_loader
+from .reports import RunReports, epoch_line, step_line
+
+LOCK = ".train.lock"
+# Test switch (docs/testing.md): "RANK:WHERE:N" kills that rank with SIGKILL in a job's first
+# start, after optimizer step N (WHERE "step") or after evaluating epoch N and before its
+# checkpoint (WHERE "epoch-end"), so the tests can land a kill where they need it.
+KILL_SWITCH = "R2P1D_TEST_KILL"
 
 
 def seed_everything(seed: int):
@@ -64,7 +88,7 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM set the flag; the loop saves a checkpoint and returns."""
+    """SIGINT/SIGTERM set the flag; the ranks agree on it at the next step (_Run._step)."""
 
     def __init__(self):
         self.set = False
@@ -84,6 +108,10 @@ class _StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
+
+
+class FolderBusyError(RuntimeError):
+    """Another live `r2p1d train` holds the run folder."""
 
 
 def _check_writable(folder: str) -> None:
@@ -107,6 +135,25 @@ def _check_resume(saved: Dict[str, Any], cfg: TrainConfig, path: str) -> None:
         warnings.warn(f"resuming {path} with changed settings: {', '.join(changed)}", RuntimeWarning, stacklevel=4)
 
 
+def _position(path: str) -> Optional[tuple]:
+    """(epoch, batches done) of the checkpoint at `path` (or its previous file), read without
+    loading its tensors; None when there is none."""
+    if not (os.path.exists(path) or os.path.exists(ckpt.previous(path))):
+        return None
+    with warnings.catch_warnings():  # the full load below says it, once
+        warnings.simplefilter("ignore")
+        state = ckpt.load(path, mmap=True)
+    return int(state["epoch"]), int(state["batches_done"])
+
+
+def _digest(model: nn.Module) -> str:
+    """A hash of every parameter's bytes: equal on two ranks only if the weights are."""
+    h = hashlib.sha1()
+    for p in model.parameters():
+        h.update(p.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
 @dataclasses.dataclass
 class _Progress:
     """Where the run stands: what a checkpoint records besides the states."""
@@ -114,6 +161,26 @@ class _Progress:
     batches_done: int = 0  # of the current epoch
     step: int = 0
     history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+    # The current epoch's sums over every rank: loss * clips, correct clips, clips, seconds
+    # the ranks waited for data (added over the ranks).
+    sums: List[float] = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    confusion: Optional[List[List[int]]] = None  # of the last evaluation
+
+
+class _StepWindow:
+    """The steps since the last steps.csv row: clips, loss, data wait, wall time."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.loss = self.clips = self.wait = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, loss: float, clips: float, wait: float):
+        self.loss += loss
+        self.clips += clips
+        self.wait += wait
 
 
 class _Run:
@@ -127,7 +194,9 @@ class _Run:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.amp_dtype = amp_dtype(cfg.amp)
+        self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
         seed_everything(cfg.seed + self.ddp.rank)
+        self.workers = cfg.workers if cfg.workers is not None else default_workers(self.ddp.local_world)
         self._setup_data()
         self._setup_model()
         self.path = os.path.join(cfg.out, "checkpoint.pt")
@@ -135,10 +204,23 @@ class _Run:
         self.run_steps = 0
         self.failed_train: set = set()  # training videos that failed to decode (any worker, any epoch)
         self.result: Dict[str, Any] = {}
+        self.reports: Optional[RunReports] = None
+        self.window = _StepWindow()
 
     def say(self, *args) -> None:
         if self.ddp.main:
             print(*args, flush=True)
+
+    # ------------------------------------------------------------------ set-up
+    def _loader_options(self) -> Dict[str, Any]:
+        """Workers that live for the whole run, each with one decoder thread and `prefetch`
+        batches in flight; pinned memory on CUDA, so that the copies to the GPU are
+        asynchronous."""
+        options: Dict[str, Any] = dict(num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        if self.workers:
+            options.update(persistent_workers=True, prefetch_factor=self.cfg.prefetch,
+                           worker_init_fn=one_thread_per_worker)
+        return options
 
     def _setup_data(self) -> None:
         cfg = self.cfg
@@ -156,17 +238,23 @@ class _Run:
         if self.steps_per_epoch == 0:
             raise ValueError(f"the training split gives {self.sampler.per_rank} clips per process, fewer than "
                              f"--batch-size {cfg.batch_size}: lower the batch size")
-        self.val_loader = DataLoader(self.val_set, batch_size=cfg.batch_size, num_workers=cfg.workers)
+        options = self._loader_options()
+        self.train_loader = DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=self.sampler,
+                                       drop_last=True, **options)
+        self.val_loader = video_loader(self.val_set, cfg.batch_size, self.workers, self.ddp.rank, self.ddp.world,
+                                       options["pin_memory"], cfg.prefetch, persistent=self.workers > 0)
 
     def _setup_model(self) -> None:
         cfg, device = self.cfg, self.device
         model = build_model(cfg.arch, len(self.classes))
         if cfg.sync_bn:  # every BatchNorm, the fused blocks' included (r2p1d_ext/sync_bn.py)
             # torch's SyncBatchNorm on CUDA; on the CPU, where it has no kernel and DDP refuses
-            # it, the library's
+            # it, the library's. In a process group of their own: their backward collectives
+            # then never interleave with DDP's gradient all-reduces, whose order follows when
+            # each rank's gradients become ready (not the same on a rank with an empty batch).
             convert = nn.SyncBatchNorm.convert_sync_batchnorm if device.type == "cuda" else convert_sync_batchnorm
-            model = convert(model)
-        model = model.to(device)
+            model = convert(model, process_group=dist.new_group() if self.ddp.enabled else None)
+        model = model.to(device=device, dtype=self.dtype)
         self.channels_last = use_channels_last(cfg.channels_last, device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
@@ -188,138 +276,221 @@ class _Run:
                                     else "")
         if self.ddp.enabled:
             where += f" x {plural(self.ddp.world, 'process', 'processes')}"
-        precision = f"autocast {cfg.amp}" if cfg.amp else "float32"
+        precision = f"autocast {cfg.amp}" if cfg.amp else cfg.dtype
+        loader = (f"{plural(self.workers, 'loader worker')} per process, {cfg.prefetch} batches ahead each"
+                  if self.workers else "clips decoded in the training process (--workers 0)")
+        if self.device.type == "cuda":
+            loader += ", pinned memory"
+        log = f"a steps.csv row every {plural(cfg.log_every, 'step')}" if cfg.log_every else "no steps.csv"
+        every = "every epoch" if cfg.eval_every == 1 else f"every {cfg.eval_every} epochs and after the last"
         return (f"training {cfg.arch} ({params / 1e6:.1f} M parameters) on {plural(len(self.classes), 'class', 'classes')}: "
                 f"{plural(len(self.train_set), 'training clip')} ({plural(self.steps_per_epoch, 'step')} of "
                 f"{cfg.batch_size} per epoch"
                 f"{' and process' if self.ddp.enabled else ''}), {len(self.val_set.videos)} val videos x "
                 f"{plural(cfg.eval_clips, 'clip')}; {cfg.clip_len}x{cfg.crop_size}x{cfg.crop_size} clips; {where}, "
-                f"{precision}; {plural(cfg.epochs, 'epoch')} -> {cfg.out} (checkpoint.pt, log.csv, metrics.json, curves.png)")
+                f"{precision}; {loader}; {plural(cfg.epochs, 'epoch')}, evaluated {every}"
+                f"; {log} -> {cfg.out} (checkpoint.pt, log.csv, steps.csv, metrics.json, curves.png)")
 
     def prepare_folder(self) -> None:
         os.makedirs(self.cfg.out, exist_ok=True)
         if self.ddp.main:
             _check_writable(self.cfg.out)
-            for tmp in ckpt.remove_stale_temporaries(self.cfg.out):
+            for tmp in ckpt.remove_stale_temporaries(self.cfg.out, (ckpt.TMP_SUFFIX, ".json", ".csv")):
                 self.say(f"removed {tmp}, left by a run killed while writing it")
 
+    def hold_folder(self) -> contextlib.AbstractContextManager:
+        """Rank 0 holds ``<out>/.train.lock`` for the run: a second run into the same folder
+        would overwrite its checkpoints. A POSIX lock, which the DataLoader workers do not
+        inherit: they may outlive a killed trainer by seconds, and must not lock out its
+        restart."""
+        if not self.ddp.main:
+            return contextlib.nullcontext()
+        out = self.cfg.out
+
+        def busy(holder: str) -> FolderBusyError:
+            return FolderBusyError(f"another r2p1d train (process {holder}) is using the run folder {out}; wait for "
+                                   "it to finish or stop it (it resumes from its checkpoint), or train into another --out")
+        return exclusive(os.path.join(out, LOCK), busy, inherited=False)
+
+    # ------------------------------------------------------------------ checkpoints
     def resume(self) -> None:
-        """Loads the run folder's checkpoint, if any, and says where the run continues."""
-        if not (os.path.exists(self.path) or os.path.exists(ckpt.previous(self.path))):
+        """Loads the newest checkpoint any rank can see, if any (one rank reads it, every rank
+        gets it), and says where the run continues."""
+        mine = _position(self.path) if self.ddp.local_rank == 0 else None
+        found = [(pos, r) for r, pos in enumerate(self.ddp.gather(mine)) if pos is not None]
+        if not found:
             return
-        state = ckpt.load(self.path, map_location=self.device)
+        src = max(found, key=lambda f: (f[0], -f[1]))[1]  # the newest; on a tie the lowest rank
+        state = self.ddp.broadcast(ckpt.load(self.path) if self.ddp.rank == src else None, src)
         _check_resume(state.get("config", {}), self.cfg, self.path)
         if state["classes"] != self.classes:
             raise ValueError(f"{self.path} was trained on classes {state['classes']}, the data has {self.classes}")
+        saved_world = state.get("world", len(state["rng"]))
+        if saved_world != self.ddp.world and state["batches_done"]:
+            raise ValueError(f"{self.path} was saved {state['batches_done']} batches into epoch {state['epoch'] + 1} "
+                             f"by {plural(saved_world, 'process', 'processes')}, this run has {self.ddp.world}: "
+                             f"resume it with {saved_world} (a checkpoint from an epoch's end resumes with any "
+                             "number)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        p = self.progress = _Progress(state["epoch"], state["batches_done"], state["step"], state["history"])
+        p = self.progress = _Progress(state["epoch"], state["batches_done"], state["step"], state["history"],
+                                      list(state.get("sums", [0.0] * 4)), state.get("confusion"))
         rank = self.ddp.rank
-        ckpt.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
-        self.say(f"resuming from {self.path}: epoch {p.epoch + 1}/{self.cfg.epochs}, step {p.step}"
-                 + (f" ({plural(p.batches_done, 'batch', 'batches')} into the epoch)" if p.batches_done else ""))
+        ckpt.set_rng_state(state["rng"][rank % len(state["rng"])])
+        self.say(f"resuming from {self.path}" + (f" (read on rank {src})" if src else "")
+                 + f": epoch {p.epoch + 1}/{self.cfg.epochs}, step {p.step}"
+                 + (f" ({plural(p.batches_done, 'batch', 'batches')} into the epoch)" if p.batches_done else "")
+                 + (f"; saved by {saved_world} processes, now {self.ddp.world}" if saved_world != self.ddp.world
+                    else ""))
+        if self.reports is not None:
+            self.reports.resume(p.history, p.confusion, p.step)
 
     def save(self) -> None:
-        """A checkpoint of the run as it stands (every rank's RNG states; rank 0 writes)."""
-        rng = [ckpt.rng_state()]
-        if self.ddp.enabled:
-            gathered = [None] * self.ddp.world
-            dist.all_gather_object(gathered, rng[0])
-            rng = gathered
+        """A checkpoint of the run as it stands: every rank's RNG states, and only once every
+        rank is seen to hold the same parameters; rank 0 writes it."""
+        p = self.progress
+        gathered = self.ddp.gather((ckpt.rng_state(), _digest(self.model)))
+        differ = [r for r, (_, digest) in enumerate(gathered) if digest != gathered[0][1]]
+        if differ:
+            raise RuntimeError(f"the parameters of rank(s) {differ} differ from rank 0's at step {p.step}: the "
+                               "processes no longer train one model; not saving (restart from the last checkpoint)")
         if self.ddp.main:
-            p = self.progress
             ckpt.save_atomic({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                               "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                               "epoch": p.epoch, "batches_done": p.batches_done, "step": p.step,
-                              "history": p.history, "rng": rng, "classes": self.classes,
+                              "history": p.history, "sums": p.sums, "confusion": p.confusion,
+                              "rng": [g[0] for g in gathered], "world": self.ddp.world, "classes": self.classes,
                               "config": dataclasses.asdict(self.cfg)}, self.path, keep_previous=True)
         self.ddp.barrier()
 
-    def train_epoch(self, net: nn.Module, stop: _StopFlag) -> Optional[List[float]]:
-        """The rest of the current epoch; returns (loss*n, correct, n) summed over this
-        process's steps, or None when a signal or stop_after_steps stopped the run (saved)."""
+    def _kill_switch(self, where: str, at: int) -> None:
+        spec = os.environ.get(KILL_SWITCH)
+        if spec and self.ddp.restart == 0:
+            rank, point, n = spec.split(":")
+            if int(rank) == self.ddp.rank and point == where and int(n) == at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self, net: nn.Module, stop: _StopFlag) -> bool:
+        """The rest of the current epoch; False when the ranks decided to stop (saved)."""
         cfg, p, device = self.cfg, self.progress, self.device
-        self.train_set.set_epoch(p.epoch)
         self.sampler.set_epoch(p.epoch, skip=p.batches_done * cfg.batch_size)
-        loader = DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=self.sampler,
-                            num_workers=cfg.workers, drop_last=True)
         net.train()
-        sums = [0.0, 0.0, 0.0]  # loss*n, correct, n (this epoch's part since start/resume)
-        bar = tqdm(loader, desc=f"epoch {p.epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and self.ddp.main),
+        bar = tqdm(desc=f"epoch {p.epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and self.ddp.main),
                    initial=p.batches_done, total=self.steps_per_epoch)
-        for clips, labels, _, failed in bar:
+        batches = iter(self.train_loader)
+        self.window.reset()
+        while True:
+            tick = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            clips, labels, _, failed = batch
+            wait = time.perf_counter() - tick
             count_failed(failed, self.failed_train)
             if (failed >= 0).any():  # clips of videos that failed to decode: left out
                 clips, labels = clips[failed < 0], labels[failed < 0]
-                if len(labels) == 0:
-                    p.batches_done += 1
-                    continue
-            clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            loss, logits = self._step(net, clips, labels)
-            p.step += 1; self.run_steps += 1; p.batches_done += 1
-            sums[0] += loss.item() * len(labels)
-            sums[1] += topk_correct(logits.detach().float(), labels, ks=(1,))[0]
-            sums[2] += len(labels)
-            bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-            if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0:
+            clips = clips.to(device, dtype=self.dtype, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            stopping = self._step(net, clips, labels, wait, stop)
+            p.batches_done += 1
+            bar.update(1)
+            if self.ddp.main and cfg.progress and p.sums[2]:
+                bar.set_postfix(loss=f"{p.sums[0] / p.sums[2]:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            self._log_step(bar)
+            if stopping or (cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0):
                 self.save()
-            if stop.set or (cfg.stop_after_steps and self.run_steps >= cfg.stop_after_steps):
-                self.save()
+            self._kill_switch("step", p.step)
+            if stopping:
+                bar.close()
                 self.say(f"stopped at epoch {p.epoch + 1}, step {p.step}; checkpoint saved to {self.path}; "
                          "run the same command to resume")
-                return None
+                return False
         bar.close()
-        return sums
+        return True
 
-    def _step(self, net: nn.Module, clips: torch.Tensor, labels: torch.Tensor):
-        """One optimizer step on a batch; returns (loss, logits)."""
+    def _step(self, net: nn.Module, clips: torch.Tensor, labels: torch.Tensor, wait: float, stop: _StopFlag) -> bool:
+        """One global step: forward on this rank's good clips (maybe none), one all-reduce of
+        (clips, loss, correct, wait, stop requests) over the ranks, then, if any rank has a
+        clip, backward with the loss weighted by world / global clips and the optimizer
+        step. Returns whether the ranks decided to stop after it."""
         cfg, p = self.cfg, self.progress
         if self.channels_last:
             clips = clips.to(memory_format=torch.channels_last_3d)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = net(clips)
-            loss = F.cross_entropy(logits.float(), labels)
-        if not torch.isfinite(loss):  # stop before a step makes the weights non-finite
+            loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
+        correct = topk_correct(logits.detach().float(), labels, ks=(1,))[0] if len(labels) else 0
+        wants_stop = stop.set or bool(cfg.stop_after_steps and self.run_steps + 1 >= cfg.stop_after_steps)
+        n, loss_total, correct_total, wait_total, stops = self.ddp.sum(
+            [len(labels), loss_sum.item(), correct, wait, float(wants_stop)])
+        if not math.isfinite(loss_total):  # every rank sees it: stop before a step makes the weights non-finite
+            self.save()
             raise FloatingPointError(
-                f"non-finite training loss ({loss.item()}) at epoch {p.epoch + 1}, step {p.step + 1}; "
-                f"{self.path if os.path.exists(self.path) else 'no checkpoint'} keeps the last good state "
-                "(lower --lr, add --clip-grad, or check the data)")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if cfg.clip_grad > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        return loss, logits
+                f"non-finite training loss ({loss_total}) at epoch {p.epoch + 1}, step {p.step + 1}; {self.path} "
+                "holds the state before it (lower --lr, add --clip-grad, or check the data)")
+        p.sums = [p.sums[0] + loss_total, p.sums[1] + correct_total, p.sums[2] + n, p.sums[3] + wait_total]
+        self.window.add(loss_total, n, wait_total / self.ddp.world)
+        if n:
+            loss = loss_sum * (self.ddp.world / n)  # DDP averages the ranks' gradients
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.clip_grad > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            p.step += 1
+        self.run_steps += 1
+        return stops > 0
 
-    def end_epoch(self, sums: List[float], seconds: float, reports: Optional[EpochReports]) -> None:
-        """Closes an epoch: rank 0 evaluates and reports; every rank gets the history and
-        the checkpoint is written."""
-        p = self.progress
-        loss_sum, correct, n, failed_count = self.ddp.sum(sums + [len(self.failed_train)])
-        p.epoch += 1
-        p.batches_done = 0
-        if self.ddp.main:
+    def _log_step(self, bar) -> None:
+        """Every log_every steps: a steps.csv row (and TensorBoard, and the bar's fields)."""
+        cfg, p, w = self.cfg, self.progress, self.window
+        if not cfg.log_every or p.step == 0 or p.step % cfg.log_every or not w.clips:
+            return
+        elapsed = max(time.perf_counter() - w.start, 1e-9)
+        row = {"step": p.step, "epoch": round(p.epoch + p.batches_done / self.steps_per_epoch, 4),
+               "loss": w.loss / w.clips, "lr": self.scheduler.get_last_lr()[0], "clips_per_s": w.clips / elapsed,
+               "data_wait": min(1.0, w.wait / elapsed)}
+        if self.device.type == "cuda":
+            row["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        if self.reports is not None:
+            self.reports.step(row)
+            if cfg.progress:
+                bar.set_postfix(step_line(row))
+        w.reset()
+
+    def end_epoch(self, seconds: float) -> None:
+        """Closes an epoch on every rank: the sharded evaluation (every --eval-every epochs and
+        after the last), the history row, the checkpoint; rank 0 writes the reports."""
+        cfg, p = self.cfg, self.progress
+        loss_sum, correct, n, wait = p.sums
+        epoch = p.epoch + 1
+        failed_train = len(set().union(*self.ddp.gather(self.failed_train)))
+        row: Dict[str, Any] = {"epoch": epoch, "step": p.step, "lr": self.scheduler.get_last_lr()[0],
+                               "train_loss": loss_sum / max(n, 1), "train_top1": correct / max(n, 1),
+                               "epoch_seconds": seconds, "data_wait_seconds": wait / self.ddp.world}
+        failed_val = 0
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             metrics = evaluate(self.model, self.val_loader, self.device, self.amp_dtype, self.channels_last,
-                               len(self.classes), progress=self.cfg.progress)
-            row = {"epoch": p.epoch, "step": p.step, "lr": self.scheduler.get_last_lr()[0],
-                   "train_loss": loss_sum / max(n, 1), "train_top1": correct / max(n, 1),
-                   **{k: v for k, v in metrics.items() if k not in ("confusion", "val_failed_videos")},
-                   "epoch_seconds": seconds,
-                   "skipped_videos": len(self.train_set.unreadable) + len(self.val_set.unreadable)
-                   + int(failed_count) + metrics["val_failed_videos"]}
-            p.history.append(row)
-            self.result = reports.write(row, p.history, self.classes, metrics["confusion"])
-            self.say(epoch_line(row, len(self.classes)))
-        if self.ddp.enabled:
-            box = [p.history]
-            dist.broadcast_object_list(box, src=0)
-            p.history = box[0]
+                               len(self.classes), progress=cfg.progress and self.ddp.main, ddp=self.ddp)
+            p.confusion = metrics.pop("confusion")
+            failed_val = metrics.pop("val_failed_videos")
+            row.update(metrics)
+        row["skipped_videos"] = (len(self.train_set.unreadable) + len(self.val_set.unreadable) + failed_train
+                                 + failed_val)
+        self._kill_switch("epoch-end", epoch)
+        p.history.append(row)
+        p.epoch, p.batches_done, p.sums = epoch, 0, [0.0] * 4
         self.save()
+        self.result = {**row, "classes": self.classes, "confusion": p.confusion, "history": p.history}
+        if self.reports is not None:
+            self.result = self.reports.epoch(p.history, p.confusion)
+            self.say(epoch_line(row, len(self.classes)))
 
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
@@ -328,8 +499,15 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     validate(cfg)
     run = _Run(cfg)
     run.prepare_folder()
-    run.resume()
-    p = run.progress
+    with run.hold_folder():
+        if run.ddp.main:
+            run.reports = RunReports(cfg.out, run.classes)
+        run.resume()
+        return _train(run)
+
+
+def _train(run: _Run) -> Dict[str, Any]:
+    cfg, p = run.cfg, run.progress
     if p.epoch >= cfg.epochs:
         run.say(f"{run.path} has already finished {plural(cfg.epochs, 'epoch')}; nothing to do")
         return p.history[-1] if p.history else {}
@@ -343,14 +521,12 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     if run.ddp.enabled:
         device_ids = [run.device.index] if run.device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(run.model, device_ids=device_ids)
-    reports = EpochReports(cfg.out) if run.ddp.main else None
     with _StopFlag() as stop, warnings.catch_warnings():
         if notice:  # said once above: not again by the blocks' first call, inside the progress bar
             warnings.filterwarnings("ignore", message=re.escape(notice))
         while p.epoch < cfg.epochs:
             start = time.time()
-            sums = run.train_epoch(net, stop)
-            if sums is None:
+            if not run.train_epoch(net, stop):
                 return {"interrupted": True, "epoch": p.epoch, "step": p.step}
-            run.end_epoch(sums, time.time() - start, reports)
+            run.end_epoch(time.time() - start)
     return run.result
