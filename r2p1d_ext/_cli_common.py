@@ -8,6 +8,7 @@ import sys
 from typing import Callable
 
 from ._extras import MissingExtraError
+from ._io import FolderBusyError
 
 
 def plural(count: int, word: str, words: str = "") -> str:
@@ -50,9 +51,15 @@ def run_command(args, run: Callable[[], int],
                 mistakes=(FileNotFoundError, NotADirectoryError, ValueError, MissingExtraError)) -> int:
     """run(), with a user's mistake (a path, a size, a file that does not fit, an optional
     package not installed) printed as one line saying what to fix, exit status 2 like
-    argparse's own errors; --debug shows where."""
+    argparse's own errors; --debug shows where. A folder another live run holds: one line,
+    exit status 1."""
     try:
         return run()
+    except FolderBusyError as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"r2p1d {args.command}: {err}", file=sys.stderr)
+        return 1
     except mistakes as err:
         if getattr(args, "debug", False):
             raise

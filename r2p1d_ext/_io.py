@@ -62,6 +62,11 @@ def write_atomic(path: str, write: Callable[[IO], None], binary: bool = True,
         raise
 
 
+class FolderBusyError(RuntimeError):
+    """Another live process holds a folder's lock (exclusive): a second `r2p1d prepare` into
+    the same output, a second `r2p1d train` into the same run folder."""
+
+
 @contextlib.contextmanager
 def exclusive(path: str, busy: Callable[[str], Exception], inherited: bool = True) -> Iterator[None]:
     """Holds the lock file `path` (its content: the holder's process id) for the block, or

@@ -52,8 +52,11 @@ def _torchrun(args, out, nproc=2, env=None, restarts=0, timeout=300, nodes=None)
     launcher += (["--nnodes", str(nodes[0]), "--rdzv-backend", "c10d", "--rdzv-endpoint", nodes[1],
                   "--rdzv-id", "r2p1d-test"] if nodes else ["--standalone"])
     cmd = launcher + ["-m", "r2p1d_ext.cli", "train", "--out", str(out)] + args
+    # A store of its own for every start of the workers (docs/training.md): with torchrun's
+    # shared one a restart may read the previous start's addresses and fail to connect.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", **(env or {})}
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}), timeout
+                            env=env), timeout
 
 
 def _run(args, out, **kw):

@@ -37,7 +37,7 @@ import cv2
 from tqdm import tqdm
 
 from . import manifest
-from .._io import exclusive as _exclusive, remove_stale_temporaries
+from .._io import FolderBusyError, exclusive as _exclusive, remove_stale_temporaries
 from .video import VIDEO_EXTENSIONS, VideoDecodeError, is_hidden, warn_line
 
 CODEC, CONTAINER = "mp4v", ".mp4"
@@ -91,10 +91,6 @@ def remove_temporaries(dst: str) -> List[str]:
 
 
 LOCK = ".prepare.lock"
-
-
-class FolderBusyError(RuntimeError):
-    """Another live `prepare` run holds the destination folder's lock."""
 
 
 def exclusive(dst: str):

@@ -108,12 +108,9 @@ def _prepare_parser(sub, common):
 
 
 def _run_prepare(args) -> int:
-    from ..data.prepare import FolderBusyError, prepare
-    try:  # a wrong path or setting raises ValueError/FileNotFoundError: one line (run_command)
+    from ..data.prepare import prepare
+    try:  # a wrong path or setting, a busy folder: one line (run_command)
         s = prepare(args.src, args.dst, args.short_side, args.fps, args.workers, args.progress)
-    except FolderBusyError as err:
-        print(f"r2p1d prepare: {err}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted: every finished video is kept; run the same command again to resume", file=sys.stderr)
         return 130

@@ -30,6 +30,19 @@ class Dist:
     def main(self) -> bool:
         return self.rank == 0
 
+    def restart_warning(self) -> str:
+        """'' or why torchrun's restarts may fail to connect: with its default shared
+        rendezvous store, a restarted worker can read the previous start's addresses from
+        it (the store is not new per start, whatever PyTorch's comment says), and the
+        restart dies with "Gloo connectFullMesh failed ... Connection refused" (NCCL:
+        "socketPollConnect ... Connection refused"). TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1,
+        set for torchrun itself, gives every start a store of its own (docs/training.md)."""
+        restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+        if restarts and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            return ("torchrun --max-restarts with its shared rendezvous store: a restart may fail to connect; "
+                    "run torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its environment (docs/training.md)")
+        return ""
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
@@ -52,6 +65,13 @@ class Dist:
         out: List[Any] = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
+
+    def share_buffers(self, module: torch.nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm's running statistics) on every rank, as DDP gives them
+        at its next forward: each rank updated its own from its own clips since."""
+        if self.enabled:
+            for buf in module.buffers():
+                dist.broadcast(buf, src=0)
 
     def broadcast(self, obj: Any, src: int) -> Any:
         """Rank `src`'s `obj` on every rank."""

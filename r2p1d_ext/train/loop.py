@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .._cli_common import plural
-from .._io import exclusive
+from .._io import FolderBusyError, exclusive
 from ..data.dataset import VideoDataset, count_failed
 from ..data.video import one_thread_per_worker
 from ..models import build_model, load_initial_weights
@@ -108,10 +108,6 @@ class _StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
-
-
-class FolderBusyError(RuntimeError):
-    """Another live `r2p1d train` holds the run folder."""
 
 
 def _check_writable(folder: str) -> None:
@@ -476,6 +472,8 @@ class _Run:
                                "epoch_seconds": seconds, "data_wait_seconds": wait / self.ddp.world}
         failed_val = 0
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            # Every shard with the running statistics of rank 0, which its checkpoint holds.
+            self.ddp.share_buffers(self.model)
             metrics = evaluate(self.model, self.val_loader, self.device, self.amp_dtype, self.channels_last,
                                len(self.classes), progress=cfg.progress and self.ddp.main, ddp=self.ddp)
             p.confusion = metrics.pop("confusion")
@@ -514,6 +512,8 @@ def _train(run: _Run) -> Dict[str, Any]:
     if cfg.init and p.step == 0:  # a fresh run from pretrained weights (a resumed one has its own)
         run.say(load_initial_weights(run.model, cfg.init))
     run.say(run.summary())
+    if run.ddp.main and run.ddp.restart_warning():
+        warnings.warn(run.ddp.restart_warning(), RuntimeWarning, stacklevel=2)
     notice = cpu_precision_notice(run.amp_dtype) if run.device.type == "cpu" else None
     if notice:
         run.say(f"note: {notice}")
