@@ -14,9 +14,10 @@ Under torchrun every decision is taken by all ranks together (docs/training.md):
   clips all failed to decode still runs forward and backward on an empty batch, and each
   rank's loss is weighted so that the gradient is that of one process on all the good clips
   of the global step.
-- One decision to stop. A signal (SIGINT/SIGTERM) on any rank, ``stop_after_steps`` or a
-  non-finite loss on any rank stops every rank after the same step with one checkpoint,
-  which rank 0 writes (after checking that every rank holds the same parameters).
+- One decision to stop. A signal (SIGINT/SIGTERM) on any rank or ``stop_after_steps`` stops
+  every rank after the same step with one checkpoint, which rank 0 writes (after checking
+  that every rank holds the same parameters); a non-finite loss on any rank stops every
+  rank before that step's update, the last checkpoint being the last good state.
 - At a resume the newest checkpoint that any node can see is read by one rank and broadcast,
   so nodes without a shared ``--out`` resume from the same state.
 - Evaluation is sharded: each rank scores its share of the validation videos, every rank
@@ -422,11 +423,14 @@ class _Run:
         wants_stop = stop.set or bool(cfg.stop_after_steps and self.run_steps + 1 >= cfg.stop_after_steps)
         n, loss_total, correct_total, wait_total, stops = self.ddp.sum(
             [len(labels), loss_sum.item(), correct, wait, float(wants_stop)])
-        if not math.isfinite(loss_total):  # every rank sees it: stop before a step makes the weights non-finite
-            self.save()
+        if not math.isfinite(loss_total):
+            # Every rank sees it and stops here, before a step makes the weights non-finite.
+            # No new checkpoint: this forward pass has moved the running statistics (NaN, if
+            # the activations were); the last checkpoint is the last good state.
             raise FloatingPointError(
-                f"non-finite training loss ({loss_total}) at epoch {p.epoch + 1}, step {p.step + 1}; {self.path} "
-                "holds the state before it (lower --lr, add --clip-grad, or check the data)")
+                f"non-finite training loss ({loss_total}) at epoch {p.epoch + 1}, step {p.step + 1}; "
+                f"{self.path if os.path.exists(self.path) else 'no checkpoint'} keeps the last good state "
+                "(lower --lr, add --clip-grad, or check the data)")
         p.sums = [p.sums[0] + loss_total, p.sums[1] + correct_total, p.sums[2] + n, p.sums[3] + wait_total]
         self.window.add(loss_total, n, wait_total / self.ddp.world)
         if n:
