@@ -65,6 +65,16 @@ def _run(args, out, **kw):
     return proc.returncode, output
 
 
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory):
+    """An uninterrupted 2-process run of 2 epochs: the weights and history the interrupted
+    runs must end with (how often a run checkpoints changes neither)."""
+    out = tmp_path_factory.mktemp("straight")
+    code, output = _run(["--data", data, "--epochs", "2"] + ARGS, out)
+    assert code == 0, output
+    return out
+
+
 def _weights(out):
     return ckpt.load(str(out / "checkpoint.pt"))["model"]
 
@@ -123,10 +133,8 @@ def test_a_rank_with_an_empty_batch_still_takes_the_step(data, tmp_path):
 
 
 # ------------------------------------------------------------------ one decision to stop
-def test_sigterm_to_the_agent_stops_every_rank_at_one_step_and_resumes(data, tmp_path):
+def test_sigterm_to_the_agent_stops_every_rank_at_one_step_and_resumes(data, straight, tmp_path):
     common = ["--data", data, "--epochs", "2", "--checkpoint-every", "1"] + ARGS
-    code, output = _run(common, tmp_path / "straight")
-    assert code == 0, output
     out = tmp_path / "stopped"
     proc, _ = _torchrun(common, out)
     deadline = time.time() + 120
@@ -145,22 +153,19 @@ def test_sigterm_to_the_agent_stops_every_rank_at_one_step_and_resumes(data, tmp
     assert 2 <= state["step"] < 8 and state["world"] == 2
     code, output = _run(common, out)
     assert code == 0 and "resuming from" in output, output
-    assert _same_weights(_weights(out), _weights(tmp_path / "straight"))
+    assert _same_weights(_weights(out), _weights(straight))
     assert [h["epoch"] for h in _history(out)] == [1, 2]
 
 
 # ------------------------------------------------------------------ elastic restarts
 @pytest.mark.parametrize("kill", ["1:step:3", "1:step:4", "0:epoch-end:1"])
-def test_a_worker_killed_anywhere_restarts_and_the_run_ends_as_if_not(data, tmp_path, kill):
+def test_a_worker_killed_anywhere_restarts_and_the_run_ends_as_if_not(data, straight, tmp_path, kill):
     """kill -9 of one worker (R2P1D_TEST_KILL: after step 3, between two checkpoints; after
     step 4, just after one, at the end of epoch 1; after evaluating epoch 1, before its
     checkpoint, where a resumed run used to close the epoch again with empty sums): torchrun
     restarts the workers, they resume from the last checkpoint by themselves, and the run
     ends with the weights and the history of an uninterrupted run, each epoch once."""
     common = ["--data", data, "--epochs", "2", "--checkpoint-every", "2"] + ARGS
-    straight = tmp_path / "straight"
-    code, output = _run(common, straight)
-    assert code == 0, output
     out = tmp_path / "killed"
     code, output = _run(common, out, env={"R2P1D_TEST_KILL": kill}, restarts=2)
     assert code == 0, output
@@ -189,13 +194,11 @@ def _two_nodes(args, outs):
     return [(p.wait(timeout=300), p.stdout.read()) for p in procs]
 
 
-def test_two_nodes_without_a_shared_out_resume_from_the_one_checkpoint(data, tmp_path):
+def test_two_nodes_without_a_shared_out_resume_from_the_one_checkpoint(data, straight, tmp_path):
     """--nnodes 2 with c10d rendezvous, each agent with its own run folder: rank 0 writes the
     checkpoint into its own; at the resume the node that has it reads it and every rank gets
     it, whichever node is rank 0 this time; the run ends as an uninterrupted one."""
     common = ["--data", data, "--epochs", "2"] + ARGS
-    code, output = _run(common, tmp_path / "straight")
-    assert code == 0, output
     outs = [tmp_path / "node_a", tmp_path / "node_b"]
     first = _two_nodes(common + ["--stop-after-steps", "3"], outs)
     written = [o for o in outs if (o / "checkpoint.pt").exists()]
@@ -205,7 +208,7 @@ def test_two_nodes_without_a_shared_out_resume_from_the_one_checkpoint(data, tmp
     assert any("resuming from" in text for _, text in second), second
     final = max((o for o in outs if (o / "checkpoint.pt").exists()),
                 key=lambda o: ckpt.load(str(o / "checkpoint.pt"))["step"])
-    assert _same_weights(_weights(final), _weights(tmp_path / "straight"))
+    assert _same_weights(_weights(final), _weights(straight))
 
 
 # ------------------------------------------------------------------ resume mistakes

@@ -289,9 +289,15 @@ class _Run:
                 f"; {log} -> {cfg.out} (checkpoint.pt, log.csv, steps.csv, metrics.json, curves.png)")
 
     def prepare_folder(self) -> None:
+        """The run folder, writable; rank 0 checks."""
         os.makedirs(self.cfg.out, exist_ok=True)
         if self.ddp.main:
             _check_writable(self.cfg.out)
+
+    def remove_stale_temporaries(self) -> None:
+        """What a run killed inside an atomic write left (only while holding the folder: a
+        live run's temporaries are its own)."""
+        if self.ddp.main:
             for tmp in ckpt.remove_stale_temporaries(self.cfg.out, (ckpt.TMP_SUFFIX, ".json", ".csv")):
                 self.say(f"removed {tmp}, left by a run killed while writing it")
 
@@ -391,7 +397,9 @@ class _Run:
                 clips, labels = clips[failed < 0], labels[failed < 0]
             clips = clips.to(device, dtype=self.dtype, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
-            stopping = self._step(net, clips, labels, wait, stop)
+            # One process needs no agreement: a signal during this step stops right after it,
+            # before the next batch is fetched (Ctrl-C also ends the loader's workers).
+            stopping = self._step(net, clips, labels, wait, stop) or (not self.ddp.enabled and stop.set)
             p.batches_done += 1
             bar.update(1)
             if self.ddp.main and cfg.progress and p.sums[2]:
@@ -502,6 +510,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     run = _Run(cfg)
     run.prepare_folder()
     with run.hold_folder():
+        run.remove_stale_temporaries()
         if run.ddp.main:
             run.reports = RunReports(cfg.out, run.classes)
         run.resume()
