@@ -73,10 +73,10 @@ def exclusive(path: str, busy: Callable[[str], Exception], inherited: bool = Tru
     raises ``busy(holder)`` at once when a live process holds it. The kernel releases the
     lock when its holder exits, even on kill -9, so no stale lock outlives a run.
 
-    ``inherited``: an flock, shared with the children the holder forks (a process pool that
-    writes for it). Otherwise a POSIX record lock, which forked children do not hold: a
-    trainer's DataLoader workers may outlive a killed trainer by seconds, and must not keep
-    its restarted successor out."""
+    ``inherited``: an flock, which children forked by the holder keep while they live (and
+    which a second open in the same process also finds taken). Otherwise a POSIX record
+    lock, which forked children do not hold: a trainer's DataLoader workers may outlive a
+    killed trainer by seconds, and must not keep its restarted successor out."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:

@@ -41,9 +41,9 @@ def cpu_precision_notice(dtype: Optional[torch.dtype]) -> Optional[str]:
 
     The CPU kernels compute bfloat16 and float16 by converting to float32, running their
     float32 kernels and rounding the results: they have no AMX or AVX512-BF16 micro-kernels
-    yet, so on every CPU they run slower than in float32 (README, "Precision on the CPU")
-    and than eager PyTorch's bfloat16 where the CPU has AMX. The trainer prints it at the start of a run; the
-    module warns with it at its first such call in a process."""
+    yet, so on every CPU they run slower than in float32 (README, "Precision on the CPU"),
+    and than eager PyTorch's bfloat16 where the CPU has AMX. The trainer prints it at the
+    start of a run; the module warns with it at its first such call in a process."""
     if dtype not in (torch.bfloat16, torch.float16):
         return None
     name = str(dtype).replace("torch.", "")
