@@ -133,6 +133,20 @@ def test_a_rank_with_an_empty_batch_still_takes_the_step(data, tmp_path):
 
 
 # ------------------------------------------------------------------ one decision to stop
+def _children(pid):
+    """The processes whose parent is `pid` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
 def test_sigterm_to_the_agent_stops_every_rank_at_one_step_and_resumes(data, straight, tmp_path):
     common = ["--data", data, "--epochs", "2", "--checkpoint-every", "1"] + ARGS
     out = tmp_path / "stopped"
@@ -142,8 +156,8 @@ def test_sigterm_to_the_agent_stops_every_rank_at_one_step_and_resumes(data, str
         if (out / "checkpoint.pt").exists() and ckpt.load(str(out / "checkpoint.pt"))["step"] >= 2:
             break
         time.sleep(0.1)
-    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                               text=True).stdout.split()]
+    workers = _children(proc.pid)
+    assert len(workers) == 2, workers
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=60)  # every process exits within a minute
     assert "stopped at epoch" in output and "checkpoint saved" in output, output
