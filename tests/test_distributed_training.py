@@ -171,17 +171,29 @@ def test_sigterm_to_the_agent_stops_every_rank_at_one_step_and_resumes(data, str
     assert [h["epoch"] for h in _history(out)] == [1, 2]
 
 
+def test_a_nan_loss_on_one_rank_stops_every_rank_before_the_update(data, tmp_path):
+    """Rank 1's loss turns NaN at step 3: both ranks stop there, neither updates its weights,
+    and the checkpoint of step 2 is the last good state."""
+    out = tmp_path / "nan"
+    code, output = _run(["--data", data, "--epochs", "2", "--checkpoint-every", "1"] + ARGS, out,
+                        env={"R2P1D_TEST_FAULT": "1:nan-loss:3"})
+    assert code != 0
+    for rank in (0, 1):
+        assert f"[rank{rank}]: FloatingPointError: non-finite training loss (nan) at epoch 1, step 3" in output, output
+    assert ckpt.load(str(out / "checkpoint.pt"))["step"] == 2
+
+
 # ------------------------------------------------------------------ elastic restarts
-@pytest.mark.parametrize("kill", ["1:step:3", "1:step:4", "0:epoch-end:1"])
+@pytest.mark.parametrize("kill", ["1:kill-after-step:3", "1:kill-after-step:4", "0:kill-at-epoch-end:1"])
 def test_a_worker_killed_anywhere_restarts_and_the_run_ends_as_if_not(data, straight, tmp_path, kill):
-    """kill -9 of one worker (R2P1D_TEST_KILL: after step 3, between two checkpoints; after
+    """kill -9 of one worker (R2P1D_TEST_FAULT: after step 3, between two checkpoints; after
     step 4, just after one, at the end of epoch 1; after evaluating epoch 1, before its
     checkpoint, where a resumed run used to close the epoch again with empty sums): torchrun
     restarts the workers, they resume from the last checkpoint by themselves, and the run
     ends with the weights and the history of an uninterrupted run, each epoch once."""
     common = ["--data", data, "--epochs", "2", "--checkpoint-every", "2"] + ARGS
     out = tmp_path / "killed"
-    code, output = _run(common, out, env={"R2P1D_TEST_KILL": kill}, restarts=2)
+    code, output = _run(common, out, env={"R2P1D_TEST_FAULT": kill}, restarts=2)
     assert code == 0, output
     assert "resuming from" in output, output
     assert _same_weights(_weights(out), _weights(straight))

@@ -60,10 +60,11 @@ from .evaluation import evaluate, topk_correct, video_loader
 from .reports import RunReports, epoch_line, step_line
 
 LOCK = ".train.lock"
-# Test switch (docs/testing.md): "RANK:WHERE:N" kills that rank with SIGKILL in a job's first
-# start, after optimizer step N (WHERE "step") or after evaluating epoch N and before its
-# checkpoint (WHERE "epoch-end"), so the tests can land a kill where they need it.
-KILL_SWITCH = "R2P1D_TEST_KILL"
+# Test switch (docs/testing.md): "RANK:FAULT:N" makes that rank fail in a job's first start, so
+# the tests can land a failure where they need it: FAULT "kill-after-step" (SIGKILL after
+# optimizer step N), "kill-at-epoch-end" (SIGKILL after evaluating epoch N, before its
+# checkpoint), "nan-loss" (a NaN loss in step N's forward).
+FAULT_SWITCH = "R2P1D_TEST_FAULT"
 
 
 def seed_everything(seed: int):
@@ -203,6 +204,7 @@ class _Run:
         self.result: Dict[str, Any] = {}
         self.reports: Optional[RunReports] = None
         self.window = _StepWindow()
+        self.bar_fields: Dict[str, str] = {}  # the progress bar's fields from the last steps.csv row
 
     def say(self, *args) -> None:
         if self.ddp.main:
@@ -368,12 +370,17 @@ class _Run:
                               "config": dataclasses.asdict(self.cfg)}, self.path, keep_previous=True)
         self.ddp.barrier()
 
-    def _kill_switch(self, where: str, at: int) -> None:
-        spec = os.environ.get(KILL_SWITCH)
-        if spec and self.ddp.restart == 0:
-            rank, point, n = spec.split(":")
-            if int(rank) == self.ddp.rank and point == where and int(n) == at:
-                os.kill(os.getpid(), signal.SIGKILL)
+    def _fault(self, kind: str, at: int) -> bool:
+        """Whether the test switch asks this rank for the fault `kind` at `at`."""
+        spec = os.environ.get(FAULT_SWITCH)
+        if not spec or self.ddp.restart:
+            return False
+        rank, fault, n = spec.split(":")
+        return int(rank) == self.ddp.rank and fault == kind and int(n) == at
+
+    def _kill_switch(self, kind: str, at: int) -> None:
+        if self._fault(kind, at):
+            os.kill(os.getpid(), signal.SIGKILL)
 
     # ------------------------------------------------------------------ training
     def train_epoch(self, net: nn.Module, stop: _StopFlag) -> bool:
@@ -401,13 +408,15 @@ class _Run:
             # before the next batch is fetched (Ctrl-C also ends the loader's workers).
             stopping = self._step(net, clips, labels, wait, stop) or (not self.ddp.enabled and stop.set)
             p.batches_done += 1
-            bar.update(1)
+            self._log_step()
             if self.ddp.main and cfg.progress and p.sums[2]:
-                bar.set_postfix(loss=f"{p.sums[0] / p.sums[2]:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-            self._log_step(bar)
+                # The epoch's running loss and the lr; the last steps.csv row's rates stay beside them.
+                bar.set_postfix({**self.bar_fields, "loss": f"{p.sums[0] / p.sums[2]:.3f}",
+                                 "lr": f"{self.scheduler.get_last_lr()[0]:.2e}"}, refresh=False)
+            bar.update(1)
             if stopping or (cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0):
                 self.save()
-            self._kill_switch("step", p.step)
+            self._kill_switch("kill-after-step", p.step)
             if stopping:
                 bar.close()
                 self.say(f"stopped at epoch {p.epoch + 1}, step {p.step}; checkpoint saved to {self.path}; "
@@ -427,6 +436,8 @@ class _Run:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = net(clips)
             loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
+        if self._fault("nan-loss", p.step + 1):
+            loss_sum = loss_sum * float("nan")
         correct = topk_correct(logits.detach().float(), labels, ks=(1,))[0] if len(labels) else 0
         wants_stop = stop.set or bool(cfg.stop_after_steps and self.run_steps + 1 >= cfg.stop_after_steps)
         n, loss_total, correct_total, wait_total, stops = self.ddp.sum(
@@ -455,7 +466,7 @@ class _Run:
         self.run_steps += 1
         return stops > 0
 
-    def _log_step(self, bar) -> None:
+    def _log_step(self) -> None:
         """Every log_every steps: a steps.csv row (and TensorBoard, and the bar's fields)."""
         cfg, p, w = self.cfg, self.progress, self.window
         if not cfg.log_every or p.step == 0 or p.step % cfg.log_every or not w.clips:
@@ -468,8 +479,7 @@ class _Run:
             row["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if self.reports is not None:
             self.reports.step(row)
-            if cfg.progress:
-                bar.set_postfix(step_line(row))
+        self.bar_fields = {k: v for k, v in step_line(row).items() if k not in ("loss", "lr")}
         w.reset()
 
     def end_epoch(self, seconds: float) -> None:
@@ -493,7 +503,7 @@ class _Run:
             row.update(metrics)
         row["skipped_videos"] = (len(self.train_set.unreadable) + len(self.val_set.unreadable) + failed_train
                                  + failed_val)
-        self._kill_switch("epoch-end", epoch)
+        self._kill_switch("kill-at-epoch-end", epoch)
         p.history.append(row)
         p.epoch, p.batches_done, p.sums = epoch, 0, [0.0] * 4
         self.save()
