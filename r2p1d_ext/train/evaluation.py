@@ -25,11 +25,15 @@ from .config import amp_dtype, resolve_device, use_channels_last
 from .distributed import Dist, VideoBatches
 
 
+def topk_hits(scores: torch.Tensor, labels: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """(N, min(k, classes)) booleans: whether row i's j-th best class is its label (so
+    ``[:, 0]`` is the top-1 hit and ``.any(1)`` the top-k hit)."""
+    return scores.topk(min(k, scores.shape[1]), dim=1).indices.eq(labels[:, None])
+
+
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> List[int]:
-    k_max = min(max(ks), logits.shape[1])
-    top = logits.topk(k_max, dim=1).indices
-    hit = top.eq(labels[:, None])
-    return [int(hit[:, :min(k, k_max)].any(1).sum()) for k in ks]
+    hit = topk_hits(logits, labels, max(ks))
+    return [int(hit[:, :k].any(1).sum()) for k in ks]
 
 
 @torch.no_grad()
@@ -53,8 +57,7 @@ def score_clips(model: nn.Module, loader: DataLoader, device: torch.device, amp_
         logits = logits.float()
         losses = F.cross_entropy(logits, y, reduction="none").cpu().tolist()
         scores = logits.softmax(1).cpu()
-        k = min(5, scores.shape[1])
-        hits = scores.topk(k, dim=1).indices.eq(y.cpu()[:, None])
+        hits = topk_hits(scores, y.cpu())
         for i, (video, label) in enumerate(zip(v.tolist(), y.cpu().tolist())):
             clips_out.append((video, losses[i], bool(hits[i, 0]), bool(hits[i].any())))
             entry = videos.setdefault(video, [label, torch.zeros_like(scores[i]), 0])
@@ -85,7 +88,7 @@ def metrics_of(parts: List[Dict[str, Any]], num_classes: int) -> Dict[str, Any]:
     labels = torch.tensor([videos[v][0] for v in order])
     means = torch.stack([videos[v][1] / videos[v][2] for v in order])
     pred = means.argmax(1)
-    top5 = means.topk(min(5, means.shape[1]), dim=1).indices.eq(labels[:, None]).any(1)
+    top5 = topk_hits(means, labels).any(1)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
     per_class = confusion.diagonal().double() / confusion.sum(1).clamp_min(1).double()
