@@ -87,7 +87,7 @@ def _extension():
     # Every build: the schemas, the CPU kernels, the tensor-core kernel choice (csrc/tc/, plain
     # C++) and the CPU emulator of the tensor-core kernels (csrc/emulate/), which the tests run
     # without a GPU. Includes name their file from csrc/ (docs/architecture.md, the layers).
-    sources = _sources("", "cpu", "tc", "emulate", ext=".cpp")
+    sources = _sources("", "cpu", "cpu/bf16", "tc", "emulate", ext=".cpp")
     include_dirs = [os.path.join(HERE, "csrc")]
     # No -std flag: torch.utils.cpp_extension adds the standard this torch needs (C++20 for 2.14)
     cxx = ["-O3", "-fopenmp"]

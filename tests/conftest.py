@@ -156,3 +156,33 @@ def spatial_reference(x, w, b, stride, padding, grad_y, grad_mean, grad_var):
         (var * grad_var.double()).sum()
     loss.backward()
     return y, mean, var, xd.grad, wd.grad, bd.grad if bd is not None else None
+
+
+@contextlib.contextmanager
+def cpu_kernels(path):
+    """R2P1D_CPU_KERNELS set to `path` (read by the CPU kernels at every call)."""
+    old = os.environ.get("R2P1D_CPU_KERNELS")
+    os.environ["R2P1D_CPU_KERNELS"] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("R2P1D_CPU_KERNELS", None)
+        else:
+            os.environ["R2P1D_CPU_KERNELS"] = old
+
+
+def _cpu_bf16_paths():
+    """The bfloat16 paths of the CPU kernels that this machine can run (R2P1D_CPU_KERNELS):
+    the AMX code also on the scalar model of the tiles, so that every machine checks it."""
+    with cpu_kernels("auto"):
+        best = torch.ops.r2p1d.cpu_bf16_path()
+    paths = [pytest.param("emulated-amx", id="emulated-amx"), pytest.param("float32", id="float32")]
+    for name, unit in (("amx", "AMX-BF16"), ("avx512-bf16", "AVX512-BF16")):
+        runs = best == "amx" or best == name
+        paths.append(pytest.param(name, id=name, marks=pytest.mark.skipif(
+            not runs, reason=f"this CPU has no {unit} (R2P1D_CPU_KERNELS={name} refuses it)")))
+    return paths
+
+
+CPU_BF16_PATHS = _cpu_bf16_paths()

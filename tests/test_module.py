@@ -4,15 +4,15 @@ import copy
 
 import pytest
 import torch
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import r2p1d_ext
 from r2p1d_ext import reference
 from r2p1d_ext._args import default_mid_channels
 
-from conftest import (DEVICES, HAS_CUDA, TOL, _errors, assert_close, block_results, make_pair,
-                      random_input, round_tf32)
+from conftest import (CPU_BF16_PATHS, DEVICES, HAS_CUDA, TOL, _errors, assert_close, block_results, cpu_kernels,
+                      make_pair, random_input, round_tf32)
 
 
 @st.composite
@@ -321,3 +321,14 @@ def test_torch_compile_fullgraph_aot_eager():
 def test_torch_compile_fullgraph_inductor():
     torch._dynamo.reset()
     _compile_case("inductor")
+
+
+@pytest.mark.parametrize("path", CPU_BF16_PATHS)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@settings(max_examples=12)
+@given(case=block_cases(min_per_channel=32))
+def test_matches_reference_cpu_bf16(case, train, path):
+    """bfloat16 on each CPU path against the float64 reference, with the tolerance of the
+    CUDA bfloat16 tests (TOL) and eager bfloat16's own error (_run)."""
+    with cpu_kernels(path):
+        _run(case, torch.bfloat16, "cpu", train)

@@ -7,6 +7,7 @@
 
 #include <optional>
 
+#include "cpu/bf16/kernels.h"
 #include "frame_gemm.h"
 #include "row_kernels.h"
 #include "winograd/spatial.h"
@@ -209,6 +210,10 @@ Tensor fused_eval_cpu(const Tensor& x, const Tensor& spatial_weight,
   const TemporalGeom& tg = geom.second;
   const int64_t O = tg.O, To = tg.To;
   check_residual(x, residual, {g.N, O, To, g.Ho, g.Wo});
+  bf16::Path path;
+  if (bf16::takes_bf16_kernels(x, path))
+    return bf16::fused_eval(path, g, tg, x, spatial_weight, spatial_bias, temporal_weight,
+                            temporal_bias, residual, relu);
   if (is_reduced(x)) {
     return fused_eval_cpu(to_float(x), to_float(spatial_weight), to_float(spatial_bias),
                           to_float(temporal_weight), to_float(temporal_bias), stride, padding,

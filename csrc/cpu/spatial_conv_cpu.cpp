@@ -5,7 +5,9 @@
 
 #include <numeric>
 
+#include "cpu/bf16/kernels.h"
 #include "frame_gemm.h"
+#include "moments.h"
 #include "row_kernels.h"
 #include "winograd/spatial.h"
 
@@ -13,18 +15,6 @@ namespace r2p1d::cpu {
 namespace {
 
 using at::Tensor;
-
-// Chan's merge of (count, mean, M2) partial statistics.
-struct Moments {
-  double n = 0, mean = 0, m2 = 0;
-  void merge(double nb, double mean_b, double m2_b) {
-    if (nb == 0) return;
-    const double tot = n + nb, delta = mean_b - mean;
-    mean += delta * nb / tot;
-    m2 += m2_b + delta * delta * n * nb / tot;
-    n = tot;
-  }
-};
 
 // The general (any kernel, stride) path works on groups of consecutive (n, t) frames: the
 // group's im2col matrices side by side (C*kh*kw rows of G*Ho*Wo columns) and one GEMM for
@@ -125,10 +115,15 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats_cpu(const Tensor& x, const
                                                           at::IntArrayRef padding) {
   KernelScope scope;
   const SpatialGeom g = check_spatial(x, weight, bias, stride, padding);
+  bf16::Path path;
+  if (bf16::takes_bf16_kernels(x, path)) return bf16::spatial_conv_stats(path, g, x, weight, bias);
   if (is_reduced(x)) {
-    auto [y, mean, var] = spatial_conv_stats_cpu(to_float(x), to_float(weight), to_float(bias),
-                                                 stride, padding);
-    return {y.to(x.scalar_type()), mean, var};
+    // The statistics of y as stored (rounded), as in eager and in the bfloat16 kernels.
+    const Tensor y = std::get<0>(spatial_conv_stats_cpu(to_float(x), to_float(weight),
+                                                        to_float(bias), stride, padding))
+                         .to(x.scalar_type());
+    auto [var, mean] = at::var_mean(y.to(at::kDouble), {0, 2, 3, 4}, 0);
+    return {y, mean.to(at::kFloat), var.to(at::kFloat)};
   }
   const Tensor xc = x.contiguous();
   const Tensor w2 = weight.reshape({g.M, g.C * g.kh * g.kw}).contiguous();
@@ -164,15 +159,8 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats_cpu(const Tensor& x, const
   });
 
   const auto stats_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  Tensor mean = at::empty({g.M}, x.options().dtype(at::kDouble));
-  Tensor var = at::empty({g.M}, x.options().dtype(at::kDouble));
-  double* mp = mean.data_ptr<double>();
-  double* vp = var.data_ptr<double>();
-  for (int64_t m = 0; m < g.M; ++m) {
-    mp[m] = moments[m].mean;
-    vp[m] = moments[m].m2 / moments[m].n;
-  }
-  return {y, mean.to(stats_dtype), var.to(stats_dtype)};
+  auto [mean, var] = moments_tensors(moments, stats_dtype, x.options());
+  return {y, mean, var};
 }
 
 std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cpu(
@@ -183,6 +171,9 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cpu(
   KernelScope scope;
   const SpatialGeom g = check_spatial_backward(grad_y, x, weight, y, mean, grad_mean, grad_var,
                                                stride, padding);
+  bf16::Path path;
+  if (bf16::takes_bf16_kernels(x, path))
+    return bf16::spatial_conv_backward(path, g, grad_y, x, weight, y, mean, grad_mean, grad_var, mask);
   if (is_reduced(x)) {
     auto [gx, gw, gb] = spatial_conv_backward_cpu(to_float(grad_y), to_float(x),
                                                   to_float(weight), to_float(y), mean,

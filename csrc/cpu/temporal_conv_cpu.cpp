@@ -3,6 +3,7 @@
 // of the intermediate's size; backward recomputes it from y the same way.
 #include <torch/library.h>
 
+#include "cpu/bf16/kernels.h"
 #include "frame_gemm.h"
 #include "row_kernels.h"
 #include "scratch.h"
@@ -39,6 +40,9 @@ Tensor temporal_conv_bnrelu_cpu(const Tensor& y, const Tensor& mean, const Tenso
                                 int64_t padding) {
   KernelScope scope;
   const TemporalGeom g = check_temporal(y, mean, scale, shift, weight, bias, stride, padding);
+  bf16::Path path;
+  if (bf16::takes_bf16_kernels(y, path))
+    return bf16::temporal_conv_bnrelu(path, g, y, mean, scale, shift, weight, bias);
   if (is_reduced(y)) {
     return temporal_conv_bnrelu_cpu(to_float(y), mean, scale, shift, to_float(weight),
                                     to_float(bias), stride, padding)
@@ -85,6 +89,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> temporal_conv_bnrelu_
   KernelScope scope;
   const TemporalGeom g = check_temporal_backward(grad_out, y, mean, scale, shift, weight, stride,
                                                  padding);
+  bf16::Path path;
+  if (bf16::takes_bf16_kernels(y, path))
+    return bf16::temporal_conv_bnrelu_backward(path, g, grad_out, y, mean, scale, shift, weight, mask);
   if (is_reduced(y)) {
     auto [gy, gmu, gsc, gsh, gw, gb] = temporal_conv_bnrelu_backward_cpu(
         to_float(grad_out), to_float(y), mean, scale, shift, to_float(weight), stride, padding,

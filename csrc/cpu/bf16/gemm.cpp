@@ -1,0 +1,121 @@
+// The bfloat16 GEMM driver (gemm.h): A packed once per call into MR-row panels of each
+// K block; the columns split across threads in NR-wide panels, each thread packing its B
+// panel of a K block once and running it against every A panel (the B panel stays in L1,
+// the A panels of a K block, at most M x 512 values, in L2).
+#include "gemm.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "microkernels.h"
+
+namespace r2p1d::cpu::bf16 {
+namespace {
+
+constexpr int64_t kKc = 512;  // K block: a multiple of every kernel's K step
+
+inline int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+
+// A's rows [m0, m0 + MR) and columns [k0, k0 + kc) into the kernel's A layout (zeros past
+// the matrix); kcp = kc rounded up to the K step.
+template <typename Kernel>
+void pack_a(const View& A, int64_t m0, int64_t k0, int64_t kc, int64_t kcp, uint16_t* dst) {
+  constexpr int MR = Kernel::MR;
+  const int64_t mv = std::min<int64_t>(MR, A.rows - m0);
+  auto at = [&](int64_t m, int64_t k) -> uint16_t {
+    return (m < mv && k < kc) ? A.p[(m0 + m) * A.rs + (k0 + k) * A.cs] : uint16_t(0);
+  };
+  if constexpr (Kernel::KSTEP == 2) {  // Ap[p][m][2]
+    for (int64_t p = 0; p < kcp / 2; ++p)
+      for (int m = 0; m < MR; ++m) {
+        dst[(p * MR + m) * 2] = at(m, 2 * p);
+        dst[(p * MR + m) * 2 + 1] = at(m, 2 * p + 1);
+      }
+  } else {  // Ap[m][k]
+    for (int m = 0; m < MR; ++m)
+      for (int64_t k = 0; k < kcp; ++k) dst[m * kcp + k] = at(m, k);
+  }
+}
+
+// B's rows [k0, k0 + kc) and columns [n0, n0 + NR) as pair-interleaved rows, Bp[p][n][2].
+template <typename Kernel>
+void pack_b(const View& B, int64_t k0, int64_t kc, int64_t kcp, int64_t n0, uint16_t* dst) {
+  constexpr int NR = Kernel::NR;
+  const int64_t nv = std::min<int64_t>(NR, B.cols - n0);
+  std::fill(dst, dst + kcp * NR, uint16_t(0));
+  for (int64_t k = 0; k < kc; ++k) {
+    const uint16_t* src = B.p + (k0 + k) * B.rs + n0 * B.cs;
+    uint16_t* out = dst + (k / 2) * NR * 2 + (k % 2);
+    if (B.cs == 1) {
+      for (int64_t n = 0; n < nv; ++n) out[2 * n] = src[n];
+    } else {
+      for (int64_t n = 0; n < nv; ++n) out[2 * n] = src[n * B.cs];
+    }
+  }
+}
+
+template <typename Kernel, typename Block>
+void run(const View& A, const View& B, float* C, int64_t ldc, bool accumulate, bool amx,
+         Block&& block) {
+  constexpr int MR = Kernel::MR, NR = Kernel::NR;
+  const int64_t M = A.rows, N = B.cols, K = A.cols;
+  const int64_t m_panels = (M + MR - 1) / MR, n_panels = (N + NR - 1) / NR;
+  const int64_t k_blocks = std::max<int64_t>(1, (K + kKc - 1) / kKc);
+  const int64_t kcp_max = round_up(std::min(K, kKc), Kernel::KSTEP);
+  // Packed A: panel (kb, mp) at ((kb * m_panels + mp) * MR * kcp_max).
+  std::vector<uint16_t> ap(static_cast<size_t>(k_blocks * m_panels * MR * kcp_max));
+  auto kc_of = [&](int64_t kb) { return std::min(kKc, K - kb * kKc); };
+  at::parallel_for(0, k_blocks * m_panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t kb = i / m_panels, mp = i % m_panels, kc = kc_of(kb);
+      pack_a<Kernel>(A, mp * MR, kb * kKc, kc, round_up(kc, Kernel::KSTEP),
+                     ap.data() + i * MR * kcp_max);
+    }
+  });
+  // Column panels to threads: a grain of several panels keeps the tile setup rare.
+  at::parallel_for(0, n_panels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint16_t> bp(static_cast<size_t>(kcp_max * NR));
+    if (amx) amx_begin();
+    for (int64_t np = begin; np < end; ++np) {
+      const int nv = static_cast<int>(std::min<int64_t>(NR, N - np * NR));
+      for (int64_t kb = 0; kb < k_blocks; ++kb) {
+        const int64_t kc = kc_of(kb), kcp = round_up(kc, Kernel::KSTEP);
+        if (K == 0) {
+          for (int64_t m = 0; m < M && !accumulate; ++m)
+            std::fill(C + m * ldc + np * NR, C + m * ldc + np * NR + nv, 0.f);
+          break;
+        }
+        pack_b<Kernel>(B, kb * kKc, kc, kcp, np * NR, bp.data());
+        for (int64_t mp = 0; mp < m_panels; ++mp) {
+          const int mv = static_cast<int>(std::min<int64_t>(MR, M - mp * MR));
+          block(ap.data() + (kb * m_panels + mp) * MR * kcp_max, bp.data(), kcp,
+                C + mp * MR * ldc + np * NR, ldc, mv, nv, accumulate || kb > 0);
+        }
+      }
+    }
+    if (amx) amx_end();
+  });
+}
+
+}  // namespace
+
+void gemm(Path path, const View& A, const View& B, float* C, int64_t ldc, bool accumulate) {
+  TORCH_CHECK(A.cols == B.rows, "r2p1d: bf16 gemm: A is ", A.rows, "x", A.cols, " but B is ",
+              B.rows, "x", B.cols);
+  if (A.rows == 0 || B.cols == 0) return;
+  switch (path) {
+    case Path::kAvx512Bf16:
+      return run<Avx512Kernel>(A, B, C, ldc, accumulate, false, avx512_block);
+    case Path::kAmx:
+      return run<AmxKernel>(A, B, C, ldc, accumulate, true, amx_block);
+    case Path::kAmxEmulated:
+      return run<AmxKernel>(A, B, C, ldc, accumulate, false, amx_block_emulated);
+    default:
+      TORCH_CHECK(false, "r2p1d: the float32 path has no bfloat16 GEMM");
+  }
+}
+
+}  // namespace r2p1d::cpu::bf16
