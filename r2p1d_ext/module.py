@@ -1,6 +1,7 @@
 """SpatioTemporalConv: the fused (2+1)D block as a drop-in replacement for nn.Conv3d."""
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Optional
 
@@ -36,20 +37,28 @@ def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
 
 
 def cpu_precision_notice(dtype: Optional[torch.dtype]) -> Optional[str]:
-    """The one-line notice that `dtype` runs slowly in the CPU kernels (None for float32,
-    float64 and no autocast).
+    """The one-line notice that `dtype` runs slowly in the CPU kernels (None where it does
+    not: float32, float64, no autocast, and bfloat16 on a CPU with a bfloat16 path).
 
-    The CPU kernels compute bfloat16 and float16 by converting to float32, running their
-    float32 kernels and rounding the results: they have no AMX or AVX512-BF16 micro-kernels
-    yet, so on every CPU they run slower than in float32 (README, "Precision on the CPU"),
-    and than eager PyTorch's bfloat16 where the CPU has AMX. The trainer prints it at the
-    start of a run; the module warns with it at its first such call in a process."""
+    bfloat16 takes the CPU's own bfloat16 units where it has them (AMX or AVX512-BF16,
+    chosen at run time, R2P1D_CPU_KERNELS to force one: docs/kernels.md). Without them, and
+    always for float16, the CPU kernels convert to float32, run their float32 kernels and
+    round the results: slower than float32 itself (README, "Precision on the CPU"). The
+    trainer prints the notice at the start of a run; the module warns with it at its first
+    such call in a process."""
     if dtype not in (torch.bfloat16, torch.float16):
         return None
     name = str(dtype).replace("torch.", "")
-    return (f"{name} on the CPU: r2p1d_ext's CPU kernels have no AMX/AVX512-BF16 path yet and compute {name} "
-            "in float32 with conversions, slower than float32 itself; use float32 on the CPU (README: Precision on "
-            "the CPU)")
+    if dtype == torch.bfloat16:
+        path = torch.ops.r2p1d.cpu_bf16_path()
+        if path != "float32":
+            return None
+        why = ("R2P1D_CPU_KERNELS=float32" if os.environ.get("R2P1D_CPU_KERNELS") == "float32"
+               else "this CPU has no AMX or AVX512-BF16 unit")
+    else:
+        why = "r2p1d_ext's CPU kernels have no float16 path"
+    return (f"{name} on the CPU: {why}, so the CPU kernels compute {name} in float32 with conversions, "
+            "slower than float32 itself; use float32 on the CPU (README: Precision on the CPU)")
 
 
 _cpu_notice_given = False

@@ -378,9 +378,12 @@ def test_every_written_file_honours_the_umask(data, checkpoint, tmp_path, umask)
     assert all(mode == 0o666 & ~umask for mode in modes.values()), {k: oct(v) for k, v in modes.items()}
 
 
-def test_a_reduced_precision_on_the_cpu_is_said_once(tmp_path):
-    """The block under bfloat16 autocast on the CPU warns once per process that the CPU
-    kernels run it slower than float32 (a fresh process: the warning is once per process)."""
+@pytest.mark.parametrize("kernels", ["float32", "emulated-amx"])
+def test_a_reduced_precision_on_the_cpu_is_said_once(tmp_path, kernels):
+    """The block under bfloat16 autocast on the CPU, without a bfloat16 path (float32 here by
+    R2P1D_CPU_KERNELS, as on a CPU with neither AMX nor AVX512-BF16), warns once per process
+    that the CPU kernels run it slower than float32 (a fresh process: the warning is once per
+    process); with a bfloat16 path it says nothing, and float16 always warns."""
     done = _python([
         "import warnings, torch",
         "from r2p1d_ext import SpatioTemporalConv",
@@ -392,10 +395,20 @@ def test_a_reduced_precision_on_the_cpu_is_said_once(tmp_path):
         "    assert not seen, [str(w.message) for w in seen]",
         "    with torch.autocast('cpu', dtype=torch.bfloat16):",
         "        conv(x); conv(x)",
-        "    print(len(seen), seen[0].message)"], tmp_path)
+        "    print(len(seen), seen[0].message if seen else '-')",
+        "    conv.half()(x.half())",
+        "    print(len(seen), seen[-1].message)"], tmp_path, env={"R2P1D_CPU_KERNELS": kernels})
     assert done.returncode == 0, done.stderr[-2000:]
-    count, message = done.stdout.strip().split(" ", 1)
-    assert count == "1" and message.startswith("bfloat16 on the CPU: ") and "slower than float32" in message
+    bf16_line, f16_line = done.stdout.strip().splitlines()
+    count, message = bf16_line.split(" ", 1)
+    if kernels == "float32":
+        assert count == "1" and message.startswith("bfloat16 on the CPU: R2P1D_CPU_KERNELS=float32") and \
+            "slower than float32" in message
+        assert f16_line.split(" ", 1)[0] == "1"  # once per process, whichever dtype came first
+    else:
+        assert count == "0", message
+        count, message = f16_line.split(" ", 1)
+        assert count == "1" and message.startswith("float16 on the CPU: r2p1d_ext's CPU kernels have no float16")
 
 
 def test_prepare_mistakes_are_one_line(tmp_path, capsys):

@@ -323,12 +323,14 @@ def test_torch_compile_fullgraph_inductor():
     _compile_case("inductor")
 
 
-@pytest.mark.parametrize("path", CPU_BF16_PATHS)
+@pytest.mark.parametrize("path", [p for p in CPU_BF16_PATHS if p.values[0] != "float32"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @settings(max_examples=12)
 @given(case=block_cases(min_per_channel=32))
 def test_matches_reference_cpu_bf16(case, train, path):
-    """bfloat16 on each CPU path against the float64 reference, with the tolerance of the
-    CUDA bfloat16 tests (TOL) and eager bfloat16's own error (_run)."""
+    """bfloat16 on each CPU bfloat16 path against the float64 reference that rounds where
+    they do (_reference_rounding), with the tolerance of the CUDA bfloat16 tests (TOL) and
+    eager bfloat16's own error. The float32 fallback keeps z in float32, another rounding
+    model: tests/test_cpu_bf16.py checks it against the unrounded reference."""
     with cpu_kernels(path):
         _run(case, torch.bfloat16, "cpu", train)

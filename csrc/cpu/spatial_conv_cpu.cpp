@@ -116,14 +116,16 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats_cpu(const Tensor& x, const
   KernelScope scope;
   const SpatialGeom g = check_spatial(x, weight, bias, stride, padding);
   bf16::Path path;
-  if (bf16::takes_bf16_kernels(x, path)) return bf16::spatial_conv_stats(path, g, x, weight, bias);
+  const bool wino = winograd::applies(g.kh, g.kw, g.sh, g.sw, g.ph, g.pw);
+  if (bf16::takes_bf16_kernels(x, path) && !bf16::prefers_float32_winograd(path, wino))
+    return bf16::spatial_conv_stats(path, g, x, weight, bias);
   if (is_reduced(x)) {
     // The statistics of y as stored (rounded), as in eager and in the bfloat16 kernels.
     const Tensor y = std::get<0>(spatial_conv_stats_cpu(to_float(x), to_float(weight),
                                                         to_float(bias), stride, padding))
                          .to(x.scalar_type());
-    auto [var, mean] = at::var_mean(y.to(at::kDouble), {0, 2, 3, 4}, 0);
-    return {y, mean.to(at::kFloat), var.to(at::kFloat)};
+    auto [var, mean] = at::var_mean(y.to(at::kFloat), {0, 2, 3, 4}, 0);
+    return {y, mean, var};
   }
   const Tensor xc = x.contiguous();
   const Tensor w2 = weight.reshape({g.M, g.C * g.kh * g.kw}).contiguous();
@@ -172,7 +174,8 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cpu(
   const SpatialGeom g = check_spatial_backward(grad_y, x, weight, y, mean, grad_mean, grad_var,
                                                stride, padding);
   bf16::Path path;
-  if (bf16::takes_bf16_kernels(x, path))
+  if (bf16::takes_bf16_kernels(x, path) &&
+      !bf16::prefers_float32_winograd(path, winograd::applies(g.kh, g.kw, g.sh, g.sw, g.ph, g.pw)))
     return bf16::spatial_conv_backward(path, g, grad_y, x, weight, y, mean, grad_mean, grad_var, mask);
   if (is_reduced(x)) {
     auto [gx, gw, gb] = spatial_conv_backward_cpu(to_float(grad_y), to_float(x),

@@ -40,20 +40,28 @@ void pack_a(const View& A, int64_t m0, int64_t k0, int64_t kc, int64_t kcp, uint
   }
 }
 
-// B's rows [k0, k0 + kc) and columns [n0, n0 + NR) as pair-interleaved rows, Bp[p][n][2].
+// B's rows [k0, k0 + kc) and columns [n0, n0 + NR) as pair-interleaved rows, Bp[p][n][2]:
+// each pair of rows becomes one row of 32-bit words, B(2p, n) in the low half (a loop GCC
+// vectorises when B's rows are contiguous).
 template <typename Kernel>
-void pack_b(const View& B, int64_t k0, int64_t kc, int64_t kcp, int64_t n0, uint16_t* dst) {
+void pack_b(const View& B, int64_t k0, int64_t kc, int64_t kcp, int64_t n0, uint32_t* out) {
   constexpr int NR = Kernel::NR;
   const int64_t nv = std::min<int64_t>(NR, B.cols - n0);
-  std::fill(dst, dst + kcp * NR, uint16_t(0));
-  for (int64_t k = 0; k < kc; ++k) {
-    const uint16_t* src = B.p + (k0 + k) * B.rs + n0 * B.cs;
-    uint16_t* out = dst + (k / 2) * NR * 2 + (k % 2);
-    if (B.cs == 1) {
-      for (int64_t n = 0; n < nv; ++n) out[2 * n] = src[n];
-    } else {
-      for (int64_t n = 0; n < nv; ++n) out[2 * n] = src[n * B.cs];
+  for (int64_t p = 0; p < kcp / 2; ++p, out += NR) {
+    const int64_t k = 2 * p;
+    if (k >= kc) {
+      std::fill(out, out + NR, 0u);
+      continue;
     }
+    const uint16_t* r0 = B.p + (k0 + k) * B.rs + n0 * B.cs;
+    const uint16_t* r1 = k + 1 < kc ? r0 + B.rs : nullptr;
+    if (B.cs == 1 && r1 != nullptr) {
+      for (int64_t n = 0; n < nv; ++n) out[n] = uint32_t(r0[n]) | (uint32_t(r1[n]) << 16);
+    } else {
+      for (int64_t n = 0; n < nv; ++n)
+        out[n] = uint32_t(r0[n * B.cs]) | (r1 ? uint32_t(r1[n * B.cs]) << 16 : 0u);
+    }
+    std::fill(out + nv, out + NR, 0u);
   }
 }
 
@@ -77,7 +85,7 @@ void run(const View& A, const View& B, float* C, int64_t ldc, bool accumulate, b
   });
   // Column panels to threads: a grain of several panels keeps the tile setup rare.
   at::parallel_for(0, n_panels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint16_t> bp(static_cast<size_t>(kcp_max * NR));
+    std::vector<uint32_t> bp(static_cast<size_t>(kcp_max / 2 * NR));  // pairs
     if (amx) amx_begin();
     for (int64_t np = begin; np < end; ++np) {
       const int nv = static_cast<int>(std::min<int64_t>(NR, N - np * NR));
@@ -91,7 +99,8 @@ void run(const View& A, const View& B, float* C, int64_t ldc, bool accumulate, b
         pack_b<Kernel>(B, kb * kKc, kc, kcp, np * NR, bp.data());
         for (int64_t mp = 0; mp < m_panels; ++mp) {
           const int mv = static_cast<int>(std::min<int64_t>(MR, M - mp * MR));
-          block(ap.data() + (kb * m_panels + mp) * MR * kcp_max, bp.data(), kcp,
+          block(ap.data() + (kb * m_panels + mp) * MR * kcp_max,
+                reinterpret_cast<const uint16_t*>(bp.data()), kcp,
                 C + mp * MR * ldc + np * NR, ldc, mv, nv, accumulate || kb > 0);
         }
       }
