@@ -211,8 +211,7 @@ Tensor fused_eval_cpu(const Tensor& x, const Tensor& spatial_weight,
   const int64_t O = tg.O, To = tg.To;
   check_residual(x, residual, {g.N, O, To, g.Ho, g.Wo});
   bf16::Path path;
-  if (bf16::takes_bf16_kernels(x, path) &&
-      !bf16::prefers_float32_winograd(path, winograd::applies(g.kh, g.kw, g.sh, g.sw, g.ph, g.pw)))
+  if (bf16::takes_bf16_kernels(x, path))
     return bf16::fused_eval(path, g, tg, x, spatial_weight, spatial_bias, temporal_weight,
                             temporal_bias, residual, relu);
   if (is_reduced(x)) {

@@ -116,9 +116,7 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats_cpu(const Tensor& x, const
   KernelScope scope;
   const SpatialGeom g = check_spatial(x, weight, bias, stride, padding);
   bf16::Path path;
-  const bool wino = winograd::applies(g.kh, g.kw, g.sh, g.sw, g.ph, g.pw);
-  if (bf16::takes_bf16_kernels(x, path) && !bf16::prefers_float32_winograd(path, wino))
-    return bf16::spatial_conv_stats(path, g, x, weight, bias);
+  if (bf16::takes_bf16_kernels(x, path)) return bf16::spatial_conv_stats(path, g, x, weight, bias);
   if (is_reduced(x)) {
     // The statistics of y as stored (rounded), as in eager and in the bfloat16 kernels.
     const Tensor y = std::get<0>(spatial_conv_stats_cpu(to_float(x), to_float(weight),
@@ -174,8 +172,7 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_backward_cpu(
   const SpatialGeom g = check_spatial_backward(grad_y, x, weight, y, mean, grad_mean, grad_var,
                                                stride, padding);
   bf16::Path path;
-  if (bf16::takes_bf16_kernels(x, path) &&
-      !bf16::prefers_float32_winograd(path, winograd::applies(g.kh, g.kw, g.sh, g.sw, g.ph, g.pw)))
+  if (bf16::takes_bf16_kernels(x, path))
     return bf16::spatial_conv_backward(path, g, grad_y, x, weight, y, mean, grad_mean, grad_var, mask);
   if (is_reduced(x)) {
     auto [gx, gw, gb] = spatial_conv_backward_cpu(to_float(grad_y), to_float(x),

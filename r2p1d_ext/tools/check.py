@@ -85,7 +85,8 @@ def build_facts() -> Dict[str, Any]:
              "built against torch": info.get("torch", "unknown"),
              "CUDA archs compiled": info.get("cuda_archs") or "none (CPU-only build)",
              "kernel families": ", ".join(families), "CPU": cpu_name(),
-             "CPU kernels": _cpu_vector_width(), "threads": torch.get_num_threads()}
+             "CPU kernels": _cpu_vector_width(), "CPU bfloat16 path": torch.ops.r2p1d.cpu_bf16_path(),
+             "threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         facts["GPU"] = f"{p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB"
@@ -281,7 +282,11 @@ def compare_block(fused: torch.nn.Module, ref: torch.nn.Module, x: Tensor, train
         grads = {"input": (xf.grad, xr.grad)}
         grads.update({n: (p.grad, dict(ref.named_parameters())[n].grad) for n, p in fused.named_parameters()})
         total = torch.cat([w.reshape(-1) for _, w in grads.values()]).norm().item()
-        errs.update({f"grad {n}": _rel(a, b, 1e-3 * total) for n, (a, b) in grads.items()})
+        # Training BatchNorm removes any per-channel constant of y: the spatial bias gradient
+        # is zero in exact arithmetic, and in a reduced precision it is the rounding of the
+        # stored grad_y summed (as in eager): measured against the whole gradient's size.
+        floors = {n: (total if n == "spatial_conv.bias" else 1e-3 * total) for n in grads}
+        errs.update({f"grad {n}": _rel(a, b, floors[n]) for n, (a, b) in grads.items()})
         errs["running_mean"] = _rel(fused.bn.running_mean, ref.bn.running_mean)
         errs["running_var"] = _rel(fused.bn.running_var, ref.bn.running_var)
     return errs
@@ -339,7 +344,8 @@ def plan(devices: Sequence[str], quick: bool) -> List[Tuple[str, str, Optional[s
             ("gradcheck, float64", lambda: _gradcheck_rows("cpu", "cpu")),
             ("opcheck, float64", lambda: _opcheck_rows("cpu", "cpu", torch.float64)),
             ("opcheck, float32", lambda: _opcheck_rows("cpu", "cpu", torch.float32)),
-            *_module_checks("cpu", "cpu", [f64, f32])]))
+            # bfloat16 on this CPU's path ("CPU bfloat16 path" above; R2P1D_CPU_KERNELS).
+            *_module_checks("cpu", "cpu", [f64, f32, (torch.bfloat16, TOLERANCE[torch.bfloat16], shapes)])]))
     if "cuda" in devices:
         out.append(("cuda", "direct", "direct", [
             ("gradcheck, float64", lambda: _gradcheck_rows("cuda", "direct")),

@@ -46,12 +46,4 @@ inline bool takes_bf16_kernels(const at::Tensor& x, Path& chosen) {
   return chosen != Path::kFloat32;
 }
 
-// On AVX512-BF16 (no AMX) a 3x3 stride-1 spatial conv is faster in the float32 Winograd
-// kernels, on converted copies, than as a direct bfloat16 product: Winograd's F(4x4, 3x3)
-// does 4x fewer multiplies, more than the 2x rate of vdpbf16ps over float32 FMAs makes up
-// (bench/NOTES.md, "bfloat16 on the CPU"). AMX's rate is 16x: there the direct product.
-inline bool prefers_float32_winograd(Path chosen, bool winograd_applies) {
-  return chosen == Path::kAvx512Bf16 && winograd_applies;
-}
-
 }  // namespace r2p1d::cpu::bf16
