@@ -19,4 +19,6 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(r2p1d, m) {
   for (const auto& op : r2p1d::schemas::kBlockOps) m.def(torch::schema(r2p1d::schemas::text(op).c_str()));
   m.def(torch::schema(r2p1d::schemas::text(r2p1d::schemas::kUpdateRunningStats).c_str()));
+  m.def(torch::schema(r2p1d::schemas::text(r2p1d::schemas::kCpuBf16Path).c_str()));
+  m.def(torch::schema(r2p1d::schemas::text(r2p1d::schemas::kBf16Gemm).c_str()));
 }

@@ -77,6 +77,15 @@ inline constexpr OpSchema kUpdateRunningStats{
     " Tensor var, int count, float? momentum",
     "()"};
 
+// The CPU kernels' bfloat16 path (csrc/cpu/bf16/path.h: "amx", "avx512-bf16", "float32" or
+// "emulated-amx"), as R2P1D_CPU_KERNELS gives it now; for r2p1d check, the benchmarks and
+// the tests.
+inline constexpr OpSchema kCpuBf16Path{"cpu_bf16_path", "", "str"};
+
+// The CPU bfloat16 GEMM alone (csrc/cpu/bf16/gemm.h), for its tests: float32 a @ b (+ c),
+// a and b bfloat16 of any strides, on the path cpu_bf16_path names.
+inline constexpr OpSchema kBf16Gemm{"bf16_gemm", "Tensor a, Tensor b, Tensor? c=None", "Tensor"};
+
 // The five ops of the block's computation (the tensor-core kernels compute these; the
 // running-statistics update is a per-channel step beside them).
 inline constexpr OpSchema kBlockOps[] = {kSpatialConvStats, kSpatialConvBackward, kTemporalConvBnrelu,

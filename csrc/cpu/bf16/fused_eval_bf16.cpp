@@ -1,12 +1,13 @@
 // The bfloat16 inference fusion (kernels.h; the float32 kernel is csrc/cpu/fused_eval_cpu.cpp):
 // per unit of whole samples (or of a run of output steps of one large sample), the
-// activated intermediate z = relu(spatial(x) + bias) of the unit's input frames, by im2col
-// and the bfloat16 GEMM, rounded to bfloat16 into scratch memory frame-major (frame j,
+// activated intermediate z = relu(spatial(x) + bias) of the unit's input frames, by the
+// implicit bfloat16 GEMM (conv_packer.h), rounded to bfloat16 into scratch memory frame-major (frame j,
 // channel m at z + (j*M + m)*Ho*Wo); then each output frame is one GEMM over its in-range
 // taps (K = taps*M, consecutive frames of z) with bias, residual and ReLU applied in
 // float32 while the frame is in cache, and rounded once.
 #include <ATen/Parallel.h>
 
+#include "cpu/bf16/conv_packer.h"
 #include "cpu/bf16/gemm.h"
 #include "cpu/bf16/kernels.h"
 #include "cpu/bf16/rows.h"
@@ -45,13 +46,12 @@ Tensor fused_eval(Path path, const SpatialGeom& g, const TemporalGeom& tg, const
   const bool whole = frame_bytes * g.T <= budget;
   const int64_t run = whole ? To : std::clamp<int64_t>(budget / (frame_bytes * tg.st), 1, To);
   const int64_t unit_frames = whole ? samples * g.T : std::min<int64_t>(g.T, run * tg.st + tg.kt);
-  // The spatial GEMM over groups of frames with >= 512 columns (its im2col matrix and
-  // float32 output stay in L2 for the epilogue).
+  // The spatial GEMM over groups of frames with >= 512 columns (its float32 output stays
+  // in L2 for the epilogue).
   const int64_t group = std::clamp<int64_t>((512 + plane - 1) / plane, 1, unit_frames);
   const Scratch zs = Scratch::of<Bf>(unit_frames * M * plane);
-  const Scratch cols = Scratch::of<Bf>(kdim * group * plane);
   const Scratch outs = Scratch::of<float>(M * group * plane);
-  Bf *zp = zs.data<Bf>(), *col = cols.data<Bf>();
+  Bf* zp = zs.data<Bf>();
   float* sp = outs.data<float>();
   const int64_t threads = at::get_num_threads();
 
@@ -67,15 +67,14 @@ Tensor fused_eval(Path path, const SpatialGeom& g, const TemporalGeom& tg, const
       const int64_t span = std::max<int64_t>(hi - lo, 0), frames = (n1 - n0) * span;
       for (int64_t j0 = 0; j0 < frames; j0 += group) {
         const int64_t cnt = std::min(group, frames - j0), ld = cnt * plane;
-        at::parallel_for(0, cnt * g.C, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t item = begin; item < end; ++item) {
-            const int64_t j = j0 + item / g.C, c = item % g.C;
-            const int64_t f = (n0 + j / span) * g.T + lo + j % span;  // the (n, t) frame
-            im2col_channel(frame_channel(xp, g.C, g.T, g.in_plane(), f, c), g,
-                           col + c * g.kh * g.kw * ld + (item / g.C) * plane, ld);
-          }
-        });
-        gemm(path, {bits(w2p), M, kdim, kdim, 1}, {bits(col), kdim, ld, ld, 1}, sp, ld, false);
+        std::vector<int64_t> bases(cnt);
+        for (int64_t j = 0; j < cnt; ++j) {
+          const int64_t u = j0 + j;  // the unit's frame u: sample n0 + u / span, step lo + u % span
+          bases[j] = frame_offset((n0 + u / span) * g.T + lo + u % span, g.C, g.T, g.in_plane());
+        }
+        const ConvGeom cg{g.C, g.H, g.W, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.Ho, g.Wo};
+        gemm(path, {bits(w2p), M, kdim, kdim, 1},
+             ConvPacker(bits(xp), g.T * g.in_plane(), std::move(bases), cg), sp, ld, false);
         at::parallel_for(0, cnt * M, 1, [&](int64_t begin, int64_t end) {
           for (int64_t item = begin; item < end; ++item) {
             const int64_t j = item / M, m = item % M;

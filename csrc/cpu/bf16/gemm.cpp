@@ -40,33 +40,28 @@ void pack_a(const View& A, int64_t m0, int64_t k0, int64_t kc, int64_t kcp, uint
   }
 }
 
-// B's rows [k0, k0 + kc) and columns [n0, n0 + NR) as pair-interleaved rows, Bp[p][n][2]:
-// each pair of rows becomes one row of 32-bit words, B(2p, n) in the low half (a loop GCC
-// vectorises when B's rows are contiguous).
-template <typename Kernel>
-void pack_b(const View& B, int64_t k0, int64_t kc, int64_t kcp, int64_t n0, uint32_t* out) {
-  constexpr int NR = Kernel::NR;
-  const int64_t nv = std::min<int64_t>(NR, B.cols - n0);
-  for (int64_t p = 0; p < kcp / 2; ++p, out += NR) {
-    const int64_t k = 2 * p;
-    if (k >= kc) {
-      std::fill(out, out + NR, 0u);
-      continue;
+// A strided view as a B operand: a pair of rows at a time, as 32-bit words (a loop GCC
+// vectorises when the rows are contiguous).
+struct ViewPacker final : BPacker {
+  View v;
+  explicit ViewPacker(const View& view) : BPacker(view.rows, view.cols), v(view) {}
+  void pairs(int64_t k, int64_t n0, int64_t nv, uint32_t* out) const override {
+    const uint16_t* r0 = v.p + k * v.rs + n0 * v.cs;
+    if (k + 1 == v.rows) {
+      for (int64_t n = 0; n < nv; ++n) out[n] = r0[n * v.cs];
+      return;
     }
-    const uint16_t* r0 = B.p + (k0 + k) * B.rs + n0 * B.cs;
-    const uint16_t* r1 = k + 1 < kc ? r0 + B.rs : nullptr;
-    if (B.cs == 1 && r1 != nullptr) {
+    const uint16_t* r1 = r0 + v.rs;
+    if (v.cs == 1) {
       for (int64_t n = 0; n < nv; ++n) out[n] = uint32_t(r0[n]) | (uint32_t(r1[n]) << 16);
     } else {
-      for (int64_t n = 0; n < nv; ++n)
-        out[n] = uint32_t(r0[n * B.cs]) | (r1 ? uint32_t(r1[n * B.cs]) << 16 : 0u);
+      for (int64_t n = 0; n < nv; ++n) out[n] = uint32_t(r0[n * v.cs]) | (uint32_t(r1[n * v.cs]) << 16);
     }
-    std::fill(out + nv, out + NR, 0u);
   }
-}
+};
 
 template <typename Kernel, typename Block>
-void run(const View& A, const View& B, float* C, int64_t ldc, bool accumulate, bool amx,
+void run(const View& A, const BPacker& B, float* C, int64_t ldc, bool accumulate, bool amx,
          Block&& block) {
   constexpr int MR = Kernel::MR, NR = Kernel::NR;
   const int64_t M = A.rows, N = B.cols, K = A.cols;
@@ -96,7 +91,7 @@ void run(const View& A, const View& B, float* C, int64_t ldc, bool accumulate, b
             std::fill(C + m * ldc + np * NR, C + m * ldc + np * NR + nv, 0.f);
           break;
         }
-        pack_b<Kernel>(B, kb * kKc, kc, kcp, np * NR, bp.data());
+        B.panel(kb * kKc, kc, kcp, np * NR, nv, NR, bp.data());
         for (int64_t mp = 0; mp < m_panels; ++mp) {
           const int mv = static_cast<int>(std::min<int64_t>(MR, M - mp * MR));
           block(ap.data() + (kb * m_panels + mp) * MR * kcp_max,
@@ -111,7 +106,7 @@ void run(const View& A, const View& B, float* C, int64_t ldc, bool accumulate, b
 
 }  // namespace
 
-void gemm(Path path, const View& A, const View& B, float* C, int64_t ldc, bool accumulate) {
+void gemm(Path path, const View& A, const BPacker& B, float* C, int64_t ldc, bool accumulate) {
   TORCH_CHECK(A.cols == B.rows, "r2p1d: bf16 gemm: A is ", A.rows, "x", A.cols, " but B is ",
               B.rows, "x", B.cols);
   if (A.rows == 0 || B.cols == 0) return;
@@ -125,6 +120,10 @@ void gemm(Path path, const View& A, const View& B, float* C, int64_t ldc, bool a
     default:
       TORCH_CHECK(false, "r2p1d: the float32 path has no bfloat16 GEMM");
   }
+}
+
+void gemm(Path path, const View& A, const View& B, float* C, int64_t ldc, bool accumulate) {
+  gemm(path, A, ViewPacker(B), C, ldc, accumulate);
 }
 
 }  // namespace r2p1d::cpu::bf16

@@ -4,6 +4,7 @@
 // micro-kernels read (microkernels.h); what is around the GEMM (im2col, BatchNorm,
 // statistics, epilogues) stays in the callers.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "path.h"
@@ -17,8 +18,28 @@ struct View {
   View t() const { return {p, cols, rows, cs, rs}; }
 };
 
+// A B operand made while packing (an implicit GEMM's B: conv_packer.h). pairs() writes
+// rows k and k+1 of columns [n0, n0 + nv) as 32-bit words, B(k, n) in the low half and
+// B(k+1, n) in the high half (0 where k + 1 == rows). panel() writes a panel: the pairs of
+// rows [k0, k0 + kc) (kc even or the last rows), pair p at out + p*NR, then zero pairs up to
+// kcp/2; the columns from nv to NR are zero. Both are called from several threads.
+struct BPacker {
+  BPacker(int64_t rows_, int64_t cols_) : rows(rows_), cols(cols_) {}
+  int64_t rows, cols;
+  virtual void pairs(int64_t k, int64_t n0, int64_t nv, uint32_t* out) const = 0;
+  virtual void panel(int64_t k0, int64_t kc, int64_t kcp, int64_t n0, int64_t nv, int64_t NR,
+                     uint32_t* out) const {
+    for (int64_t p = 0; p < kcp / 2; ++p, out += NR) {
+      if (2 * p < kc) pairs(k0 + 2 * p, n0, nv, out);
+      std::fill(out + (2 * p < kc ? nv : 0), out + NR, 0u);
+    }
+  }
+  virtual ~BPacker() = default;
+};
+
 // C[m*ldc + n] (= or +=) sum_k A(m, k) B(k, n); multi-threaded unless called inside a
 // parallel region. `path` is not kFloat32.
+void gemm(Path path, const View& A, const BPacker& B, float* C, int64_t ldc, bool accumulate);
 void gemm(Path path, const View& A, const View& B, float* C, int64_t ldc, bool accumulate);
 
 }  // namespace r2p1d::cpu::bf16

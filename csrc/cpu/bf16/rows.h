@@ -34,6 +34,22 @@ R2P1D_MULTIVERSION inline void narrow(const float* __restrict src, Bf* __restric
   }
 }
 
+// dst = bfloat16(row + bias), and row = float(dst): the stored values back in row, in one
+// pass (the spatial conv's epilogue, which takes the statistics of y as stored).
+R2P1D_MULTIVERSION inline void add_bias_round(float* __restrict row, float bias, Bf* __restrict dst,
+                                              int64_t len) {
+  uint16_t* d = reinterpret_cast<uint16_t*>(dst);
+  for (int64_t q = 0; q < len; ++q) {
+    const float v = row[q] + bias;
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    const uint32_t rounded = v != v ? 0x7FC0u : (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    d[q] = static_cast<uint16_t>(rounded);
+    const uint32_t back = rounded << 16;
+    std::memcpy(&row[q], &back, sizeof(back));
+  }
+}
+
 inline const uint16_t* bits(const Bf* p) { return reinterpret_cast<const uint16_t*>(p); }
 
 }  // namespace r2p1d::cpu::bf16

@@ -1,4 +1,4 @@
-// Two ops for r2p1d check, the benchmarks and the tests: which bfloat16 path the CPU
+// The kernels of two ops for r2p1d check, the benchmarks and the tests: which bfloat16 path the CPU
 // kernels take (R2P1D_CPU_KERNELS, path.h), and the bfloat16 GEMM alone, so that each
 // path's packing and micro-kernel are checked against a float64 product directly.
 #include <ATen/ATen.h>
@@ -39,10 +39,9 @@ at::Tensor bf16_gemm(const at::Tensor& a, const at::Tensor& b, const std::option
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(r2p1d, m) {
-  m.def("cpu_bf16_path() -> str", &cpu_bf16_path);
-  m.def("bf16_gemm(Tensor a, Tensor b, Tensor? c=None) -> Tensor");
-}
+// Schemas in csrc/schemas.h (kCpuBf16Path, kBf16Gemm). cpu_bf16_path has no tensor to
+// dispatch on: one kernel for every key.
+TORCH_LIBRARY_IMPL(r2p1d, CompositeImplicitAutograd, m) { m.impl("cpu_bf16_path", &cpu_bf16_path); }
 
 TORCH_LIBRARY_IMPL(r2p1d, CPU, m) { m.impl("bf16_gemm", &bf16_gemm); }
 
