@@ -2,7 +2,10 @@
 """CPU inference benchmark (the table of docs/inference.md): r2plus1d_18 (torchvision's layout) fused
 against the same network unfused in eager PyTorch (contiguous and channels_last_3d) and the
 eager network exported to ONNX in ONNX Runtime and OpenVINO (r2p1d_ext/tools/engines.py), float32,
-the same weights and input everywhere, at several batch x clip-length sizes.
+the same weights and input everywhere, at several batch x clip-length sizes. With `--dtype
+bfloat16` the fused and eager networks run in bfloat16 (weights and input) and OpenVINO runs
+twice, at its default precision (bf16 where the CPU has AMX or AVX512-BF16) and with the f32
+hint; ONNX Runtime, float32 only on the CPU, is left out.
 
 The implementations are timed in interleaved rounds (fused, eager, eager_cl, onnxruntime,
 openvino, then again), `--repeats` calls each per round after warm-up, and the median over
@@ -11,6 +14,7 @@ and timing one implementation after another would put that drift into the ratios
 
     python bench/bench_inference.py                        # 1x8, 4x8, 1x16, 4x16, 112x112
     python bench/bench_inference.py --sizes 4x8 --rounds 3
+    python bench/bench_inference.py --dtype bfloat16       # the bf16 rows (README: which CPU)
 """
 from __future__ import annotations
 
@@ -47,21 +51,28 @@ def _randomised_bn(model):
     return model
 
 
-def contenders(arch, shape, threads):
-    """name -> (callable running one inference, output of one call) for one input size."""
+def contenders(arch, shape, threads, dtype=torch.float32):
+    """name -> (callable running one inference, output of one call) for one input size; the
+    PyTorch networks in `dtype`, the engines from the float32 network (engines.load)."""
     torch.manual_seed(0)
     fused = _randomised_bn(ARCHS[arch](num_classes=400)).eval()
     eager = ARCHS[arch](num_classes=400, conv=reference.SpatioTemporalConv).eval()
     eager.load_state_dict(fused.state_dict())
     x = torch.randn(shape)
-    x_cl = x.contiguous(memory_format=torch.channels_last_3d)
     eager_cl = ARCHS[arch](num_classes=400, conv=reference.SpatioTemporalConv).eval()
     eager_cl.load_state_dict(fused.state_dict())
     eager_cl = eager_cl.to(memory_format=torch.channels_last_3d)
-    calls = {"fused": lambda: fused(x), "eager": lambda: eager(x), "eager_cl": lambda: eager_cl(x_cl)}
+    xd = x.to(dtype)
+    xd_cl = xd.contiguous(memory_format=torch.channels_last_3d)
+    fused_d, eager_d, eager_cl_d = (m if dtype == torch.float32 else copy.deepcopy(m).to(dtype)
+                                    for m in (fused, eager, eager_cl))
+    calls = {"fused": lambda: fused_d(xd), "eager": lambda: eager_d(xd), "eager_cl": lambda: eager_cl_d(xd_cl)}
     versions = {}
     inp = x.numpy()
-    for name, (infer, version) in engines.load(eager, x, threads).items():
+    reduced = dtype != torch.float32
+    for name, (infer, version) in engines.load(eager, x, threads, openvino_default=reduced).items():
+        if reduced and name == "onnxruntime":
+            continue
         calls[name] = (lambda infer=infer: infer(inp))
         versions[name] = version
     return calls, versions, eager, x
@@ -92,13 +103,17 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=2, help="calls per implementation per round")
-    p.add_argument("--out", default=None, help="JSON path (default bench/results/<date>-cpu-inference.json)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the PyTorch networks' precision (bfloat16: OpenVINO also at its default precision)")
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/<date>-cpu-inference[-bf16].json)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
 
-    result = {"device": device_name("cpu"), "torch": torch.__version__, "dtype": "float32",
+    dtype = getattr(torch, args.dtype)
+    result = {"device": device_name("cpu"), "torch": torch.__version__, "dtype": args.dtype,
+              "cpu_bf16_path": torch.ops.r2p1d.cpu_bf16_path(),
               "commit": commit(), "date": datetime.date.today().isoformat(),
               "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(argv)),
               "arch": args.arch, "crop": args.crop, "warmup": args.warmup, "rounds": args.rounds,
@@ -106,7 +121,7 @@ def main(argv=None):
     for size in args.sizes.split(","):
         batch, clip = (int(v) for v in size.lower().split("x"))
         shape = (batch, 3, clip, args.crop, args.crop)
-        calls, versions, eager, x = contenders(args.arch, shape, threads)
+        calls, versions, eager, x = contenders(args.arch, shape, threads, dtype)
         print(f"{size}: timing {', '.join(calls)} in {args.rounds} interleaved rounds")
         times = measure(calls, args.warmup, args.rounds, args.repeats)
         with torch.no_grad():
@@ -119,12 +134,13 @@ def main(argv=None):
         fused_ms = rows["fused"]["eval_ms"]
         entry = {"shape": list(shape), "rows": rows,
                  "eval_vs_eager": min(rows[k]["eval_ms"] for k in ("eager", "eager_cl")) / fused_ms}
-        for engine in ("onnxruntime", "openvino"):
+        for engine in ("onnxruntime", "openvino", "openvino_default"):
             if engine in rows:
                 entry[f"eval_vs_{engine}"] = rows[engine]["eval_ms"] / fused_ms
         result["sizes"][size] = entry
         print_size(size, entry)
-    out = args.out or os.path.join(RESULTS, f"{result['date']}-cpu-inference.json")
+    suffix = "" if dtype == torch.float32 else "-bf16"
+    out = args.out or os.path.join(RESULTS, f"{result['date']}-cpu-inference{suffix}.json")
     save(result, out)
     plot(result, out.replace(".json", ".png"))
     return result
@@ -152,7 +168,8 @@ def plot(result, path):
                   fontsize=8)
     ax.set_ylabel("inference, ms (median)")
     ax.legend(fontsize=7)
-    save_figure(fig, f"{result['arch']} inference, {result['device']}, torch {result['torch']}, float32", path)
+    save_figure(fig, f"{result['arch']} inference, {result['device']}, torch {result['torch']}, {result['dtype']}",
+                path)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,12 @@ def export_onnx(model, x, path):
     return path
 
 
-def load(model, x, threads: int) -> Engines:
-    """ONNX Runtime and OpenVINO sessions of `model` (plain PyTorch, eval) for inputs shaped
-    like `x`: ONNX Runtime with `threads` intra-op threads, OpenVINO with `threads`
-    inference threads and the f32 precision hint (its default on CPUs with bf16 units is
-    to compute in bf16)."""
+def load(model, x, threads: int, openvino_default: bool = False) -> Engines:
+    """ONNX Runtime and OpenVINO sessions of `model` (plain PyTorch, eval, float32) for inputs
+    shaped like `x`: ONNX Runtime with `threads` intra-op threads, OpenVINO with `threads`
+    inference threads and the f32 precision hint ("openvino"); with `openvino_default` also
+    OpenVINO at its default precision ("openvino_default": bf16 on CPUs with AMX or
+    AVX512-BF16, what an OpenVINO user gets there), the row bfloat16 runs compare with."""
     engines: Engines = {}
     try:
         import onnxruntime as ort
@@ -42,11 +43,16 @@ def load(model, x, threads: int) -> Engines:
     except ImportError:
         print("openvino is not installed: no openvino row")
         return engines
-    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                     "INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
-    output = compiled.output(0)
-    engines["openvino"] = (lambda inp: request.infer({0: inp})[output], ov.get_version())
+    core = ov.Core()
+    hints = {"openvino": {"INFERENCE_PRECISION_HINT": "f32"}}
+    if openvino_default:
+        hints["openvino_default"] = {}
+    for row, hint in hints.items():
+        compiled = core.compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads, **hint})
+        request, output = compiled.create_infer_request(), compiled.output(0)
+        precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+        engines[row] = (lambda inp, request=request, output=output: request.infer({0: inp})[output],
+                         f"{ov.get_version()} ({precision})")
     return engines
 
 

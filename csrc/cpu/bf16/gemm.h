@@ -22,7 +22,7 @@ struct View {
 // rows k and k+1 of columns [n0, n0 + nv) as 32-bit words, B(k, n) in the low half and
 // B(k+1, n) in the high half (0 where k + 1 == rows). panel() writes a panel: the pairs of
 // rows [k0, k0 + kc) (kc even or the last rows), pair p at out + p*NR, then zero pairs up to
-// kcp/2; the columns from nv to NR are zero. Both are called from several threads.
+// kcp/2; the columns from nv to NR are zero. All are called from several threads.
 struct BPacker {
   BPacker(int64_t rows_, int64_t cols_) : rows(rows_), cols(cols_) {}
   int64_t rows, cols;
@@ -32,6 +32,21 @@ struct BPacker {
     for (int64_t p = 0; p < kcp / 2; ++p, out += NR) {
       if (2 * p < kc) pairs(k0 + 2 * p, n0, nv, out);
       std::fill(out + (2 * p < kc ? nv : 0), out + NR, 0u);
+    }
+  }
+  // The panels of columns [n0, n0 + cols), panel g at out + g*stride (as panel() writes
+  // it). This default goes a pair of rows at a time across the panels: B's rows are read
+  // in stretches of `cols` values.
+  virtual void panels(int64_t k0, int64_t kc, int64_t kcp, int64_t n0, int64_t cols, int64_t NR,
+                      int64_t stride, uint32_t* out) const {
+    const int64_t count = (cols + NR - 1) / NR;
+    for (int64_t p = 0; p < kcp / 2; ++p) {
+      for (int64_t g = 0; g < count; ++g) {
+        uint32_t* o = out + g * stride + p * NR;
+        const int64_t nv = std::min(NR, cols - g * NR);
+        if (2 * p < kc) pairs(k0 + 2 * p, n0 + g * NR, nv, o);
+        std::fill(o + (2 * p < kc ? nv : 0), o + NR, 0u);
+      }
     }
   }
   virtual ~BPacker() = default;
