@@ -100,13 +100,15 @@ class ConvPacker final : public BPacker {
       const uint16_t* xrow = x_ + run.frame + c * chan_stride_ + ih * g.W;
       const int64_t a = std::clamp<int64_t>(lo - run.ow, 0, run.len);
       const int64_t b = std::clamp<int64_t>(hi - run.ow, a, run.len);
-      std::fill(d, d + a, uint16_t(0));
+      // Plain loops: these stretches are a few dozen values, too short for memmove's call.
+      for (int64_t t = 0; t < a; ++t) d[t] = 0;
       if (g.sw == 1) {
-        std::copy(xrow + run.ow + a + shift, xrow + run.ow + b + shift, d + a);
+        const uint16_t* src = xrow + run.ow + shift;
+        for (int64_t t = a; t < b; ++t) d[t] = src[t];
       } else {
         for (int64_t t = a; t < b; ++t) d[t] = xrow[(run.ow + t) * g.sw + shift];
       }
-      std::fill(d + b, d + run.len, uint16_t(0));
+      for (int64_t t = b; t < run.len; ++t) d[t] = 0;
     }
   }
 
