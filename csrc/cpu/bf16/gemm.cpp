@@ -78,23 +78,18 @@ void run(const View& A, const BPacker& B, float* C, int64_t ldc, bool accumulate
                      ap.data() + i * MR * kcp_max);
     }
   });
-  // Column panels to threads in groups of up to 8 (g_max): a group's B is packed a pair of rows at a time across all its panels, so
-  // that B's rows are read in stretches of 8*NR values rather than NR (one panel's rows are
-  // scattered lines, whose misses cost up to half the time at M = 64: bench/NOTES.md).
-  // The groups: a multiple of the thread count, of even sizes (17 panels on 2 threads: 5,
-  // 5, 5, 2, not 8, 8, 1).
-  // At most 192 KB of packed B per group, so that the A panels stay in L2 beside it.
-  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  // Column panels to threads (an even share each), and a thread's panels in groups of up
+  // to 8: a group's B is packed a pair of rows at a time across all its panels, so that
+  // B's rows are read in stretches of 8*NR values rather than NR (one panel's rows are
+  // scattered lines, whose misses cost up to half the time at M = 64: bench/NOTES.md). At
+  // most 192 KB of packed B per group, so that the A panels stay in L2 beside it.
   const int64_t g_max = std::clamp<int64_t>((192 << 10) / (kcp_max * NR * 2), 1, 8);
-  const int64_t per_thread = (n_panels + threads * g_max - 1) / (threads * g_max);
-  const int64_t G = std::max<int64_t>(1, (n_panels + threads * per_thread - 1) / (threads * per_thread));
-  const int64_t n_groups = (n_panels + G - 1) / G;
   const int64_t panel_words = kcp_max / 2 * NR;  // a packed panel: kcp/2 pairs of NR words
-  at::parallel_for(0, n_groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint32_t> bp(static_cast<size_t>(G * panel_words));
+  at::parallel_for(0, n_panels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint32_t> bp(static_cast<size_t>(std::min(g_max, end - begin) * panel_words));
     if (amx) amx_begin();
-    for (int64_t grp = begin; grp < end; ++grp) {
-      const int64_t np0 = grp * G, np1 = std::min(n_panels, np0 + G);
+    for (int64_t np0 = begin; np0 < end; np0 += g_max) {
+      const int64_t np1 = std::min(end, np0 + g_max);
       const int64_t n0 = np0 * NR, cols = std::min(N, np1 * NR) - n0;
       for (int64_t kb = 0; kb < k_blocks; ++kb) {
         const int64_t kc = kc_of(kb), kcp = round_up(kc, Kernel::KSTEP);
