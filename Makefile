@@ -67,6 +67,8 @@ bench: install $(VENV)/.deps-test
 	$(PY) bench/bench_block.py
 	$(PY) bench/bench_network.py
 	$(PY) bench/bench_inference.py
+	$(PY) bench/bench_block.py --dtype bfloat16
+	$(PY) bench/bench_inference.py --dtype bfloat16
 	$(PY) bench/bench_data.py
 	$(PY) bench/bench_predict.py
 

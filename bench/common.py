@@ -17,7 +17,8 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 def bench_script(doc, argv, defaults, add_options, name, run):
     """The block and network scripts' front: the run options (`defaults`: the help text of
     the warm-up and repeat defaults), the script's own (`add_options(parser)`), --out
-    defaulting to bench/results/<date>-<cpu|gpu><name>.json; then run(args, argv)."""
+    defaulting to bench/results/<date>-<cpu|gpu><name>[-<dtype>].json (the dtype named when
+    it is not float32, so a bfloat16 run keeps the float32 one); then run(args, argv)."""
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_options(p, **defaults)
@@ -25,5 +26,7 @@ def bench_script(doc, argv, defaults, add_options, name, run):
     p.add_argument("--out", default=None, help=f"JSON path (default bench/results/<date>-<device>{name}.json)")
     args = p.parse_args(argv)
     device = "gpu" if args.device == "cuda" else "cpu"
-    args.out = args.out or os.path.join(RESULTS, f"{datetime.date.today().isoformat()}-{device}{name}.json")
+    dtype = getattr(args, "dtype", "float32")
+    suffix = "" if dtype == "float32" else f"-{dtype}"
+    args.out = args.out or os.path.join(RESULTS, f"{datetime.date.today().isoformat()}-{device}{name}{suffix}.json")
     return run(args, argv)

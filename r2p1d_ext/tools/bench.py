@@ -198,6 +198,8 @@ def run_block(args, argv=None) -> Dict[str, Any]:
         "device": device_name(dev), "torch": torch.__version__, "dtype": args.dtype,
         "tf32": bool(args.tf32 and on_gpu and dtype == torch.float32),
         "cudnn": torch.backends.cudnn.version() if on_gpu else None,
+        # The CPU kernels' bfloat16 path (AMX, AVX512-BF16 or float32; R2P1D_CPU_KERNELS).
+        "cpu_bf16_path": None if on_gpu else torch.ops.r2p1d.cpu_bf16_path(),
         "commit": commit(), "date": datetime.date.today().isoformat(), "command": _command(argv),
         "batch": batch, "clip_len": clip_len, "warmup": warmup, "repeats": repeats,
         "saved_bytes_ratio": statistics.fmean(r["fused_saved_mb"] / r["eager_saved_mb"] for r in rows),
@@ -212,7 +214,9 @@ _SPEEDUP_NAMES = {"block_train_vs_eager": "train vs eager", "block_train_vs_comp
 
 def print_block_table(result) -> None:
     impls = [k[:-9] for k in result["rows"][0] if k.endswith("_train_ms")]
-    print(f"\n{result['device']} | torch {result['torch']} | {result['dtype']} | commit {result['commit']}")
+    path = result.get("cpu_bf16_path")
+    kernels = f" ({path} kernels)" if path and result["dtype"] == "bfloat16" else ""
+    print(f"\n{result['device']} | torch {result['torch']} | {result['dtype']}{kernels} | commit {result['commit']}")
     head = f"{'stage':8} {'mode':5} " + " ".join(f"{i + ' ms':>12}" for i in impls) + f" {'eager/fused':>12} {'TFLOP/s':>8}"
     print(head)
     for r in result["rows"]:

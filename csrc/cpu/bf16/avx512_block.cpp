@@ -6,10 +6,15 @@
 
 namespace r2p1d::cpu::bf16 {
 
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void avx512_block(
+namespace {
+
+// The block with its first NV of the panel's three 16-column vectors: a panel's last
+// columns (49 = 48 + 1 at a 7x7 frame) do not pay for the padding's products.
+template <int NV>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) inline void block(
     const uint16_t* Ap, const uint16_t* Bp, int64_t kc, float* C, int64_t ldc, int mv, int nv,
     bool accumulate) {
-  constexpr int MR = Avx512Kernel::MR, NV = Avx512Kernel::NR / 16;
+  constexpr int MR = Avx512Kernel::MR;
   __m512 acc[MR][NV];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
@@ -42,6 +47,17 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void avx512_bloc
       _mm512_mask_storeu_ps(row + 16 * j, mask, v);
     }
   }
+}
+
+}  // namespace
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void avx512_block(
+    const uint16_t* Ap, const uint16_t* Bp, int64_t kc, float* C, int64_t ldc, int mv, int nv,
+    bool accumulate) {
+  static_assert(Avx512Kernel::NR == 48, "three 16-column vectors");
+  if (nv > 32) return block<3>(Ap, Bp, kc, C, ldc, mv, nv, accumulate);
+  if (nv > 16) return block<2>(Ap, Bp, kc, C, ldc, mv, nv, accumulate);
+  block<1>(Ap, Bp, kc, C, ldc, mv, nv, accumulate);
 }
 
 }  // namespace r2p1d::cpu::bf16

@@ -85,29 +85,48 @@ void run(const View& A, const BPacker& B, float* C, int64_t ldc, bool accumulate
   // most 192 KB of packed B per group, so that the A panels stay in L2 beside it.
   const int64_t g_max = std::clamp<int64_t>((192 << 10) / (kcp_max * NR * 2), 1, 8);
   const int64_t panel_words = kcp_max / 2 * NR;  // a packed panel: kcp/2 pairs of NR words
-  at::parallel_for(0, n_panels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint32_t> bp(static_cast<size_t>(std::min(g_max, end - begin) * panel_words));
-    if (amx) amx_begin();
-    for (int64_t np0 = begin; np0 < end; np0 += g_max) {
-      const int64_t np1 = std::min(end, np0 + g_max);
-      const int64_t n0 = np0 * NR, cols = std::min(N, np1 * NR) - n0;
-      for (int64_t kb = 0; kb < k_blocks; ++kb) {
-        const int64_t kc = kc_of(kb), kcp = round_up(kc, Kernel::KSTEP);
-        if (K == 0) {
-          for (int64_t m = 0; m < M && !accumulate; ++m) std::fill(C + m * ldc + n0, C + m * ldc + n0 + cols, 0.f);
-          break;
-        }
-        B.panels(kb * kKc, kc, kcp, n0, cols, NR, panel_words, bp.data());
-        for (int64_t np = np0; np < np1; ++np) {
-          const int nv = static_cast<int>(std::min<int64_t>(NR, N - np * NR));
-          const uint16_t* b = reinterpret_cast<const uint16_t*>(bp.data() + (np - np0) * panel_words);
-          for (int64_t mp = 0; mp < m_panels; ++mp) {
-            const int mv = static_cast<int>(std::min<int64_t>(MR, M - mp * MR));
-            block(ap.data() + (kb * m_panels + mp) * MR * kcp_max, b, kcp,
-                  C + mp * MR * ldc + np * NR, ldc, mv, nv, accumulate || kb > 0);
-          }
+  // Panels [np0, np1) against A's row panels [mp0, mp1), into the packed-B buffer bp.
+  auto panels = [&](int64_t np0, int64_t np1, int64_t mp0, int64_t mp1, uint32_t* bp) {
+    const int64_t n0 = np0 * NR, cols = std::min(N, np1 * NR) - n0;
+    for (int64_t kb = 0; kb < k_blocks; ++kb) {
+      const int64_t kc = kc_of(kb), kcp = round_up(kc, Kernel::KSTEP);
+      if (K == 0) {
+        for (int64_t m = mp0 * MR; m < std::min(M, mp1 * MR) && !accumulate; ++m)
+          std::fill(C + m * ldc + n0, C + m * ldc + n0 + cols, 0.f);
+        break;
+      }
+      B.panels(kb * kKc, kc, kcp, n0, cols, NR, panel_words, bp);
+      for (int64_t np = np0; np < np1; ++np) {
+        const int nv = static_cast<int>(std::min<int64_t>(NR, N - np * NR));
+        const uint16_t* b = reinterpret_cast<const uint16_t*>(bp + (np - np0) * panel_words);
+        for (int64_t mp = mp0; mp < mp1; ++mp) {
+          const int mv = static_cast<int>(std::min<int64_t>(MR, M - mp * MR));
+          block(ap.data() + (kb * m_panels + mp) * MR * kcp_max, b, kcp,
+                C + mp * MR * ldc + np * NR, ldc, mv, nv, accumulate || kb > 0);
         }
       }
+    }
+  };
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  if (n_panels >= 2 * threads) {
+    at::parallel_for(0, n_panels, 1, [&](int64_t begin, int64_t end) {
+      std::vector<uint32_t> bp(static_cast<size_t>(std::min(g_max, end - begin) * panel_words));
+      if (amx) amx_begin();
+      for (int64_t np0 = begin; np0 < end; np0 += g_max)
+        panels(np0, std::min(end, np0 + g_max), 0, m_panels, bp.data());
+      if (amx) amx_end();
+    });
+    return;
+  }
+  // Too few column panels for the threads (conv5_x at batch 1: 49 or 98 columns): the rows
+  // are split too, each (row chunk, panel) packing its own copy of the (small) B panel.
+  const int64_t m_chunks = std::min<int64_t>(m_panels, 2 * threads);
+  at::parallel_for(0, m_chunks * n_panels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint32_t> bp(static_cast<size_t>(panel_words));
+    if (amx) amx_begin();
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t mc = item / n_panels, np = item % n_panels;
+      panels(np, np + 1, mc * m_panels / m_chunks, (mc + 1) * m_panels / m_chunks, bp.data());
     }
     if (amx) amx_end();
   });
