@@ -108,7 +108,7 @@ struct EmulatedTiles {
 // The block: C tiles from a 32 x 32 staging block (so the tails need no masks), the K
 // loop in steps of 32, the result back through the staging block.
 template <typename Tiles>
-inline void block(Tiles& tiles, const uint16_t* Ap, const uint16_t* Bp, int64_t kc, float* C,
+inline void block(Tiles& tiles, const uint16_t* A, int64_t lda, const uint16_t* Bp, int64_t kc, float* C,
                   int64_t ldc, int mv, int nv, bool accumulate) {
   constexpr int N = AmxKernel::NR;
   alignas(64) float stage[AmxKernel::MR * N];
@@ -121,10 +121,10 @@ inline void block(Tiles& tiles, const uint16_t* Ap, const uint16_t* Bp, int64_t 
 #pragma GCC unroll 4
     for (int t = 0; t < 4; ++t) tiles.zero(t);
   }
-  const long a_stride = kc * 2, b_stride = N * 2 * 2;
+  const long a_stride = lda * 2, b_stride = N * 2 * 2;
   for (int64_t k0 = 0; k0 < kc; k0 += AmxKernel::KSTEP) {
-    tiles.load(4, Ap + k0, a_stride);
-    tiles.load(5, Ap + 16 * kc + k0, a_stride);
+    tiles.load(4, A + k0, a_stride);
+    tiles.load(5, A + 16 * lda + k0, a_stride);
     const uint16_t* b = Bp + (k0 / 2) * N * 2;
     tiles.load(6, b, b_stride);
     tiles.load(7, b + 32, b_stride);
@@ -149,18 +149,18 @@ __attribute__((target("amx-tile"))) void amx_begin() {
 
 __attribute__((target("amx-tile"))) void amx_end() { _tile_release(); }
 
-__attribute__((target("amx-tile,amx-bf16"))) void amx_block(const uint16_t* Ap,
+__attribute__((target("amx-tile,amx-bf16"))) void amx_block(const uint16_t* A, int64_t lda,
                                                              const uint16_t* Bp, int64_t kc,
                                                              float* C, int64_t ldc, int mv,
                                                              int nv, bool accumulate) {
   HardwareTiles tiles;
-  block(tiles, Ap, Bp, kc, C, ldc, mv, nv, accumulate);
+  block(tiles, A, lda, Bp, kc, C, ldc, mv, nv, accumulate);
 }
 
-void amx_block_emulated(const uint16_t* Ap, const uint16_t* Bp, int64_t kc, float* C,
+void amx_block_emulated(const uint16_t* A, int64_t lda, const uint16_t* Bp, int64_t kc, float* C,
                         int64_t ldc, int mv, int nv, bool accumulate) {
   EmulatedTiles tiles;
-  block(tiles, Ap, Bp, kc, C, ldc, mv, nv, accumulate);
+  block(tiles, A, lda, Bp, kc, C, ldc, mv, nv, accumulate);
 }
 
 }  // namespace r2p1d::cpu::bf16

@@ -12,8 +12,8 @@ namespace {
 // columns (49 = 48 + 1 at a 7x7 frame) do not pay for the padding's products.
 template <int NV>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) inline void block(
-    const uint16_t* Ap, const uint16_t* Bp, int64_t kc, float* C, int64_t ldc, int mv, int nv,
-    bool accumulate) {
+    const uint16_t* A, int64_t lda, const uint16_t* Bp, int64_t kc, float* C, int64_t ldc, int mv,
+    int nv, bool accumulate) {
   constexpr int MR = Avx512Kernel::MR;
   __m512 acc[MR][NV];
 #pragma GCC unroll 8
@@ -26,11 +26,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) i
     __m512bh bv[NV];
 #pragma GCC unroll 3
     for (int j = 0; j < NV; ++j) bv[j] = (__m512bh)_mm512_loadu_si512(b + j * 32);
-    const uint16_t* a = Ap + p * 2 * MR;
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       int32_t pair;
-      __builtin_memcpy(&pair, a + 2 * i, sizeof(pair));
+      __builtin_memcpy(&pair, A + i * lda + 2 * p, sizeof(pair));
       const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
 #pragma GCC unroll 3
       for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av, bv[j]);
@@ -52,12 +51,12 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) i
 }  // namespace
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void avx512_block(
-    const uint16_t* Ap, const uint16_t* Bp, int64_t kc, float* C, int64_t ldc, int mv, int nv,
-    bool accumulate) {
+    const uint16_t* A, int64_t lda, const uint16_t* Bp, int64_t kc, float* C, int64_t ldc, int mv,
+    int nv, bool accumulate) {
   static_assert(Avx512Kernel::NR == 48, "three 16-column vectors");
-  if (nv > 32) return block<3>(Ap, Bp, kc, C, ldc, mv, nv, accumulate);
-  if (nv > 16) return block<2>(Ap, Bp, kc, C, ldc, mv, nv, accumulate);
-  block<1>(Ap, Bp, kc, C, ldc, mv, nv, accumulate);
+  if (nv > 32) return block<3>(A, lda, Bp, kc, C, ldc, mv, nv, accumulate);
+  if (nv > 16) return block<2>(A, lda, Bp, kc, C, ldc, mv, nv, accumulate);
+  block<1>(A, lda, Bp, kc, C, ldc, mv, nv, accumulate);
 }
 
 }  // namespace r2p1d::cpu::bf16

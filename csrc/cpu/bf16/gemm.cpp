@@ -19,24 +19,18 @@ constexpr int64_t kKc = 512;  // K block: a multiple of every kernel's K step
 
 inline int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 
-// A's rows [m0, m0 + MR) and columns [k0, k0 + kc) into the kernel's A layout (zeros past
+// A's rows [m0, m0 + MR) and columns [k0, k0 + kc) as MR rows of kcp values (zeros past
 // the matrix); kcp = kc rounded up to the K step.
 template <typename Kernel>
 void pack_a(const View& A, int64_t m0, int64_t k0, int64_t kc, int64_t kcp, uint16_t* dst) {
   constexpr int MR = Kernel::MR;
   const int64_t mv = std::min<int64_t>(MR, A.rows - m0);
-  auto at = [&](int64_t m, int64_t k) -> uint16_t {
-    return (m < mv && k < kc) ? A.p[(m0 + m) * A.rs + (k0 + k) * A.cs] : uint16_t(0);
-  };
-  if constexpr (Kernel::KSTEP == 2) {  // Ap[p][m][2]
-    for (int64_t p = 0; p < kcp / 2; ++p)
-      for (int m = 0; m < MR; ++m) {
-        dst[(p * MR + m) * 2] = at(m, 2 * p);
-        dst[(p * MR + m) * 2 + 1] = at(m, 2 * p + 1);
-      }
-  } else {  // Ap[m][k]
-    for (int m = 0; m < MR; ++m)
-      for (int64_t k = 0; k < kcp; ++k) dst[m * kcp + k] = at(m, k);
+  for (int m = 0; m < MR; ++m) {
+    uint16_t* row = dst + m * kcp;
+    const int64_t len = m < mv ? kc : 0;
+    const uint16_t* src = A.p + (m0 + m) * A.rs + k0 * A.cs;
+    for (int64_t k = 0; k < len; ++k) row[k] = src[k * A.cs];
+    std::fill(row + len, row + kcp, uint16_t(0));
   }
 }
 
@@ -68,16 +62,28 @@ void run(const View& A, const BPacker& B, float* C, int64_t ldc, bool accumulate
   const int64_t m_panels = (M + MR - 1) / MR, n_panels = (N + NR - 1) / NR;
   const int64_t k_blocks = std::max<int64_t>(1, (K + kKc - 1) / kKc);
   const int64_t kcp_max = round_up(std::min(K, kKc), Kernel::KSTEP);
-  // Packed A: panel (kb, mp) at ((kb * m_panels + mp) * MR * kcp_max).
-  std::vector<uint16_t> ap(static_cast<size_t>(k_blocks * m_panels * MR * kcp_max));
   auto kc_of = [&](int64_t kb) { return std::min(kKc, K - kb * kKc); };
-  at::parallel_for(0, k_blocks * m_panels, 1, [&](int64_t begin, int64_t end) {
+  // A's row panels as the kernels read them (MR rows at a stride): A itself where it is
+  // row-major with K a multiple of the K step (no padding needed), except a last partial
+  // panel (the kernels read all MR rows); otherwise packed, panel (kb, mp) at
+  // ((kb * m_panels + mp) * MR * kcp_max), rows kcp apart.
+  const bool in_place = A.cs == 1 && K % Kernel::KSTEP == 0;
+  const int64_t packed_from = in_place ? M / MR : 0;  // the first row panel that is packed
+  const int64_t packed_panels = m_panels - packed_from;
+  std::vector<uint16_t> ap(static_cast<size_t>(k_blocks * packed_panels * MR * kcp_max));
+  at::parallel_for(0, k_blocks * packed_panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t kb = i / m_panels, mp = i % m_panels, kc = kc_of(kb);
+      const int64_t kb = i / packed_panels, mp = packed_from + i % packed_panels, kc = kc_of(kb);
       pack_a<Kernel>(A, mp * MR, kb * kKc, kc, round_up(kc, Kernel::KSTEP),
                      ap.data() + i * MR * kcp_max);
     }
   });
+  // Row panel mp of K block kb: its first row, and the stride between rows.
+  auto a_panel = [&](int64_t kb, int64_t mp) -> std::pair<const uint16_t*, int64_t> {
+    if (mp < packed_from) return {A.p + mp * MR * A.rs + kb * kKc, A.rs};
+    const int64_t i = kb * packed_panels + (mp - packed_from);
+    return {ap.data() + i * MR * kcp_max, round_up(kc_of(kb), Kernel::KSTEP)};
+  };
   // Column panels to threads (an even share each), and a thread's panels in groups of up
   // to 8: a group's B is packed a pair of rows at a time across all its panels, so that
   // B's rows are read in stretches of 8*NR values rather than NR (one panel's rows are
@@ -101,8 +107,8 @@ void run(const View& A, const BPacker& B, float* C, int64_t ldc, bool accumulate
         const uint16_t* b = reinterpret_cast<const uint16_t*>(bp + (np - np0) * panel_words);
         for (int64_t mp = mp0; mp < mp1; ++mp) {
           const int mv = static_cast<int>(std::min<int64_t>(MR, M - mp * MR));
-          block(ap.data() + (kb * m_panels + mp) * MR * kcp_max, b, kcp,
-                C + mp * MR * ldc + np * NR, ldc, mv, nv, accumulate || kb > 0);
+          const auto [a, lda] = a_panel(kb, mp);
+          block(a, lda, b, kcp, C + mp * MR * ldc + np * NR, ldc, mv, nv, accumulate || kb > 0);
         }
       }
     }

@@ -9,25 +9,28 @@
 
 namespace r2p1d::cpu::bf16 {
 
-// vdpbf16ps: an 8 x 48 block of C in 24 zmm accumulators. Ap[p][m][2] for MR rows: one
-// 32-bit broadcast feeds a row's pair of k.
+// A is read as MR rows of K at a row stride `lda` (elements): a packed panel (lda = the
+// block's padded depth) or, for full panels of a row-major A whose K needs no padding, A
+// itself (the weights, which would otherwise be copied at every call: 10 MB at conv5_x).
+//
+// vdpbf16ps: an 8 x 48 block of C in 24 zmm accumulators; one 32-bit broadcast of a row's
+// pair of k feeds its three vectors.
 struct Avx512Kernel {
   static constexpr int MR = 8, NR = 48, KSTEP = 2;
 };
-// AMX: a 32 x 32 block of C in four 16 x 16 float tiles; A as rows of K (Ap[m][k], 32 rows
-// of kc values: a 16 x 32 tile is 16 rows at stride kc), B tiles 16 pair-rows of 16
-// columns. K steps of 32 (one tile's depth).
+// AMX: a 32 x 32 block of C in four 16 x 16 float tiles; a 16 x 32 A tile is 16 rows at
+// stride lda, B tiles 16 pair-rows of 16 columns. K steps of 32 (one tile's depth).
 struct AmxKernel {
   static constexpr int MR = 32, NR = 32, KSTEP = 32;
 };
 
 // One MR x NR block: C[m*ldc + n] (= or +=) sum over kc (padded) of A B, for m < mv and
-// n < nv (the rest of the block is padding and is not stored).
-void avx512_block(const uint16_t* Ap, const uint16_t* Bp, int64_t kc, float* C, int64_t ldc,
-                  int mv, int nv, bool accumulate);
-void amx_block(const uint16_t* Ap, const uint16_t* Bp, int64_t kc, float* C, int64_t ldc, int mv,
-               int nv, bool accumulate);
-void amx_block_emulated(const uint16_t* Ap, const uint16_t* Bp, int64_t kc, float* C,
+// n < nv (the rest of the block is padding and is not stored). All MR rows of A are read.
+void avx512_block(const uint16_t* A, int64_t lda, const uint16_t* Bp, int64_t kc, float* C,
+                  int64_t ldc, int mv, int nv, bool accumulate);
+void amx_block(const uint16_t* A, int64_t lda, const uint16_t* Bp, int64_t kc, float* C,
+               int64_t ldc, int mv, int nv, bool accumulate);
+void amx_block_emulated(const uint16_t* A, int64_t lda, const uint16_t* Bp, int64_t kc, float* C,
                         int64_t ldc, int mv, int nv, bool accumulate);
 // The tile configuration of amx_block (eight 16 x 64-byte tiles) for the calling thread,
 // and its release; a thread calls amx_begin before its first amx_block.
