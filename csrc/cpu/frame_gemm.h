@@ -159,6 +159,23 @@ void temporal_output_frame(at::Tensor& out_f, const at::Tensor& w_taps, const T*
   }
 }
 
+// The temporal backward's units (csrc/cpu/temporal_conv_cpu.cpp, csrc/cpu/bf16/temporal_bf16.cpp):
+// whole samples, as many as keep their activations within ~4 MB but at least two frames per
+// thread, or, when one sample alone is larger, runs of `span` of its time steps. The unit's z
+// is scratch on top of the step's activations: 16 MB units put the fused block's conv3_x
+// training peak above eager's (bench/NOTES.md, item 17).
+struct TemporalUnits {
+  int64_t samples, span;
+};
+inline TemporalUnits temporal_units(const TemporalGeom& g, int64_t elem_size) {
+  const int64_t frame_bytes = g.M * g.HW * elem_size;
+  const int64_t budget = std::max<int64_t>(4 << 20, 2 * frame_bytes * at::get_num_threads());
+  const int64_t samples = std::clamp<int64_t>(budget / (frame_bytes * g.T), 1, g.N);
+  const int64_t span = samples > 1 || frame_bytes * g.T <= budget
+                           ? g.T : std::clamp<int64_t>(budget / frame_bytes, 1, g.T);
+  return {samples, span};
+}
+
 // Temporal weight (O, M, kt, 1, 1) as kt contiguous (O, M) matrices.
 inline at::Tensor taps_major(const at::Tensor& weight) {
   return weight.reshape({weight.size(0), weight.size(1), weight.size(2)})

@@ -117,20 +117,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> temporal_conv_bnrelu_
     const BnVectors<scalar_t> bn(mean, scale, shift, y.scalar_type());
     const scalar_t *mup = bn.mu(), *scp = bn.sc();
     double* bnp = bn_part.data_ptr<double>();
-    // Units of whole samples (as many as keep their activations within ~4 MB, but at
-    // least two frames per thread) or, when one sample alone is larger, runs of its time
-    // steps. A unit's activated frames z are kept in scratch memory, channel-major (M rows
-    // of `span` frames), so that the weight gradient of a tap is one GEMM per sample over
-    // all its frames in the unit:
+    // Units of whole samples or runs of one sample's steps (temporal_units). A unit's
+    // activated frames z are kept in scratch memory, channel-major (M rows of `span`
+    // frames), so that the weight gradient of a tap is one GEMM per sample over all its
+    // frames in the unit:
     //   dW_k += grad_out[n, :, to range] (O, cnt*HW) @ z[n, :, ti range]^T
     // run at the top level (multi-threaded), in a fixed order, with no partial buffers.
-    // The unit's z is scratch on top of the step's activations: 16 MB units put the
-    // fused block's conv3_x training peak above eager's (bench/NOTES.md, item 17).
-    const int64_t frame_bytes = g.M * g.HW * static_cast<int64_t>(sizeof(scalar_t));
-    const int64_t budget = std::max<int64_t>(4 << 20, 2 * frame_bytes * at::get_num_threads());
-    const int64_t samples = std::clamp<int64_t>(budget / (frame_bytes * g.T), 1, g.N);
-    const int64_t span = samples > 1 || frame_bytes * g.T <= budget
-                             ? g.T : std::clamp<int64_t>(budget / frame_bytes, 1, g.T);
+    const TemporalUnits units = temporal_units(g, sizeof(scalar_t));
+    const int64_t samples = units.samples, span = units.span;
     const Scratch zs = Scratch::of<scalar_t>(samples * g.M * span * g.HW);
     scalar_t* zp = zs.data<scalar_t>();
     const int64_t ld = span * g.HW;  // z row stride: channel m of unit sample s at (s*M + m)*ld

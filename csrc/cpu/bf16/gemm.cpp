@@ -1,7 +1,7 @@
-// The bfloat16 GEMM driver (gemm.h): A packed once per call into MR-row panels of each
-// K block; the columns split across threads in NR-wide panels, each thread packing its B
-// panel of a K block once and running it against every A panel (the B panel stays in L1,
-// the A panels of a K block, at most M x 512 values, in L2).
+// The bfloat16 GEMM driver (gemm.h): A's MR-row panels of each 512-deep K block read in
+// place or packed once per call; the columns split across the threads in NR-wide panels,
+// each thread packing a group of its B panels of a K block once and running them against
+// every A panel (docs/kernels.md, "bfloat16 on the CPU").
 #include "gemm.h"
 
 #include <ATen/Parallel.h>
@@ -65,8 +65,8 @@ void run(const View& A, const BPacker& B, float* C, int64_t ldc, bool accumulate
   auto kc_of = [&](int64_t kb) { return std::min(kKc, K - kb * kKc); };
   // A's row panels as the kernels read them (MR rows at a stride): A itself where it is
   // row-major with K a multiple of the K step (no padding needed), except a last partial
-  // panel (the kernels read all MR rows); otherwise packed, panel (kb, mp) at
-  // ((kb * m_panels + mp) * MR * kcp_max), rows kcp apart.
+  // panel (the kernels read all MR rows); otherwise packed: the i-th packed panel, i = kb *
+  // packed_panels + (mp - packed_from), at i * MR * kcp_max, its rows kcp apart.
   const bool in_place = A.cs == 1 && K % Kernel::KSTEP == 0;
   const int64_t packed_from = in_place ? M / MR : 0;  // the first row panel that is packed
   const int64_t packed_panels = m_panels - packed_from;

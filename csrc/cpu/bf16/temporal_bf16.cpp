@@ -96,15 +96,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> temporal_conv_bnrelu_
   Tensor gw = mask[4] ? at::zeros({g.kt, g.O, g.M}, y.options().dtype(at::kFloat)) : Tensor();
   const Bf *yp = yc.data_ptr<Bf>(), *gop = go.data_ptr<Bf>(), *wp = wk.data_ptr<Bf>();
   double* bnp = bn_part.data_ptr<double>();
-  // Units of whole samples (their activations within ~4 MB, at least two frames per
-  // thread) or runs of one sample's steps, z kept channel-major (M rows of `span` frames)
-  // so that a tap's weight gradient is one GEMM per sample over the unit's frames, as in
-  // the float32 kernel (csrc/cpu/temporal_conv_cpu.cpp).
-  const int64_t frame_bytes = g.M * g.HW * 2;
-  const int64_t budget = std::max<int64_t>(4 << 20, 2 * frame_bytes * at::get_num_threads());
-  const int64_t samples = std::clamp<int64_t>(budget / (frame_bytes * g.T), 1, g.N);
-  const int64_t span = samples > 1 || frame_bytes * g.T <= budget
-                           ? g.T : std::clamp<int64_t>(budget / frame_bytes, 1, g.T);
+  // Units of whole samples or runs of one sample's steps (temporal_units), z kept
+  // channel-major (M rows of `span` frames) so that a tap's weight gradient is one GEMM
+  // per sample over the unit's frames, as in the float32 kernel
+  // (csrc/cpu/temporal_conv_cpu.cpp).
+  const TemporalUnits units = temporal_units(g, sizeof(Bf));
+  const int64_t samples = units.samples, span = units.span;
   const Scratch zs = Scratch::of<Bf>(samples * g.M * span * g.HW);
   Bf* zp = zs.data<Bf>();
   const int64_t ld = span * g.HW;
