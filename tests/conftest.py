@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, settings
 
 import r2p1d_ext
 from r2p1d_ext import reference
+from r2p1d_ext.tools.check import env_setting
 
 # Random-shape tests: 50 cases each by default, HYPOTHESIS_PROFILE=stress for 500.
 settings.register_profile("default", max_examples=50, deadline=None,
@@ -158,18 +159,9 @@ def spatial_reference(x, w, b, stride, padding, grad_y, grad_mean, grad_var):
     return y, mean, var, xd.grad, wd.grad, bd.grad if bd is not None else None
 
 
-@contextlib.contextmanager
 def cpu_kernels(path):
     """R2P1D_CPU_KERNELS set to `path` (read by the CPU kernels at every call)."""
-    old = os.environ.get("R2P1D_CPU_KERNELS")
-    os.environ["R2P1D_CPU_KERNELS"] = path
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("R2P1D_CPU_KERNELS", None)
-        else:
-            os.environ["R2P1D_CPU_KERNELS"] = old
+    return env_setting("R2P1D_CPU_KERNELS", path)
 
 
 def _cpu_bf16_paths():

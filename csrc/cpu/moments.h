@@ -19,6 +19,17 @@ struct Moments {
   }
 };
 
+// Merges per-(frame, channel) partial (mean, M2) of `plane` values each, part[(f*M + m)*2]
+// and part[(f*M + m)*2 + 1], into moments[m] in frame order (a fixed order: the same result
+// for any thread count).
+inline void merge_frames(std::vector<Moments>& moments, const std::vector<double>& part,
+                         int64_t frames, int64_t plane) {
+  const int64_t M = static_cast<int64_t>(moments.size());
+  for (int64_t f = 0; f < frames; ++f)
+    for (int64_t m = 0; m < M; ++m)
+      moments[m].merge(plane, part[(f * M + m) * 2], part[(f * M + m) * 2 + 1]);
+}
+
 // (mean, biased variance) per channel, float64 (as float32 unless `dtype` is float64).
 inline std::pair<at::Tensor, at::Tensor> moments_tensors(const std::vector<Moments>& moments,
                                                           at::ScalarType dtype,

@@ -57,9 +57,7 @@ void im2col_forward_stats(const SpatialGeom& g, const T* xp, const T* w2p, const
       }
     });
   }
-  for (int64_t f = 0; f < g.frames(); ++f)
-    for (int64_t m = 0; m < g.M; ++m)
-      moments[m].merge(plane, part[(f * g.M + m) * 2], part[(f * g.M + m) * 2 + 1]);
+  merge_frames(moments, part, g.frames(), plane);
 }
 
 // The backward of the general path, per group of frames: gy_total(f, m, off, len, dst)

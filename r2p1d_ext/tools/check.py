@@ -113,18 +113,25 @@ def tensor_core_kernels_built() -> bool:
 
 
 @contextlib.contextmanager
-def _kernels(setting: Optional[str]) -> Iterator[None]:
-    """R2P1D_CUDA_KERNELS set for the block (read by the CUDA router at every call)."""
-    old = os.environ.get("R2P1D_CUDA_KERNELS")
-    if setting is not None:
-        os.environ["R2P1D_CUDA_KERNELS"] = setting
+def env_setting(name: str, value: Optional[str]) -> Iterator[None]:
+    """The environment variable `name` set to `value` (left as it is for None) for the
+    block, then restored: R2P1D_CUDA_KERNELS and R2P1D_CPU_KERNELS, which the kernels read
+    at every call."""
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop("R2P1D_CUDA_KERNELS", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["R2P1D_CUDA_KERNELS"] = old
+            os.environ[name] = old
+
+
+def _kernels(setting: Optional[str]):
+    """R2P1D_CUDA_KERNELS set for the block (read by the CUDA router at every call)."""
+    return env_setting("R2P1D_CUDA_KERNELS", setting)
 
 
 # ------------------------------------------------------------------ the ops on small inputs

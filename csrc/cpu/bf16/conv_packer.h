@@ -34,7 +34,7 @@ class ConvPacker final : public BPacker {
     panel(k, std::min<int64_t>(2, rows - k), 2, n0, nv, nv, out);
   }
 
-  // Panel by panel: each decodes its columns once (panel()), and reads whole runs of input
+  // Panel by panel: each decodes its columns once (panel()) and reads whole runs of input
   // rows already.
   void panels(int64_t k0, int64_t kc, int64_t kcp, int64_t n0, int64_t cols, int64_t NR,
               int64_t stride, uint32_t* out) const override {
@@ -42,10 +42,11 @@ class ConvPacker final : public BPacker {
       panel(k0, kc, kcp, n0 + g * NR, std::min(NR, cols - g * NR), NR, out + g * stride);
   }
 
-  // The panel's columns decoded once into runs along output rows, then each pair of rows
-  // (c, i, j), (c, i, j+1)... read from those runs.
+ private:
+  // One panel (as BPacker::panels lays each out): its columns decoded once into runs along
+  // output rows, then each pair of rows (c, i, j), (c, i, j+1)... read from those runs.
   void panel(int64_t k0, int64_t kc, int64_t kcp, int64_t n0, int64_t nv, int64_t NR,
-             uint32_t* out) const override {
+             uint32_t* out) const {
     const ConvGeom& g = g_;
     const int64_t plane = g.Ho * g.Wo;
     Run runs[kMaxCols];
@@ -74,7 +75,6 @@ class ConvPacker final : public BPacker {
     }
   }
 
- private:
   static constexpr int64_t kMaxCols = 64;  // the widest micro-kernel panel (NR)
 
   // A stretch of one output row: frame offset, first input row (tap 0), first output

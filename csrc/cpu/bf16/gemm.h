@@ -20,23 +20,17 @@ struct View {
 
 // A B operand made while packing (an implicit GEMM's B: conv_packer.h). pairs() writes
 // rows k and k+1 of columns [n0, n0 + nv) as 32-bit words, B(k, n) in the low half and
-// B(k+1, n) in the high half (0 where k + 1 == rows). panel() writes a panel: the pairs of
-// rows [k0, k0 + kc) (kc even or the last rows), pair p at out + p*NR, then zero pairs up to
-// kcp/2; the columns from nv to NR are zero. All are called from several threads.
+// B(k+1, n) in the high half (0 where k + 1 == rows). panels() writes the packed panels of
+// a K block: in each panel, the pairs of rows [k0, k0 + kc) (kc even or the last rows),
+// pair p at p*NR, then zero pairs up to kcp/2, the columns past the matrix zero. Both are
+// called from several threads.
 struct BPacker {
   BPacker(int64_t rows_, int64_t cols_) : rows(rows_), cols(cols_) {}
   int64_t rows, cols;
   virtual void pairs(int64_t k, int64_t n0, int64_t nv, uint32_t* out) const = 0;
-  virtual void panel(int64_t k0, int64_t kc, int64_t kcp, int64_t n0, int64_t nv, int64_t NR,
-                     uint32_t* out) const {
-    for (int64_t p = 0; p < kcp / 2; ++p, out += NR) {
-      if (2 * p < kc) pairs(k0 + 2 * p, n0, nv, out);
-      std::fill(out + (2 * p < kc ? nv : 0), out + NR, 0u);
-    }
-  }
-  // The panels of columns [n0, n0 + cols), panel g at out + g*stride (as panel() writes
-  // it). This default goes a pair of rows at a time across the panels: B's rows are read
-  // in stretches of `cols` values.
+  // The panels of columns [n0, n0 + cols), panel g at out + g*stride. This default goes a
+  // pair of rows at a time across the panels: B's rows are read in stretches of `cols`
+  // values.
   virtual void panels(int64_t k0, int64_t kc, int64_t kcp, int64_t n0, int64_t cols, int64_t NR,
                       int64_t stride, uint32_t* out) const {
     const int64_t count = (cols + NR - 1) / NR;

@@ -70,9 +70,7 @@ std::tuple<Tensor, Tensor, Tensor> spatial_conv_stats(Path path, const SpatialGe
     });
   }
   std::vector<Moments> moments(g.M);
-  for (int64_t f = 0; f < g.frames(); ++f)
-    for (int64_t m = 0; m < g.M; ++m)
-      moments[m].merge(plane, part[(f * g.M + m) * 2], part[(f * g.M + m) * 2 + 1]);
+  merge_frames(moments, part, g.frames(), plane);
   auto [mean, var] = moments_tensors(moments, at::kFloat, x.options());
   return {y, mean, var};
 }
