@@ -17,7 +17,7 @@ all: install
 
 # torch 2.14.1 is the CUDA 13 build (so the .cu files compile, with no GPU needed). Two sets,
 # so that `make demo` installs only what it runs (pyproject.toml's extras hold the same):
-# - base: the build tools and the [train] extra (OpenCV, NumPy, tqdm, matplotlib), then
+# - base: the build tools and the [train] extra (PyAV, OpenCV, NumPy, tqdm, matplotlib), then
 #   nvidia-cutlass (the CUTLASS/CuTe headers of the tensor-core kernels) without its
 #   dependencies (they serve its Python generator, which we do not use). NumPy comes first:
 #   a later pip run that installs NumPy would print a resolver ERROR about them.
@@ -29,7 +29,7 @@ CUDA_TOOLS ?= 13.2.86
 $(VENV)/.deps-base:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install "torch==$(TORCH)" setuptools ninja pybind11 numpy opencv-python-headless tqdm matplotlib
+	$(PIP) install "torch==$(TORCH)" setuptools ninja pybind11 numpy av opencv-python-headless tqdm matplotlib
 	$(PIP) install --no-deps "nvidia-cutlass==$(CUTLASS)"
 	touch $@
 
@@ -77,6 +77,7 @@ bench: install $(VENV)/.deps-test
 gpu-wheels:
 	mkdir -p .whl
 	python3 -m pip download --no-deps --only-binary=:all: -d .whl "nvidia-cutlass==$(CUTLASS)"
+	python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl av
 
 # On a GPU machine (no network, PyTorch installed), in one device call of under 7 minutes:
 # install .whl/, build with every core (CUDA forced), run the CUDA tests, compute-sanitizer

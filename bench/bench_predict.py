@@ -2,8 +2,8 @@
 """Prediction benchmark: what ``r2p1d predict`` sustains, and whether decoding and the
 network overlap.
 
-On the 720p sources of bench/bench_data.py (1280x720, 25 fps, MPEG-4 Part 2: pip's OpenCV
-writes no H.264) and on their prepared copy (short side 128), with r2plus1d_18 (random
+On the 720p sources of bench/bench_data.py (1280x720, 25 fps, H.264 from PyAV's libx264
+with its defaults) and on their prepared copy (short side 128), with r2plus1d_18 (random
 weights, 400 classes; Kinetics preprocessing: 16 frames, short side 128, centre crop 112)
 and --clips clips per video, in one process:
 1. decode alone: the prediction DataLoader iterated without the network (clips/s);
@@ -90,7 +90,7 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<date>-cpu-predict.json)")
     args = p.parse_args(argv)
 
-    raw, prepared = os.path.join(args.data, "raw720p"), os.path.join(args.data, "prepared128")
+    raw, prepared = os.path.join(args.data, "raw720p-h264"), os.path.join(args.data, "prepared128-h264")
     make_sources(raw, args.videos, (720, 1280), round(args.seconds * 25))
     if not os.path.isdir(prepared) or len(find_videos([prepared])) < args.videos:
         timed_prepare(raw, prepared, args.workers)

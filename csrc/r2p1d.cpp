@@ -21,4 +21,5 @@ TORCH_LIBRARY(r2p1d, m) {
   m.def(torch::schema(r2p1d::schemas::text(r2p1d::schemas::kUpdateRunningStats).c_str()));
   m.def(torch::schema(r2p1d::schemas::text(r2p1d::schemas::kCpuBf16Path).c_str()));
   m.def(torch::schema(r2p1d::schemas::text(r2p1d::schemas::kBf16Gemm).c_str()));
+  m.def(torch::schema(r2p1d::schemas::text(r2p1d::schemas::kNormalizeClips).c_str()));
 }

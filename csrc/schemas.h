@@ -86,6 +86,15 @@ inline constexpr OpSchema kCpuBf16Path{"cpu_bf16_path", "", "str"};
 // a and b bfloat16 of any strides, on the path cpu_bf16_path names.
 inline constexpr OpSchema kBf16Gemm{"bf16_gemm", "Tensor a, Tensor b, Tensor? c=None", "Tensor"};
 
+// Video clips as the network takes them: uint8 RGB clips (N, T, H, W, C) -- or one clip
+// (T, H, W, C) -- as the data loader delivers them, to (N, C, T, H, W) / (C, T, H, W) of
+// dtype, (x - 255 mean[c]) / (255 std[c]) with 255 mean and 255 std rounded to float32 and
+// the arithmetic in float32, then rounded to dtype (r2p1d_ext/data/dataset.py's former
+// worker-side normalisation, to the bit). One elementwise pass; the result's memory is the
+// input's order (NTHWC: channels_last_3d for a batch).
+inline constexpr OpSchema kNormalizeClips{
+    "normalize_clips", "Tensor clips, float[] mean, float[] std, ScalarType dtype", "Tensor"};
+
 // The five ops of the block's computation (the tensor-core kernels compute these; the
 // running-statistics update is a per-channel step beside them).
 inline constexpr OpSchema kBlockOps[] = {kSpatialConvStats, kSpatialConvBackward, kTemporalConvBnrelu,

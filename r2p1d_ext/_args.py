@@ -1,5 +1,6 @@
 """Argument normalisation shared by the fused module and the pure-PyTorch reference, so
-both accept exactly what nn.Conv3d accepts for sizes and build the same block."""
+both accept exactly what nn.Conv3d accepts for sizes and build the same block; and the
+input normalisation constants that the data layer and the library share."""
 from __future__ import annotations
 
 from typing import Sequence, Tuple, Union
@@ -77,3 +78,9 @@ def block_config(in_channels: int, out_channels: int, kernel_size: IntOrTriple,
 
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
+
+
+# The normalisation of torchvision's video models (Kinetics mean and std of RGB in 0-1): the
+# data layer's default and normalize_clips' (r2p1d_ext/ops.py), which must agree.
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)

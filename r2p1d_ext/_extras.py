@@ -1,5 +1,5 @@
 """The boundary of the optional dependencies: ``r2p1d_ext.data`` and ``r2p1d_ext.train``
-need the ``[train]`` extra (OpenCV, NumPy, tqdm); the kernel library and the models need
+need the ``[train]`` extra (PyAV, OpenCV, NumPy, tqdm); the kernel library and the models need
 torch alone. Each of those subpackages checks its extra when it is imported, so a missing
 package is one clear error naming what to install, not a failure deep in a call."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from typing import Sequence
 
-TRAIN = ("cv2", "numpy", "tqdm")
+TRAIN = ("av", "cv2", "numpy", "tqdm")
 
 
 class MissingExtraError(ImportError):

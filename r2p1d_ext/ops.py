@@ -7,7 +7,8 @@ Ops (all tensors NCDHW):
   temporal_conv_bnrelu(y, mean, scale, shift, w_t, b_t, stride_t, padding_t) -> out
   fused_eval(x, w_s_folded, b_s_folded, w_t, b_t, stride, padding, residual=None, relu=False) -> out
   update_running_stats(running_mean!, running_var!, num_batches_tracked!, mean, var, count, momentum)
-and the backward ops spatial_conv_backward / temporal_conv_bnrelu_backward.
+and the backward ops spatial_conv_backward / temporal_conv_bnrelu_backward; beside the block,
+  normalize_clips(clips_uint8 NTHWC, mean, std, dtype) -> NCTHW clips (the data's last step).
 
 Layout of the results: on the CPU every 5-D result is contiguous (NCDHW); on CUDA every
 5-D result is channels_last_3d (NDHWC, the tensor-core kernels' native layout), whichever
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from . import _extension
-from ._args import output_size
+from ._args import KINETICS_MEAN, KINETICS_STD, output_size
 
 _C = _extension.load()  # importing it runs the TORCH_LIBRARY registrations
 _ops = torch.ops.r2p1d
@@ -75,6 +76,15 @@ def update_running_stats(running_mean: Tensor, running_var: Tensor, num_batches_
     """nn.BatchNorm's running-statistics update, in place."""
     _ops.update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, count,
                               momentum)
+
+
+def normalize_clips(clips: Tensor, mean: Sequence[float] = KINETICS_MEAN, std: Sequence[float] = KINETICS_STD,
+                    dtype: torch.dtype = torch.float32) -> Tensor:
+    """uint8 RGB clips as the dataset gives them, (N, T, H, W, C) or one (T, H, W, C), to what
+    the network takes: (N, C, T, H, W) / (C, T, H, W) of `dtype`, (x - 255 mean) / (255 std)
+    per channel, in one pass on the clips' device. The result's memory is the input's (a
+    batch comes out channels_last_3d); ``.contiguous()`` gives NCTHW."""
+    return _ops.normalize_clips(clips, [float(m) for m in mean], [float(s) for s in std], dtype)
 
 
 # ---------------------------------------------------------------------------- fake kernels
@@ -229,6 +239,21 @@ def _update_running_stats_fake(running_mean, running_var, num_batches_tracked, m
            f"{num_batches_tracked.dtype} of shape {tuple(num_batches_tracked.shape)}")
     _check(count > 1, f"expected more than 1 value per channel when training, got {count}")
     return None
+
+
+@torch.library.register_fake("r2p1d::normalize_clips")
+def _normalize_clips_fake(clips, mean, std, dtype):
+    _check(clips.dtype == torch.uint8, f"expected uint8 clips, but got {clips.dtype}")
+    _check(clips.dim() in (4, 5), "expected clips of shape (T, H, W, C) or (N, T, H, W, C), but got "
+           f"{list(clips.shape)}")
+    c = clips.shape[-1]
+    _check(1 <= c <= 4, f"expected 1 to 4 channels last (T, H, W, C), but got {c} (shape {list(clips.shape)})")
+    _check(len(mean) == c and len(std) == c,
+           f"expected one mean and one std per channel ({c}), but got {len(mean)} and {len(std)}")
+    _check(dtype.is_floating_point, f"expected a floating-point dtype, but got {dtype}")
+    _check(all(s > 0 for s in std), f"expected std > 0, but got {list(std)}")
+    out = torch.empty(clips.shape, dtype=dtype, device=clips.device)
+    return out.permute(0, 4, 1, 2, 3) if clips.dim() == 5 else out.permute(3, 0, 1, 2)
 
 
 # ---------------------------------------------------------------------------- autograd

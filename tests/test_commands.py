@@ -20,6 +20,7 @@ import torch
 from r2p1d_ext import models
 from r2p1d_ext.cli import main
 from r2p1d_ext.data.dataset import VideoDataset
+from r2p1d_ext.ops import normalize_clips
 from r2p1d_ext.data.synthetic import make_synthetic
 from r2p1d_ext.models.loading import load_initial_weights, load_model
 from r2p1d_ext.tools import check
@@ -73,7 +74,7 @@ def test_predict_averages_the_clips_that_evaluation_takes(data, checkpoint, tmp_
     loaded = load_model(checkpoint)
     ds = VideoDataset(data, "val", clip_len=4, short_side=32, crop_size=32, clips_per_video=2)
     for v, (path, _, _) in enumerate(ds.videos):
-        clips = torch.stack([ds[2 * v][0], ds[2 * v + 1][0]])
+        clips = normalize_clips(torch.stack([ds[2 * v][0], ds[2 * v + 1][0]]), ds.mean, ds.std).contiguous()
         with torch.no_grad():
             probs = loaded.model(clips).softmax(1).mean(0)
         row = next(r for r in rows if os.path.samefile(r["video"], path))

@@ -11,6 +11,7 @@ import torch
 
 from r2p1d_ext.data import dataset as ds
 from r2p1d_ext.data import video
+from r2p1d_ext.ops import normalize_clips
 from r2p1d_ext.data.synthetic import MOTIONS, make_synthetic, render_video
 
 
@@ -37,9 +38,11 @@ def test_layout_classes_and_shapes(synthetic_root):
     assert len(d) == 9 and d.train
     clip, label, vid, failed = d[4]
     assert failed == -1
-    assert clip.shape == (3, 8, 40, 40) and clip.dtype == torch.float32
+    assert clip.shape == (8, 40, 40, 3) and clip.dtype == torch.uint8  # as torchvision's video datasets
     assert label == d.videos[vid][1] == 1
-    assert abs(clip.mean().item()) < 2 and 0.2 < clip.std().item() < 3  # normalised
+    x = normalize_clips(clip, d.mean, d.std)  # what the network takes
+    assert x.shape == (3, 8, 40, 40) and x.dtype == torch.float32
+    assert abs(x.mean().item()) < 2 and 0.2 < x.std().item() < 3
 
 
 def test_augmentation_is_seeded_by_epoch(synthetic_root):
@@ -75,8 +78,8 @@ def test_short_video_is_looped(tmp_path):
         d = ds.VideoDataset(str(root), "train", clip_len=8, short_side=32, crop_size=32, seed=0)
     assert len(seen) == 1 and d.short_videos == 2
     clip = d[0][0]
-    assert clip.shape[1] == 8
-    assert torch.allclose(clip[:, 0], clip[:, 3], atol=1e-6)  # frame 0 again after 3 frames
+    assert clip.shape[0] == 8
+    assert torch.equal(clip[0], clip[3])  # frame 0 again after 3 frames
 
 
 def test_corrupt_and_empty_files_are_skipped_with_a_warning(tmp_path):
@@ -94,7 +97,7 @@ def test_corrupt_and_empty_files_are_skipped_with_a_warning(tmp_path):
     assert d.num_skipped == 2 and len(d) == 2
     loader = torch.utils.data.DataLoader(d, batch_size=2, num_workers=2)
     clips, labels, _, failed = next(iter(loader))
-    assert clips.shape == (2, 3, 4, 32, 32) and sorted(labels.tolist()) == [0, 1]
+    assert clips.shape == (2, 4, 32, 32, 3) and sorted(labels.tolist()) == [0, 1]
     assert failed.tolist() == [-1, -1]
 
 
@@ -131,7 +134,7 @@ def test_grayscale_and_odd_sizes(tmp_path):
     _write(str(root / "train" / "gray" / "g.mp4"), gray, color=False)
     d = ds.VideoDataset(str(root), "train", clip_len=6, short_side=40, crop_size=33, seed=1)
     clip = d[0][0]
-    assert clip.shape == (3, 6, 33, 33)
+    assert clip.shape == (6, 33, 33, 3)
 
 
 def test_empty_folders_give_clear_errors(tmp_path):

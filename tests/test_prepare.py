@@ -93,17 +93,18 @@ def test_layout_sizes_frames_and_manifest(source, prepared):
     expected = sorted(prep.output_name(rel) for rel in LAYOUT)
     assert _outputs(prepared) == sorted(expected + [manifest.NAME])
     doc = manifest.read(manifest.path_in(prepared))
-    assert doc["complete"] and doc["settings"] == {"short_side": 32, "fps": None, "codec": "mp4v"}
+    assert doc["complete"] and doc["settings"] == {"short_side": 32, "fps": None, "codec": "h264",
+                                                   "keyframe_interval": 16, "crf": 20}
     rows = manifest.rows_by_output(doc)
     for rel, (frames, size, out_size) in LAYOUT.items():
         out = os.path.join(prepared, prep.output_name(rel))
         got = _decode(out)
         assert got.shape == (frames, *out_size, 3), rel
         row = rows[prep.output_name(rel)]
-        assert (row["source"], row["frames"], row["height"], row["width"], row["bytes"]) == \
-               (rel, frames, *out_size, os.path.getsize(out))
+        assert (row["source"], row["frames"], row["height"], row["width"], row["bytes"], row["codec"],
+                row["keyframe_interval"]) == (rel, frames, *out_size, os.path.getsize(out), "h264", 16)
         assert row["fps"] == pytest.approx(25.0)
-        # Frame k is source frame k, resized (mp4v at this size keeps ~30 dB).
+        # Frame k is source frame k, resized (H.264 at crf 20 keeps > 30 dB of these noisy frames).
         want = np.stack([cv2.resize(f, out_size[::-1], interpolation=cv2.INTER_AREA if out_size[0] < size[0]
                                     else cv2.INTER_LINEAR) for f in _decode(os.path.join(source, rel))])
         mse = ((got.astype(float) - want) ** 2).mean(axis=(1, 2, 3))
@@ -117,24 +118,35 @@ def test_output_size_keeps_aspect_with_even_sides(size, short, want):
     assert prep.output_size(*size, short) == want
 
 
-def test_keyframes_are_close_and_seeks_are_exact(tmp_path):
-    """Cheap seeks: a keyframe at most every 12 frames (key flags of the raw packets); and a
-    clip read after a seek is exactly the frames a sequential decode gives."""
+def _keyframes(path):
+    """Indices of the keyframes (the packets' key flags, nothing decoded) and the packet count."""
+    import av
+    with av.open(str(path)) as c:
+        flags = [p.is_keyframe for p in c.demux(c.streams.video[0]) if p.size]
+    return [i for i, k in enumerate(flags) if k], len(flags)
+
+
+@pytest.mark.parametrize("interval", [16, 5])
+def test_keyframes_are_regular_and_seeks_are_exact(tmp_path, interval):
+    """Cheap seeks: a keyframe exactly every `interval` frames; a clip read after a seek is
+    exactly the frames a sequential decode gives (with either reader), and decodes at most
+    clip length + interval - 1 frames."""
     _mp4(tmp_path / "src" / "train" / "a" / "v.mp4", frames=60, size=(72, 96))
-    prep.prepare(str(tmp_path / "src"), str(tmp_path / "dst"), short_side=48, workers=0, progress=False)
+    prep.prepare(str(tmp_path / "src"), str(tmp_path / "dst"), short_side=48, workers=0, progress=False,
+                 keyframe_interval=interval)
     out = str(tmp_path / "dst" / "train" / "a" / "v.mp4")
-    cap = cv2.VideoCapture(out, cv2.CAP_FFMPEG)
-    cap.set(cv2.CAP_PROP_FORMAT, -1)  # packets, undecoded
-    keys, n = [], 0
-    while cap.read()[0]:
-        if cap.get(cv2.CAP_PROP_LRF_HAS_KEY_FRAME):
-            keys.append(n)
-        n += 1
-    cap.release()
-    assert n == 60 and keys[0] == 0 and max(np.diff(keys + [n])) <= 12, keys
-    every = _decode(out)[..., ::-1]  # RGB, as read_frames returns
+    assert _keyframes(out) == (list(range(0, 60, interval)), 60)
+    every = {"pyav": video.read_frames(out, 0, 60, 1, 60, reader="pyav"),
+             "opencv": _decode(out)[..., ::-1]}  # RGB, as read_frames returns
     for start in (0, 5, 13, 30, 47):
-        assert np.array_equal(video.read_frames(out, start, 8, 1, 60), every[start:start + 8]), start
+        for reader, frames in every.items():
+            stats = video.DecodeStats()
+            assert np.array_equal(video.read_frames(out, start, 8, 1, 60, reader, stats),
+                                  frames[start:start + 8]), (reader, start)
+            if reader == "pyav":
+                assert stats.decoded == 8 + start % interval <= 8 + interval - 1 and stats.forward == 0
+    # The two readers convert YUV to RGB with slightly different rounding, never more.
+    assert np.abs(every["pyav"].astype(int) - every["opencv"]).max() <= 3
 
 
 def test_lower_frame_rate_keeps_every_kth_frame(tmp_path):
@@ -204,18 +216,18 @@ def test_rerun_skips_finished_videos_and_redoes_changed_sources(source, tmp_path
 
 def test_interrupted_write_leaves_no_half_file_and_resumes(source, tmp_path, monkeypatch):
     dst = tmp_path / "dst"
-    real, calls = cv2.resize, [0]
+    real, calls = prep._Writer.write, [0]
 
-    def resize_then_interrupt(*args, **kwargs):
+    def write_then_interrupt(self, frame):
         calls[0] += 1
         if calls[0] == 30:  # inside the second video (the first has 20 frames)
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(self, frame)
 
-    monkeypatch.setattr(prep.cv2, "resize", resize_then_interrupt)
+    monkeypatch.setattr(prep._Writer, "write", write_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         prep.prepare(source, str(dst), short_side=32, workers=0, progress=False)
-    monkeypatch.setattr(prep.cv2, "resize", real)
+    monkeypatch.setattr(prep._Writer, "write", real)
     # The finished video and the manifest of it; nothing of the second, not even a temporary
     # (the lock file stays: runs exclude each other by an flock on it, not by its presence).
     assert _outputs(dst) == ["manifest.json", "train/left/a.mp4"]
@@ -329,7 +341,7 @@ def test_bad_arguments_are_clear_errors(source, tmp_path, capsys):
 def test_cli_prepares_and_reports(source, tmp_path, capsys):
     assert cli(["prepare", source, str(tmp_path / "d"), "--short-side", "32", "--workers", "0",
                 "--no-progress"]) == 0
-    assert f"prepared {len(LAYOUT)}, already done 0, skipped 0 unreadable" in capsys.readouterr().out
+    assert f"prepared {len(LAYOUT)} with libx264, already done 0, skipped 0 unreadable" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------ the dataset and the manifest
@@ -366,7 +378,7 @@ def test_dataset_probes_what_the_manifest_does_not_describe(source, tmp_path):
         ds.VideoDataset(dst, "train", manifest=os.path.join(dst, "nope.json"), **kwargs)
     with open(manifest.path_in(dst), "w") as f:
         json.dump({"format": "something-else/2", "videos": []}, f)
-    with pytest.warns(RuntimeWarning, match="format 'r2p1d-prepare/1', got 'something-else/2'"):
+    with pytest.warns(RuntimeWarning, match=r"format 'r2p1d-prepare/2' \(or 'r2p1d-prepare/1'\), got 'something-else/2'"):
         ds.VideoDataset(dst, "train", **kwargs)
 
 
@@ -381,3 +393,51 @@ def test_dataset_ignores_hidden_files_and_folders(prepared, tmp_path):
         warnings.simplefilter("error")
         d = ds.VideoDataset(str(root), "train", clip_len=4, short_side=32, crop_size=32)
     assert d.classes == ["left", "right"] and len(d.videos) == 3 and d.probed == 0
+
+
+def test_a_folder_prepared_the_former_way_is_rewritten(source, tmp_path):
+    """A format-1 manifest (OpenCV mp4v files, a keyframe every 12) is read; prepare
+    rewrites its files as H.264 with the new keyframe pattern and says how many; the next
+    run has nothing to do. Another interval rewrites again."""
+    dst = tmp_path / "dst"
+    prep.prepare(source, str(dst), short_side=32, workers=0, progress=False)
+    path = manifest.path_in(str(dst))
+    doc = json.load(open(path))
+    doc["format"], doc["settings"] = manifest.FORMAT_1, {"short_side": 32, "fps": None, "codec": "mp4v"}
+    for row in doc["videos"]:
+        for key in ("codec", "keyframe_interval", "crf"):
+            del row[key]
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    read = manifest.read(path)
+    assert all((r["codec"], r["keyframe_interval"]) == ("mp4v", 12) for r in read["videos"])
+    summary = prep.prepare(source, str(dst), short_side=32, workers=0, progress=False)
+    assert (summary["prepared"], summary["rewritten"], summary["skipped"]) == (len(LAYOUT), len(LAYOUT), 0)
+    doc = manifest.read(path)
+    assert doc["format"] == manifest.FORMAT and all(r["codec"] == "h264" for r in doc["videos"])
+    assert prep.prepare(source, str(dst), short_side=32, workers=0, progress=False)["prepared"] == 0
+    summary = prep.prepare(source, str(dst), short_side=32, workers=0, progress=False, keyframe_interval=4)
+    assert summary["rewritten"] == len(LAYOUT)
+    assert _keyframes(dst / "train" / "left" / "a.mp4") == ([0, 4, 8, 12, 16], 20)
+
+
+def test_without_libx264_mpeg4_with_the_same_keyframes_and_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setattr(prep.av, "codecs_available", prep.av.codecs_available - {"libx264"})
+    _mp4(tmp_path / "src" / "train" / "a" / "v.mp4", frames=40, size=(48, 64))
+    with pytest.warns(RuntimeWarning, match="no libx264 encoder: writing MPEG-4 Part 2"):
+        summary = prep.prepare(str(tmp_path / "src"), str(tmp_path / "dst"), short_side=32, workers=0,
+                               progress=False)
+    assert summary["encoder"] == "mpeg4"
+    out = tmp_path / "dst" / "train" / "a" / "v.mp4"
+    assert _keyframes(out) == ([0, 16, 32], 40)
+    row = manifest.read(manifest.path_in(str(tmp_path / "dst")))["videos"][0]
+    assert (row["codec"], row["keyframe_interval"], row["crf"]) == ("mpeg4", 16, None)
+    every = video.read_frames(str(out), 0, 40, 1, 40)
+    assert np.array_equal(video.read_frames(str(out), 21, 8, 1, 40), every[21:29])
+
+
+def test_keyframe_interval_and_crf_are_checked(source, tmp_path):
+    with pytest.raises(ValueError, match="keyframe_interval to be an int >= 1, got 0"):
+        prep.prepare(source, str(tmp_path / "d"), keyframe_interval=0)
+    with pytest.raises(ValueError, match="crf to be an int from 0 to 51"):
+        prep.prepare(source, str(tmp_path / "d"), crf=60)

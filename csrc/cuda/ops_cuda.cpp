@@ -177,6 +177,7 @@ struct Router {
 TORCH_LIBRARY_IMPL(r2p1d, CUDA, m) {
   schemas::impl_block_ops<Router>(m);
   m.impl(schemas::kUpdateRunningStats.name, &direct::update_running_stats);
+  m.impl(schemas::kNormalizeClips.name, &direct::normalize_clips);
 }
 
 }  // namespace r2p1d::cuda

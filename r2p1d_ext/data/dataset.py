@@ -1,10 +1,16 @@
-"""Video folder dataset: root/{split}/{class}/{video files}, decoded with OpenCV.
+"""Video folder dataset: root/{split}/{class}/{video files}, decoded with PyAV (OpenCV for
+files PyAV cannot open: r2p1d_ext/data/video.py).
 
 Each item is ``(clip, label, video, failed)``: one clip of ``clip_len`` frames (every
-``frame_stride``-th frame) as a float tensor (3, clip_len, crop, crop), normalised with the
-Kinetics mean/std used by torchvision's video models, its class, the index of its video,
-and the index of a video that failed to decode at this item (-1 if none). Only the clip's
-frames are decoded (one seek, then sequential reads: r2p1d_ext/data/video.py). Videos shorter than the clip are
+``frame_stride``-th frame) as a uint8 tensor (clip_len, crop, crop, 3) of RGB pixels, as
+torchvision's and PyTorchVideo's video datasets return them; its class; the index of its
+video; and the index of a video that failed to decode at this item (-1 if none). The
+float clip the network takes, (3, clip_len, crop, crop) normalised with the Kinetics
+mean/std of torchvision's video models, is one call away:
+``r2p1d_ext.ops.normalize_clips(clip, dataset.mean, dataset.std)``, on one clip or on a
+batch, on its device (the trainer calls it on the GPU: a worker then ships a quarter of the
+bytes and spends its time decoding). Only the clip's frames are decoded (a seek to the
+keyframe before it, then decoding forward). Videos shorter than the clip are
 looped, not dropped. Unreadable or corrupt files are skipped with a warning, never
 crashing a worker or an epoch: those found at start-up are in ``unreadable``; one that
 fails to decode later is reported through ``failed``, which reaches the main process
@@ -32,16 +38,17 @@ import os
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import av
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._args import KINETICS_MEAN, KINETICS_STD
 from . import manifest as manifest_file
-from .video import VIDEO_EXTENSIONS, VideoDecodeError, is_hidden, probe_frame_count, read_frames, warn_line
+from .video import (READERS, VIDEO_EXTENSIONS, DecodeStats, VideoDecodeError, is_hidden, probe_frame_count,
+                    read_frames, warn_line)
 
-KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
-KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 
 class VideoDataset(Dataset):
@@ -50,10 +57,12 @@ class VideoDataset(Dataset):
                  hflip: bool = True, clips_per_video: int = 1,
                  mean: Sequence[float] = KINETICS_MEAN, std: Sequence[float] = KINETICS_STD,
                  extensions: Sequence[str] = VIDEO_EXTENSIONS, seed: Optional[int] = None,
-                 manifest: Union[str, None] = "auto"):
+                 manifest: Union[str, None] = "auto", reader: str = "auto"):
         if clip_len < 1 or frame_stride < 1 or clips_per_video < 1:
             raise ValueError(f"expected clip_len, frame_stride and clips_per_video >= 1, got "
                              f"{clip_len}, {frame_stride}, {clips_per_video}")
+        if reader not in READERS:
+            raise ValueError(f"expected reader to be one of {READERS}, got {reader!r}")
         if crop_size > short_side:
             raise ValueError(f"expected crop_size <= short_side, got crop {crop_size} > short side {short_side}")
         split_dir = os.path.join(root, split)
@@ -104,8 +113,9 @@ class VideoDataset(Dataset):
         self.short_side, self.crop_size = short_side, crop_size
         self.train = split == "train" if train is None else train
         self.hflip, self.clips_per_video = hflip, clips_per_video
-        self.mean = np.asarray(mean, dtype=np.float32) * 255
-        self.std = np.asarray(std, dtype=np.float32) * 255
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.reader = reader
+        self.stats: Optional[DecodeStats] = None  # a DecodeStats sums what this process's reads cost
         self.seed, self.epoch = seed, 0
         self._failed: set = set()  # indices of videos that failed to decode in this process
 
@@ -132,11 +142,6 @@ class VideoDataset(Dataset):
             return int(rng.integers(0, max(0, frames - span) + 1))
         return clip_starts(frames, self.clip_len, self.frame_stride, self.clips_per_video)[clip]
 
-    def transform(self, frames: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        """(T, H, W, 3) uint8 RGB -> (3, T, crop, crop) normalised float32."""
-        return resize_crop_normalise(frames, self.short_side, self.crop_size, self.mean, self.std,
-                                     rng if self.train else None, self.hflip)
-
     def __getitem__(self, item: Union[int, Tuple[int, int]]):
         """(clip, label, video index, index of a video that failed here or -1). `item` is an
         index, or an (index, epoch) pair: the epoch then seeds the augmentation instead of
@@ -151,15 +156,16 @@ class VideoDataset(Dataset):
         if video not in self._failed:
             try:
                 start = self.clip_start(frames, clip, rng)
-                data = read_frames(path, start, self.clip_len, self.frame_stride, frames)
-                return self.transform(data, rng), label, video, -1
-            except (VideoDecodeError, cv2.error) as err:
+                clip = read_clip(path, start, self.clip_len, self.frame_stride, frames, self.short_side,
+                                 self.crop_size, rng if self.train else None, self.hflip, self.reader, self.stats)
+                return torch.from_numpy(clip), label, video, -1
+            except (VideoDecodeError, cv2.error, av.FFmpegError) as err:
                 # Once per video and process: later clips of it are not tried again.
                 self._failed.add(video)
                 _warn_skip(path, str(err))
         # Never another video's clip under this one's id and label: a flagged blank.
         c = self.crop_size
-        return torch.zeros(3, self.clip_len, c, c), label, video, video
+        return torch.zeros(self.clip_len, c, c, 3, dtype=torch.uint8), label, video, video
 
 
 def clip_starts(frames: int, clip_len: int, frame_stride: int, clips: int) -> List[int]:
@@ -171,29 +177,60 @@ def clip_starts(frames: int, clip_len: int, frame_stride: int, clips: int) -> Li
     return [round(c * room / (clips - 1)) for c in range(clips)]
 
 
-def resize_crop_normalise(frames: np.ndarray, short_side: int, crop_size: int, mean: np.ndarray, std: np.ndarray,
-                          rng: Optional[np.random.Generator] = None, hflip: bool = False) -> torch.Tensor:
-    """(T, H, W, 3) uint8 RGB -> (3, T, crop, crop) float32: short side resized to
-    `short_side`, then a centre crop (rng None: evaluation) or a random crop and, with
-    `hflip`, a random flip; (x - mean) / std with mean/std in 0-255 units."""
-    t, h, w, _ = frames.shape
-    scale = short_side / min(h, w)
-    nh, nw = max(short_side, round(h * scale)), max(short_side, round(w * scale))
-    if (nh, nw) == (h, w):  # a prepared video at this short side: nothing to resize
-        resized = frames
-    else:
-        resized = np.stack([cv2.resize(f, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1
-                                       else cv2.INTER_LINEAR) for f in frames])
-    c = crop_size
-    if rng is not None:
-        top, left = int(rng.integers(0, nh - c + 1)), int(rng.integers(0, nw - c + 1))
-    else:
-        top, left = (nh - c) // 2, (nw - c) // 2
-    clip = resized[:, top:top + c, left:left + c]
+def resized_size(height: int, width: int, short_side: int) -> Tuple[int, int]:
+    """(height, width) of a frame with its short side resized to `short_side`."""
+    scale = short_side / min(height, width)
+    return max(short_side, round(height * scale)), max(short_side, round(width * scale))
+
+
+def crop_origin(height: int, width: int, crop_size: int, rng: Optional[np.random.Generator]) -> Tuple[int, int]:
+    """(top, left) of the crop: random with `rng`, else centred (evaluation)."""
+    if rng is None:
+        return (height - crop_size) // 2, (width - crop_size) // 2
+    return int(rng.integers(0, height - crop_size + 1)), int(rng.integers(0, width - crop_size + 1))
+
+
+def _flip(clip: np.ndarray, rng: Optional[np.random.Generator], hflip: bool) -> np.ndarray:
+    """With `hflip` (training only), a horizontal flip half the time; contiguous."""
     if rng is not None and hflip and rng.random() < 0.5:
         clip = clip[:, :, ::-1]
-    clip = (clip.astype(np.float32) - mean) / std
-    return torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))
+    return np.ascontiguousarray(clip)
+
+
+def resize_crop(frames: np.ndarray, short_side: int, crop_size: int, rng: Optional[np.random.Generator] = None,
+                hflip: bool = False) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, crop, crop, 3) uint8, contiguous: short side resized to
+    `short_side` (area averaging when shrinking, bilinear when enlarging; nothing to do for
+    a video prepared at this short side), then a centre crop (rng None: evaluation) or a
+    random crop and, with `hflip`, a random flip."""
+    _, h, w, _ = frames.shape
+    nh, nw = resized_size(h, w, short_side)
+    if (nh, nw) == (h, w):
+        resized = frames
+    else:
+        shrink = short_side < min(h, w)
+        resized = np.stack([cv2.resize(f, (nw, nh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+                            for f in frames])
+    top, left = crop_origin(nh, nw, crop_size, rng)
+    return _flip(resized[:, top:top + crop_size, left:left + crop_size], rng, hflip)
+
+
+def read_clip(path: str, start: int, count: int, stride: int, total: int, short_side: int, crop_size: int,
+              rng: Optional[np.random.Generator] = None, hflip: bool = False, reader: str = "auto",
+              stats: Optional[DecodeStats] = None) -> np.ndarray:
+    """One clip as a dataset item holds it: read_frames, then resize_crop's result, with the
+    same random draws. Where the video needs no resizing (prepared at `short_side`) only the
+    crop's pixels are converted to RGB (read_frames' region)."""
+    cropped = []
+
+    def region(height: int, width: int):
+        if resized_size(height, width, short_side) != (height, width):
+            return None
+        cropped.append(True)
+        return crop_origin(height, width, crop_size, rng) + (crop_size, crop_size)
+
+    frames = read_frames(path, start, count, stride, total, reader, stats, region)
+    return _flip(frames, rng, hflip) if cropped else resize_crop(frames, short_side, crop_size, rng, hflip)
 
 
 def _read_manifest(root: str, manifest: Union[str, None]):

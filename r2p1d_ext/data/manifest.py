@@ -1,9 +1,13 @@
 """The manifest of a prepared video folder (``DST/manifest.json``, written by
 :func:`r2p1d_ext.data.prepare.prepare`): the settings the folder was prepared with and one row per
 video (output path relative to DST, source path relative to the source folder, frames, fps,
-width, height, bytes). :class:`~r2p1d_ext.data.dataset.VideoDataset` reads the frame counts from it
+width, height, bytes, codec, keyframe interval). :class:`~r2p1d_ext.data.dataset.VideoDataset` reads the frame counts from it
 instead of opening every file at start-up; a row is used only while its file still has the
 recorded size, so a file replaced after preparation is probed again.
+
+Format 2 (``r2p1d-prepare/2``) records the codec and keyframe interval of every file. A
+format-1 manifest (OpenCV's mp4v files, whose writer put a keyframe every 12 frames) is
+still read, its rows given codec "mp4v" and interval 12, so that ``prepare`` rewrites them.
 """
 from __future__ import annotations
 
@@ -14,8 +18,10 @@ from typing import Any, Dict, List, Optional
 from .._io import write_json_atomic
 
 NAME = "manifest.json"
-FORMAT = "r2p1d-prepare/1"
+FORMAT = "r2p1d-prepare/2"
+FORMAT_1 = "r2p1d-prepare/1"
 ROW_KEYS = ("output", "source", "frames", "fps", "width", "height", "bytes")
+FORMAT_1_FILES = {"codec": "mp4v", "keyframe_interval": 12}  # what a format-1 manifest's files are
 
 
 class ManifestError(ValueError):
@@ -42,12 +48,16 @@ def read(path: str) -> Dict[str, Any]:
             doc = json.load(f)
     except json.JSONDecodeError as err:
         raise ManifestError(f"manifest {path} is not valid JSON ({err})") from err
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") not in (FORMAT, FORMAT_1):
         got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        raise ManifestError(f"expected manifest {path} to have format {FORMAT!r}, got {got!r}")
+        raise ManifestError(f"expected manifest {path} to have format {FORMAT!r} (or {FORMAT_1!r}), got {got!r}")
     rows = doc.get("videos")
     if not isinstance(rows, list) or not all(isinstance(r, dict) and all(k in r for k in ROW_KEYS) for r in rows):
         raise ManifestError(f"manifest {path}: expected 'videos' to be a list of rows with keys {ROW_KEYS}")
+    if doc["format"] == FORMAT_1:
+        for r in rows:
+            for k, v in FORMAT_1_FILES.items():
+                r.setdefault(k, v)
     return doc
 
 

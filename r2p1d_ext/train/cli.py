@@ -104,6 +104,10 @@ def _prepare_parser(sub, common):
                    help="lower the frame rate to this (default: keep the source's)")
     p.add_argument("--workers", type=_number(int, 0, "integer"), default=None,
                    help="worker processes (default: one per core; 0: in this process)")
+    p.add_argument("--keyframe-interval", type=_number(int, 1, "integer"), default=16,
+                   help="frames from one keyframe to the next; a clip decodes at most clip length + this - 1 frames")
+    p.add_argument("--crf", type=_number(int, 0, "integer"), default=20,
+                   help="libx264 constant quality, 0-51 (lower: better, larger files)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide the progress bars (shown by default)")
 
@@ -111,11 +115,14 @@ def _prepare_parser(sub, common):
 def _run_prepare(args) -> int:
     from ..data.prepare import prepare
     try:  # a wrong path or setting, a busy folder: one line (run_command)
-        s = prepare(args.src, args.dst, args.short_side, args.fps, args.workers, args.progress)
+        s = prepare(args.src, args.dst, args.short_side, args.fps, args.workers, args.progress,
+                    args.keyframe_interval, args.crf)
     except KeyboardInterrupt:
         print("interrupted: every finished video is kept; run the same command again to resume", file=sys.stderr)
         return 130
-    print(f"prepared {s['prepared']}, already done {s['skipped']}, skipped {len(s['failed'])} unreadable, "
+    rewritten = f" ({s['rewritten']} rewritten: another codec or keyframe interval)" if s["rewritten"] else ""
+    print(f"prepared {s['prepared']}{rewritten} with {s['encoder']}, already done {s['skipped']}, "
+          f"skipped {len(s['failed'])} unreadable, "
           f"{len(s['truncated'])} truncated (kept what decoded) -> {s['manifest']}")
     return 0
 

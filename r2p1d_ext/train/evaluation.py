@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.dataset import VideoDataset, count_failed
+from .inputs import network_input
 from ..data.video import one_thread_per_worker
 from ..models import build_model
 from . import checkpoint as ckpt
@@ -42,16 +43,16 @@ def score_clips(model: nn.Module, loader: DataLoader, device: torch.device, amp_
                 ) -> Dict[str, Any]:
     """This process's share of an evaluation: per clip (video, loss, top-1 hit, top-5 hit),
     per video (label, sum of its clips' softmax scores, clip count), and the videos that
-    failed to decode. `dtype`: the clips' (the model's, if not float32)."""
+    failed to decode. `dtype`: the clips' (the model's; default float32)."""
     model.eval()
     clips_out: List[tuple] = []
     videos: Dict[int, list] = {}
     failed: set = set()
     for clips, y, v, bad in tqdm(loader, desc="eval", leave=False, disable=not progress):
         count_failed(bad, failed)
-        clips, y = clips.to(device, dtype=dtype or clips.dtype), y.to(device)
-        if channels_last:
-            clips = clips.to(memory_format=torch.channels_last_3d)
+        data = loader.dataset
+        clips = network_input(clips, device, dtype or torch.float32, channels_last, data.mean, data.std)
+        y = y.to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(clips)
         logits = logits.float()

@@ -54,6 +54,7 @@ from ..models import build_model, load_initial_weights
 from ..module import cpu_precision_notice
 from ..sync_bn import convert_sync_batchnorm
 from . import checkpoint as ckpt
+from .inputs import network_input
 from .config import RESUME_FREE, TrainConfig, amp_dtype, default_workers, resolve_device, use_channels_last, validate
 from .distributed import Dist, EpochSampler
 from .evaluation import evaluate, topk_correct, video_loader
@@ -402,7 +403,8 @@ class _Run:
             count_failed(failed, self.failed_train)
             if (failed >= 0).any():  # clips of videos that failed to decode: left out
                 clips, labels = clips[failed < 0], labels[failed < 0]
-            clips = clips.to(device, dtype=self.dtype, non_blocking=True)
+            clips = network_input(clips, device, self.dtype, self.channels_last, self.train_set.mean,
+                                  self.train_set.std)
             labels = labels.to(device, non_blocking=True)
             # One process needs no agreement: a signal during this step stops right after it,
             # before the next batch is fetched (Ctrl-C also ends the loader's workers).
@@ -431,8 +433,6 @@ class _Run:
         clip, backward with the loss weighted by world / global clips and the optimizer
         step. Returns whether the ranks decided to stop after it."""
         cfg, p = self.cfg, self.progress
-        if self.channels_last:
-            clips = clips.to(memory_format=torch.channels_last_3d)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = net(clips)
             loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")

@@ -19,16 +19,17 @@ import json
 import os
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import av
 import cv2
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..data.dataset import KINETICS_MEAN, KINETICS_STD, clip_starts, resize_crop_normalise
-from ..data.video import VIDEO_EXTENSIONS, VideoDecodeError, is_hidden, probe_video, read_frames, warn_line
+from ..data.dataset import clip_starts, read_clip
+from ..data.video import VIDEO_EXTENSIONS, VideoDecodeError, is_hidden, probe_video, warn_line
 from ..models.loading import LoadedModel
 from .config import amp_dtype, resolve_device, use_channels_last
+from .inputs import network_input
 
 CHUNK = 16  # clips per decoded item: bounds a worker's memory on long videos in window mode
 
@@ -86,8 +87,6 @@ class _Clips(Dataset):
         self.plans, self.cfg = plans, config
         self.items = [(v, plan.starts[i:i + CHUNK]) for v, plan in enumerate(plans) if plan.error is None
                       for i in range(0, len(plan.starts), CHUNK)]
-        self.mean = np.asarray(KINETICS_MEAN, dtype=np.float32) * 255
-        self.std = np.asarray(KINETICS_STD, dtype=np.float32) * 255
 
     def __len__(self) -> int:
         return len(self.items)
@@ -96,11 +95,10 @@ class _Clips(Dataset):
         video, starts = self.items[index]
         plan, cfg = self.plans[video], self.cfg
         try:
-            clips = [resize_crop_normalise(read_frames(plan.path, s, cfg["clip_len"], cfg["frame_stride"], plan.frames),
-                                           cfg["short_side"], cfg["crop_size"], self.mean, self.std)
-                     for s in starts]
+            clips = [torch.from_numpy(read_clip(plan.path, s, cfg["clip_len"], cfg["frame_stride"], plan.frames,
+                                                cfg["short_side"], cfg["crop_size"])) for s in starts]
             return {"video": video, "starts": torch.tensor(starts), "clips": torch.stack(clips), "error": ""}
-        except (VideoDecodeError, cv2.error) as err:
+        except (VideoDecodeError, cv2.error, av.FFmpegError) as err:
             return {"video": video, "starts": torch.tensor(starts), "clips": torch.empty(0), "error": str(err)}
 
 
@@ -166,9 +164,7 @@ def predict(loaded: LoadedModel, videos: Sequence[str], clips: int = 10, window_
             plans[int(item["video"])].error = plans[int(item["video"])].error or str(item["error"])
         if not keys:
             continue
-        batch = batch.to(dev)
-        if channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last_3d)
+        batch = network_input(batch, dev, next(model.parameters()).dtype, channels_last)
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
             probs = model(batch).float().softmax(1).cpu()
         for (video, start), p in zip(keys, probs):

@@ -43,4 +43,9 @@ void update_running_stats(at::Tensor& running_mean, at::Tensor& running_var, at:
                           const at::Tensor& mean, const at::Tensor& var, int64_t count,
                           std::optional<double> momentum);
 
+// uint8 NTHWC clips to the network's dtype (csrc/normalize_clips.h), not a block op: the
+// trainer's one pass over each batch on the device.
+at::Tensor normalize_clips(const at::Tensor& clips, at::ArrayRef<double> mean, at::ArrayRef<double> std,
+                           at::ScalarType dtype);
+
 }  // namespace r2p1d::cuda::direct
