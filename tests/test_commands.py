@@ -117,7 +117,7 @@ def test_predict_reports_bad_videos_and_goes_on(data, checkpoint, tmp_path, caps
 
 def test_predict_mistakes_are_one_line(checkpoint, tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(tmp_path / "none.pt"), str(tmp_path)]) == 2
-    assert "no such file" in capsys.readouterr().err
+    assert "no such checkpoint file" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", checkpoint, str(tmp_path / "missing.mp4")]) == 2
     assert "no such video file or folder" in capsys.readouterr().err
     assert main(["predict", str(tmp_path)]) == 2

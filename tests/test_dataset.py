@@ -108,14 +108,14 @@ def test_a_video_that_fails_to_decode_later(tmp_path, monkeypatch):
     for cls in ("a", "b"):
         (root / "val" / cls).mkdir(parents=True)
         _write(str(root / "val" / cls / "v.mp4"), render_video(np.random.default_rng(0), "up", 6, (32, 32)))
-    real = video.read_frames
+    real = video.read_frames_at
 
     def flaky(path, *args):
         if path.endswith(os.path.join("a", "v.mp4")):
             raise video.VideoDecodeError(f"truncated stream in {path}")
         return real(path, *args)
 
-    monkeypatch.setattr(ds, "read_frames", flaky)
+    monkeypatch.setattr(ds, "read_frames_at", flaky)
     for train in (True, False):
         d = ds.VideoDataset(str(root), "val", clip_len=4, short_side=32, crop_size=32, train=train)
         with pytest.warns(RuntimeWarning, match="truncated stream"):

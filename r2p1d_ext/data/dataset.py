@@ -1,4 +1,6 @@
-"""Video folder dataset: root/{split}/{class}/{video files}, decoded with PyAV (OpenCV for
+"""Video dataset: the videos of one subset, listed by the folder layout
+``root/{split}/{class}/{video files}`` or by the field's annotation files (UCF101, HMDB51,
+Kinetics CSV, path lists: r2p1d_ext/data/annotations.py), decoded with PyAV (OpenCV for
 files PyAV cannot open: r2p1d_ext/data/video.py).
 
 Each item is ``(clip, label, video, failed)``: one clip of ``clip_len`` frames (every
@@ -16,12 +18,21 @@ crashing a worker or an epoch: those found at start-up are in ``unreadable``; on
 fails to decode later is reported through ``failed``, which reaches the main process
 through any number of DataLoader workers (``count_failed`` counts them). Such an item is
 never another video's clip: its clip is zeros and ``failed == video``; drop it, as the
-trainer does (and ``r2p1d_ext.train.evaluate`` drops every clip of that video).
+trainer does (and ``r2p1d_ext.train.evaluate`` drops every clip of that video). Videos an
+annotation file lists that are not under the root are in ``missing``, reported once.
 
-Training clips: random start (temporal jitter), short side resized to ``short_side``,
-random ``crop_size`` crop and, with ``hflip``, a random horizontal flip. Evaluation:
-``clips_per_video`` uniformly spaced clips per video and a centre crop; average the clip
-scores per video with :func:`video_scores` for video-level accuracy.
+Geometry: the frames are resized to ``short_side`` on their short side, or to exactly
+``resize`` = (height, width) (torchvision's Kinetics weights: 128x171), then cropped to
+``crop_size``. ``fps`` resamples every video to that frame rate first (torchvision's
+resampling: output frame j is source frame floor(j * source fps / fps)).
+
+Training clips: ``clips_per_video`` per video and epoch (torchvision's reference takes 5),
+each with a random start (temporal jitter), with ``scale_jitter`` = (low, high) a random
+short side in that range, a random crop and, with ``hflip``, a random horizontal flip.
+Evaluation: ``clips_per_video`` uniformly spaced clips per video times ``crops`` spatial
+crops (1: the centre; 3: both ends and the centre of the long side, as MMAction2's
+ThreeCrop); average the item scores per video with :func:`video_scores` for video-level
+accuracy.
 
 Start-up: the frame count of every video is needed up front. A folder made by ``r2p1d
 prepare`` carries them in its manifest (``root/manifest.json``), which is used by default
@@ -36,7 +47,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import av
 import cv2
@@ -46,9 +57,41 @@ from torch.utils.data import Dataset
 
 from .._args import KINETICS_MEAN, KINETICS_STD
 from . import manifest as manifest_file
-from .video import (READERS, VIDEO_EXTENSIONS, DecodeStats, VideoDecodeError, is_hidden, probe_frame_count,
-                    read_frames, warn_line)
+from .annotations import Listing, read_annotations
+from .video import (READERS, VIDEO_EXTENSIONS, DecodeStats, VideoDecodeError, clip_indices, is_hidden, probe_video,
+                    read_frames_at, warn_line)
 
+
+
+Size = Union[int, Tuple[int, int]]  # a short side, or an exact (height, width)
+
+
+def folder_listing(root: str, split: str, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> Listing:
+    """The videos of the folder layout ``root/split/<class>/<video>``: classes are the
+    sub-folders in alphabetical order; a class folder without videos is an error."""
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+        hint = ""
+        name = os.path.basename(os.path.normpath(root))
+        if name in ("train", "val", "test") and os.path.isdir(os.path.join(os.path.dirname(
+                os.path.normpath(root)), split)):
+            hint = (f" ({root} looks like a split itself: the dataset root is the folder that holds "
+                    f"train/ and val/, i.e. {os.path.dirname(os.path.normpath(root)) or '.'})")
+        raise FileNotFoundError(f"expected a folder {split_dir} holding one sub-folder per class{hint} (or "
+                                "annotation files: --annotations)")
+    classes = sorted(d for d in os.listdir(split_dir)
+                     if os.path.isdir(os.path.join(split_dir, d)) and not is_hidden(d))
+    if not classes:
+        raise ValueError(f"{split_dir} holds no class folders (expected {split_dir}/<class>/<video>)")
+    exts = tuple(e.lower() for e in extensions)
+    videos = []
+    for label, cls in enumerate(classes):
+        folder = os.path.join(split_dir, cls)
+        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(exts) and not is_hidden(f))
+        if not files:
+            raise ValueError(f"class folder {folder} holds no video files (extensions {', '.join(exts)})")
+        videos += [(os.path.join(folder, name), label) for name in files]
+    return Listing(classes, videos, [], split_dir)
 
 
 class VideoDataset(Dataset):
@@ -57,62 +100,87 @@ class VideoDataset(Dataset):
                  hflip: bool = True, clips_per_video: int = 1,
                  mean: Sequence[float] = KINETICS_MEAN, std: Sequence[float] = KINETICS_STD,
                  extensions: Sequence[str] = VIDEO_EXTENSIONS, seed: Optional[int] = None,
-                 manifest: Union[str, None] = "auto", reader: str = "auto"):
-        if clip_len < 1 or frame_stride < 1 or clips_per_video < 1:
-            raise ValueError(f"expected clip_len, frame_stride and clips_per_video >= 1, got "
-                             f"{clip_len}, {frame_stride}, {clips_per_video}")
+                 manifest: Union[str, None] = "auto", reader: str = "auto",
+                 annotations: Optional[str] = None, fold: int = 1, annotation_format: str = "auto",
+                 classes: Optional[Sequence[str]] = None, resize: Optional[Tuple[int, int]] = None,
+                 fps: Optional[float] = None, scale_jitter: Optional[Tuple[int, int]] = None, crops: int = 1):
+        """The videos of subset `split` ("train", "val", "test": a folder under `root`, or with
+        `annotations` the subset of official split `fold` those files list, found under
+        `root`; `annotation_format` as r2p1d_ext.data.annotations.read_annotations takes it,
+        `classes` a fixed class list, e.g. a checkpoint's)."""
+        if clip_len < 1 or frame_stride < 1 or clips_per_video < 1 or crops < 1:
+            raise ValueError(f"expected clip_len, frame_stride, clips_per_video and crops >= 1, got "
+                             f"{clip_len}, {frame_stride}, {clips_per_video}, {crops}")
         if reader not in READERS:
             raise ValueError(f"expected reader to be one of {READERS}, got {reader!r}")
-        if crop_size > short_side:
-            raise ValueError(f"expected crop_size <= short_side, got crop {crop_size} > short side {short_side}")
-        split_dir = os.path.join(root, split)
-        if not os.path.isdir(split_dir):
-            hint = ""
-            name = os.path.basename(os.path.normpath(root))
-            if name in ("train", "val", "test") and os.path.isdir(os.path.join(os.path.dirname(
-                    os.path.normpath(root)), split)):
-                hint = (f" ({root} looks like a split itself: the dataset root is the folder that holds "
-                        f"train/ and val/, i.e. {os.path.dirname(os.path.normpath(root)) or '.'})")
-            raise FileNotFoundError(f"expected a folder {split_dir} holding one sub-folder per class{hint}")
-        self.classes = sorted(d for d in os.listdir(split_dir)
-                              if os.path.isdir(os.path.join(split_dir, d)) and not is_hidden(d))
-        if not self.classes:
-            raise ValueError(f"{split_dir} holds no class folders (expected {split_dir}/<class>/<video>)")
-        exts = tuple(e.lower() for e in extensions)
+        self.train = split == "train" if train is None else train
+        smallest = min(resize) if resize is not None else short_side
+        if scale_jitter is not None:
+            low, high = scale_jitter
+            if not 1 <= low <= high:
+                raise ValueError(f"expected scale_jitter (low, high) with 1 <= low <= high, got {scale_jitter}")
+            smallest = low if self.train else smallest
+        if crop_size > smallest:
+            what = ("the resize's smaller side" if resize is not None else
+                    "scale_jitter's low end" if scale_jitter is not None and self.train else "short_side")
+            raise ValueError(f"expected crop_size <= {what}, got crop {crop_size} > {smallest}")
+        if fps is not None and not fps > 0:
+            raise ValueError(f"expected fps to be a positive number or None, got {fps!r}")
+        if crops > 1 and self.train:
+            raise ValueError(f"spatial test crops ({crops}) are for evaluation: training takes random crops")
+        if annotations is None:
+            listing = folder_listing(root, split, extensions)
+            if classes is not None and listing.classes != list(classes):
+                raise ValueError(f"{root}/{split} has classes {listing.classes}, expected {list(classes)}")
+        else:
+            listing = read_annotations(annotations, root, split, fold, annotation_format, classes, extensions)
+        self.classes = listing.classes
+        self.listing, self.missing = listing.source, listing.missing
+        if listing.missing:
+            shown = ", ".join(listing.missing[:3]) + (", ..." if len(listing.missing) > 3 else "")
+            warn_line(f"{len(listing.missing)} of {len(listing.missing) + len(listing.videos)} {split} videos listed "
+                      f"in {listing.source} are not under {root}: left out ({shown})")
+        self.empty_classes = listing.empty_classes() if annotations is not None else []
+        if self.empty_classes:
+            warn_line(f"{len(self.empty_classes)} of {len(self.classes)} classes have no {split} video here: "
+                      f"{', '.join(self.empty_classes[:5])}{', ...' if len(self.empty_classes) > 5 else ''}")
         rows = manifest_file.rows_by_output(_read_manifest(root, manifest))
         self.videos: List[Tuple[str, int, int]] = []  # (path, label, frames)
+        self.rates: List[float] = []  # frames per second of each video (0: unknown)
         self.unreadable: List[str] = []  # found at start-up
         self.probed = 0  # files opened at start-up (those the manifest did not describe)
-        for label, cls in enumerate(self.classes):
-            folder = os.path.join(split_dir, cls)
-            files = sorted(f for f in os.listdir(folder) if f.lower().endswith(exts) and not is_hidden(f))
-            if not files:
-                raise ValueError(f"class folder {folder} holds no video files (extensions {', '.join(exts)})")
-            for name in files:
-                path = os.path.join(folder, name)
-                row = rows.get(f"{split}/{cls}/{name}")
-                if manifest_file.row_matches(row, path):
-                    self.videos.append((path, label, row["frames"]))
-                    continue
-                n = probe_frame_count(path)
-                self.probed += 1
-                if n <= 0:
-                    _warn_skip(path, "it cannot be opened or holds no frames")
-                    self.unreadable.append(path)
-                else:
-                    self.videos.append((path, label, n))
+        for path, label in listing.videos:
+            row = rows.get(os.path.relpath(path, root).replace(os.sep, "/"))
+            if manifest_file.row_matches(row, path) and (fps is None or row.get("fps")):
+                self.videos.append((path, label, row["frames"]))
+                self.rates.append(float(row.get("fps") or 0.0))
+                continue
+            n, rate = probe_video(path)
+            self.probed += 1
+            if n <= 0:
+                _warn_skip(path, "it cannot be opened or holds no frames")
+                self.unreadable.append(path)
+            else:
+                self.videos.append((path, label, n))
+                self.rates.append(rate)
         if not self.videos:
-            raise ValueError(f"no readable video under {split_dir} ({len(self.unreadable)} skipped)")
-        self.split, self.clip_len, self.frame_stride = split, clip_len, frame_stride
+            raise ValueError(f"no readable video in {listing.source} ({len(self.unreadable)} unreadable, "
+                             f"{len(listing.missing)} missing)")
+        self.split, self.clip_len, self.frame_stride, self.fps = split, clip_len, frame_stride, fps
+        # Source frames per frame of the sampled timeline (1: every frame, no resampling).
+        self.steps = [1.0 if fps is None or rate <= 0 else rate / fps for rate in self.rates]
+        if fps is not None and any(rate <= 0 for rate in self.rates):
+            warn_line(f"{sum(rate <= 0 for rate in self.rates)} {split} videos do not say their frame rate: "
+                      f"their frames are taken as they come, not resampled to {fps:g} fps")
         span = (clip_len - 1) * frame_stride + 1
-        self.short_videos = sum(frames < span for _, _, frames in self.videos)  # looped to fill a clip
+        self.short_videos = sum(self.timeline(v) < span for v in range(len(self.videos)))  # looped
         if self.short_videos:
             warn_line(f"{self.short_videos} of {len(self.videos)} {split} videos are shorter than a clip of {span} "
                       f"frames (clip_len {clip_len}, frame_stride {frame_stride}): their frames are looped to fill "
                       "it; a shorter clip (--clip-len) avoids that")
-        self.short_side, self.crop_size = short_side, crop_size
-        self.train = split == "train" if train is None else train
-        self.hflip, self.clips_per_video = hflip, clips_per_video
+        self.short_side, self.crop_size, self.resize = short_side, crop_size, None if resize is None else tuple(resize)
+        self.scale_jitter = None if scale_jitter is None else tuple(scale_jitter)
+        self.hflip, self.clips_per_video, self.crops = hflip, clips_per_video, crops
         self.mean, self.std = tuple(mean), tuple(std)
         self.reader = reader
         self.stats: Optional[DecodeStats] = None  # a DecodeStats sums what this process's reads cost
@@ -127,15 +195,24 @@ class VideoDataset(Dataset):
         ``failed`` field instead: see ``count_failed``)."""
         return len(self.unreadable) + len(self._failed)
 
+    @property
+    def items_per_video(self) -> int:
+        """Consecutive items of one video: its clips times the spatial crops of each."""
+        return self.clips_per_video * self.crops
+
     def set_epoch(self, epoch: int) -> None:
         """With a seed, augmentation is a function of (seed, epoch, index): reproducible
         (and resumable) runs that still see new crops every epoch."""
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.videos) * self.clips_per_video
+        return len(self.videos) * self.items_per_video
 
     # ------------------------------------------------------------------ sampling
+    def timeline(self, video: int) -> int:
+        """Frames of the video after resampling to ``fps`` (its frame count without)."""
+        return resampled_frames(self.videos[video][2], self.steps[video])
+
     def clip_start(self, frames: int, clip: int, rng: np.random.Generator) -> int:
         if self.train:
             span = (self.clip_len - 1) * self.frame_stride + 1
@@ -151,13 +228,18 @@ class VideoDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} clips")
         rng = np.random.default_rng(None if self.seed is None else (self.seed, epoch, index))
-        video, clip = divmod(index, self.clips_per_video)
+        video, rest = divmod(index, self.items_per_video)
+        clip, crop = divmod(rest, self.crops)
         path, label, frames = self.videos[video]
         if video not in self._failed:
             try:
-                start = self.clip_start(frames, clip, rng)
-                clip = read_clip(path, start, self.clip_len, self.frame_stride, frames, self.short_side,
-                                 self.crop_size, rng if self.train else None, self.hflip, self.reader, self.stats)
+                start = self.clip_start(self.timeline(video), clip, rng)
+                size: Size = self.resize or self.short_side
+                if self.train and self.scale_jitter is not None:
+                    size = int(rng.integers(self.scale_jitter[0], self.scale_jitter[1] + 1))
+                indices = source_indices(start, self.clip_len, self.frame_stride, frames, self.steps[video])
+                clip = read_clip(path, indices, size, self.crop_size, rng if self.train else None, self.hflip,
+                                 self.reader, self.stats, (crop, self.crops))
                 return torch.from_numpy(clip), label, video, -1
             except (VideoDecodeError, cv2.error, av.FFmpegError) as err:
                 # Once per video and process: later clips of it are not tried again.
@@ -166,6 +248,21 @@ class VideoDataset(Dataset):
         # Never another video's clip under this one's id and label: a flagged blank.
         c = self.crop_size
         return torch.zeros(self.clip_len, c, c, 3, dtype=torch.uint8), label, video, video
+
+
+def resampled_frames(frames: int, step: float) -> int:
+    """Frames of a `frames`-frame video resampled by taking a source frame every `step`."""
+    return frames if step == 1.0 else max(1, int(frames / step))
+
+
+def source_indices(start: int, count: int, stride: int, frames: int, step: float = 1.0) -> List[int]:
+    """The source frames of a clip starting at `start` of the resampled timeline (a source
+    frame every `step`, torchvision's floor(j * step)), every `stride`-th, looped over a
+    short video; with step 1 the frames start, start + stride, ... (clip_indices)."""
+    if step == 1.0:
+        return clip_indices(start, count, stride, frames)
+    total = resampled_frames(frames, step)
+    return [min(frames - 1, int(((start + k * stride) % total) * step)) for k in range(count)]
 
 
 def clip_starts(frames: int, clip_len: int, frame_stride: int, clips: int) -> List[int]:
@@ -177,17 +274,27 @@ def clip_starts(frames: int, clip_len: int, frame_stride: int, clips: int) -> Li
     return [round(c * room / (clips - 1)) for c in range(clips)]
 
 
-def resized_size(height: int, width: int, short_side: int) -> Tuple[int, int]:
-    """(height, width) of a frame with its short side resized to `short_side`."""
-    scale = short_side / min(height, width)
-    return max(short_side, round(height * scale)), max(short_side, round(width * scale))
+def resized_size(height: int, width: int, size: Size) -> Tuple[int, int]:
+    """(height, width) of a frame resized to `size`: a short side (the aspect ratio kept) or
+    an exact (height, width)."""
+    if not isinstance(size, int):
+        return int(size[0]), int(size[1])
+    scale = size / min(height, width)
+    return max(size, round(height * scale)), max(size, round(width * scale))
 
 
-def crop_origin(height: int, width: int, crop_size: int, rng: Optional[np.random.Generator]) -> Tuple[int, int]:
-    """(top, left) of the crop: random with `rng`, else centred (evaluation)."""
-    if rng is None:
-        return (height - crop_size) // 2, (width - crop_size) // 2
-    return int(rng.integers(0, height - crop_size + 1)), int(rng.integers(0, width - crop_size + 1))
+def crop_origin(height: int, width: int, crop_size: int, rng: Optional[np.random.Generator],
+                position: Tuple[int, int] = (0, 1)) -> Tuple[int, int]:
+    """(top, left) of the crop: random with `rng`; else crop `position` = (p, n) of n spread
+    along the long side from its start to its end, centred across it (n = 1: the centre)."""
+    if rng is not None:
+        return int(rng.integers(0, height - crop_size + 1)), int(rng.integers(0, width - crop_size + 1))
+    p, n = position
+    top, left = (height - crop_size) // 2, (width - crop_size) // 2
+    if n > 1:
+        along = round(p * ((width if width >= height else height) - crop_size) / (n - 1))
+        top, left = (top, along) if width >= height else (along, left)
+    return top, left
 
 
 def _flip(clip: np.ndarray, rng: Optional[np.random.Generator], hflip: bool) -> np.ndarray:
@@ -197,40 +304,40 @@ def _flip(clip: np.ndarray, rng: Optional[np.random.Generator], hflip: bool) -> 
     return np.ascontiguousarray(clip)
 
 
-def resize_crop(frames: np.ndarray, short_side: int, crop_size: int, rng: Optional[np.random.Generator] = None,
-                hflip: bool = False) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (T, crop, crop, 3) uint8, contiguous: short side resized to
-    `short_side` (area averaging when shrinking, bilinear when enlarging; nothing to do for
-    a video prepared at this short side), then a centre crop (rng None: evaluation) or a
-    random crop and, with `hflip`, a random flip."""
+def resize_crop(frames: np.ndarray, size: Size, crop_size: int, rng: Optional[np.random.Generator] = None,
+                hflip: bool = False, position: Tuple[int, int] = (0, 1)) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, crop, crop, 3) uint8, contiguous: resized to `size` (a short
+    side or an exact (height, width); area averaging when shrinking, bilinear when
+    enlarging; nothing to do for a video prepared at this size), then crop `position`
+    (crop_origin; rng None: evaluation) or a random crop and, with `hflip`, a random flip."""
     _, h, w, _ = frames.shape
-    nh, nw = resized_size(h, w, short_side)
+    nh, nw = resized_size(h, w, size)
     if (nh, nw) == (h, w):
         resized = frames
     else:
-        shrink = short_side < min(h, w)
+        shrink = nh * nw < h * w
         resized = np.stack([cv2.resize(f, (nw, nh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
                             for f in frames])
-    top, left = crop_origin(nh, nw, crop_size, rng)
+    top, left = crop_origin(nh, nw, crop_size, rng, position)
     return _flip(resized[:, top:top + crop_size, left:left + crop_size], rng, hflip)
 
 
-def read_clip(path: str, start: int, count: int, stride: int, total: int, short_side: int, crop_size: int,
+def read_clip(path: str, indices: Sequence[int], size: Size, crop_size: int,
               rng: Optional[np.random.Generator] = None, hflip: bool = False, reader: str = "auto",
-              stats: Optional[DecodeStats] = None) -> np.ndarray:
-    """One clip as a dataset item holds it: read_frames, then resize_crop's result, with the
-    same random draws. Where the video needs no resizing (prepared at `short_side`) only the
-    crop's pixels are converted to RGB (read_frames' region)."""
+              stats: Optional[DecodeStats] = None, position: Tuple[int, int] = (0, 1)) -> np.ndarray:
+    """One clip as a dataset item holds it: the frames at `indices` (read_frames_at), then
+    resize_crop's result, with the same random draws. Where the video needs no resizing
+    (prepared at this size) only the crop's pixels are converted to RGB (read_frames' region)."""
     cropped = []
 
     def region(height: int, width: int):
-        if resized_size(height, width, short_side) != (height, width):
+        if resized_size(height, width, size) != (height, width):
             return None
         cropped.append(True)
-        return crop_origin(height, width, crop_size, rng) + (crop_size, crop_size)
+        return crop_origin(height, width, crop_size, rng, position) + (crop_size, crop_size)
 
-    frames = read_frames(path, start, count, stride, total, reader, stats, region)
-    return _flip(frames, rng, hflip) if cropped else resize_crop(frames, short_side, crop_size, rng, hflip)
+    frames = read_frames_at(path, indices, reader, stats, region)
+    return _flip(frames, rng, hflip) if cropped else resize_crop(frames, size, crop_size, rng, hflip, position)
 
 
 def _read_manifest(root: str, manifest: Union[str, None]):

@@ -3,7 +3,8 @@
 On full-size videos the loader, not the network, sets the training speed: decoding a
 16-frame clip of a 720p video costs tens of milliseconds per frame-second of work that a
 112x112 crop then throws away (measured figures: docs/data.md).
-Preparing mirrors every video under SRC (the ``split/class/video`` layout, or any depth)
+Preparing mirrors every video under SRC (the ``split/class/video`` layout, or any depth;
+symbolic links followed), or only those annotation files list (``only``: listed_videos),
 into DST with
 
 - the short side resized to ``short_side`` (aspect kept, both sides even, as 4:2:0 video
@@ -37,13 +38,14 @@ import math
 import multiprocessing
 import os
 from fractions import Fraction
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import av
 import cv2
 from tqdm import tqdm
 
 from . import manifest
+from .annotations import SUBSETS, AnnotationError, read_annotations
 from .._io import FolderBusyError, exclusive as _exclusive, remove_stale_temporaries
 from .video import VIDEO_EXTENSIONS, VideoDecodeError, bgr_to_rgb, is_hidden, open_video, warn_line
 
@@ -71,14 +73,44 @@ def output_name(rel_source: str) -> str:
 
 
 def find_videos(src: str) -> List[str]:
-    """Video files under `src`, relative, sorted; hidden files and folders left out."""
+    """Video files under `src`, relative, sorted; hidden files and folders left out;
+    symbolic links followed (a split made of links to the videos), each folder once."""
     found = []
     exts = tuple(e.lower() for e in VIDEO_EXTENSIONS)
-    for folder, dirs, files in os.walk(src):
+    seen = set()
+    for folder, dirs, files in os.walk(src, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back to a folder already walked (a cycle, or two links to one folder)
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not is_hidden(d))
         found += [os.path.relpath(os.path.join(folder, f), src) for f in sorted(files)
                   if f.lower().endswith(exts) and not is_hidden(f)]
     return found
+
+
+def listed_videos(annotations: str, src: str, fold: int = 1, fmt: str = "auto") -> List[str]:
+    """The videos under `src` that annotation files list for split `fold`, every subset
+    (r2p1d_ext/data/annotations.py), relative to `src`; those listed but absent are reported
+    in one warning."""
+    found, missing, read = set(), [], []
+    for subset in SUBSETS:
+        try:
+            listing = read_annotations(annotations, src, subset, fold, fmt)
+        except (AnnotationError, FileNotFoundError) as err:
+            if subset == "train":  # every format has a training list
+                raise
+            read.append(f"{subset}: {err}")
+            continue
+        found.update(os.path.relpath(path, src) for path, _ in listing.videos)
+        missing += [m for m in listing.missing if m not in missing]
+    if missing:
+        warn_line(f"{len(missing)} videos listed in {annotations} are not under {src}: not prepared "
+                  f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})", "r2p1d_ext.prepare")
+    if not found:
+        raise ValueError(f"none of the videos {annotations} lists (split {fold}) is under {src}")
+    return sorted(found)
 
 
 def temporary_name(path: str) -> str:
@@ -361,7 +393,7 @@ def is_current(row: Dict[str, Any], settings: Dict[str, Any]) -> bool:
 
 def prepare(src: str, dst: str, short_side: int = 128, fps: Optional[float] = None,
             workers: Optional[int] = None, progress: bool = True, keyframe_interval: int = KEYFRAME_INTERVAL,
-            crf: int = CRF) -> Dict[str, Any]:
+            crf: int = CRF, only: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Prepares every video under `src` into `dst` (see the module's text). `workers`
     processes (default: one per available core; 0: in this process). Returns a summary:
     ``prepared``, ``skipped`` (already done), ``rewritten`` (of the prepared: outputs that
@@ -372,7 +404,7 @@ def prepare(src: str, dst: str, short_side: int = 128, fps: Optional[float] = No
     script that calls this with workers > 0 needs the ``if __name__ == "__main__":`` guard."""
     workers = len(os.sched_getaffinity(0)) if workers is None else workers
     _check_arguments(src, dst, short_side, fps, workers, keyframe_interval, crf)
-    jobs = find_videos(src)
+    jobs = find_videos(src) if only is None else sorted({os.path.normpath(r) for r in only})
     if not jobs:
         raise ValueError(f"no video files under {src} (extensions {', '.join(VIDEO_EXTENSIONS)})")
     _check_names(jobs)

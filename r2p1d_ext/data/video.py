@@ -22,7 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass, fields
 from fractions import Fraction
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 # FFmpeg logs every damaged macroblock of a corrupt video (thousands of lines for one bad
 # file, burying the dataset's one-line warning): quiet, unless the user set its level.
@@ -139,9 +139,18 @@ def read_frames(path: str, start: int, count: int, stride: int, total: int, read
     called once with the frames' (height, width) and returns the box (top, left, height,
     width) of each frame to return, or None for whole frames: only that box is converted to
     RGB (a dataset's crop of a video that needs no resizing)."""
+    return read_frames_at(path, clip_indices(start, count, stride, total), reader, stats, region)
+
+
+def read_frames_at(path: str, indices: Sequence[int], reader: str = "auto", stats: Optional[DecodeStats] = None,
+                   region: Optional[Region] = None) -> np.ndarray:
+    """(len(indices), H, W, 3) RGB uint8: the frames at `indices` (any order, repeats
+    allowed: a clip resampled to another frame rate), read as read_frames reads them."""
     if reader not in READERS:
         raise ValueError(f"expected reader to be one of {READERS}, got {reader!r}")
-    indices = clip_indices(start, count, stride, total)
+    indices = [int(i) for i in indices]
+    if not indices or min(indices) < 0:
+        raise ValueError(f"expected frame indices >= 0, got {indices[:8]}")
     st = DecodeStats(clips=1)
     decoded: Optional[Dict[int, np.ndarray]] = None
     if reader != "opencv":

@@ -12,8 +12,9 @@ ARCHS: Dict[str, Callable[..., VideoResNet]] = {"r2plus1d_10": r2plus1d_10, "r2p
                                                  "r2plus1d_34": r2plus1d_34}
 
 
-def build_model(arch: str, num_classes: int) -> nn.Module:
-    """The ``arch`` network (a key of ARCHS) with ``num_classes`` outputs, fused."""
+def build_model(arch: str, num_classes: int, dropout: float = 0.0) -> nn.Module:
+    """The ``arch`` network (a key of ARCHS) with ``num_classes`` outputs, fused; `dropout`
+    before its classifier."""
     if arch not in ARCHS:
         raise ValueError(f"expected arch in {sorted(ARCHS)}, got {arch!r}")
-    return ARCHS[arch](num_classes=num_classes)
+    return ARCHS[arch](num_classes=num_classes, dropout=dropout)

@@ -14,7 +14,6 @@ A checkpoint written by ``r2p1d train`` (``<out>/checkpoint.pt``, read with
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
@@ -22,13 +21,13 @@ from torch import Tensor, nn
 
 from .._io import load_checkpoint
 from .builders import ARCHS, build_model
+from .presets import preset
 from .video_resnet import torchvision_keys_to_fused
 
-# The preprocessing of torchvision's R(2+1)D Kinetics-400 weights (16 frames, resized to
-# 128 on the short side, centre crop 112, Kinetics mean/std): the settings a torchvision
-# state_dict is run with, as a checkpoint's config would give them.
-TORCHVISION_PREPROCESSING = {"clip_len": 16, "frame_stride": 1, "short_side": 128, "crop_size": 112,
-                             "eval_clips": 10, "amp": None, "channels_last": None}
+# The settings a torchvision state_dict is run with, as a checkpoint's config would give
+# them: the preprocessing its Kinetics-400 weights were trained with (r2p1d_ext/models/presets.py).
+TORCHVISION_PREPROCESSING = {**preset("kinetics-torchvision"), "preset": "kinetics-torchvision", "amp": None,
+                             "channels_last": None}
 CLASSIFIER = ("fc.weight", "fc.bias")
 
 
@@ -40,6 +39,7 @@ class LoadedModel:
     model: nn.Module
     classes: List[str]
     config: Dict[str, Any]
+    epoch: Optional[int] = None  # the epochs a checkpoint had trained (None: a plain state_dict)
 
 
 def read_labels(path: str) -> List[str]:
@@ -52,9 +52,7 @@ def read_labels(path: str) -> List[str]:
 
 
 def _read(path: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such file: {path}")
-    state = load_checkpoint(path)
+    state = load_checkpoint(path)  # a missing file: an error naming it (or the previous checkpoint)
     if not isinstance(state, Mapping):
         raise ValueError(f"{path} holds a {type(state).__name__}, expected a checkpoint or a state_dict")
     return dict(state)
@@ -127,7 +125,9 @@ def load_model(path: str, arch: Optional[str] = None, labels: Optional[Sequence[
                              f"trained on ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}): "
                              "leave the labels out, a checkpoint carries its own")
         weights = dict(state["model"])
+        epoch = state.get("epoch")
     else:
+        epoch = None
         if arch is None:
             raise ValueError(f"{path} is a plain state_dict: say which network it is (--arch, one of {sorted(ARCHS)})")
         weights = _as_fused_state_dict(state, path)
@@ -141,16 +141,18 @@ def load_model(path: str, arch: Optional[str] = None, labels: Optional[Sequence[
         config = {"arch": arch, **TORCHVISION_PREPROCESSING}
     model = build_model(config["arch"], len(classes))
     _load_strict(model, weights, path, config["arch"])
-    return LoadedModel(model.to(map_location).eval(), classes, config)
+    return LoadedModel(model.to(map_location).eval(), classes, config, epoch)
 
 
-def load_initial_weights(model: nn.Module, path: str) -> str:
+def load_initial_weights(model: nn.Module, path: str, hint_preset: bool = False) -> str:
     """Fine-tuning: every weight of ``path`` (a checkpoint of ``r2p1d train`` or a
     torchvision-layout state_dict) loaded into ``model``, whose classifier stays as it was
     initialised when the class counts differ. Anything else that does not fit is a
-    ValueError naming the keys. Returns a line saying what was loaded."""
+    ValueError naming the keys. Returns a line saying what was loaded (with `hint_preset`,
+    for a torchvision state_dict, which preprocessing its Kinetics weights expect)."""
     state = _read(path)
-    weights = dict(state["model"]) if _is_checkpoint(state) else _as_fused_state_dict(state, path)
+    plain = not _is_checkpoint(state)
+    weights = _as_fused_state_dict(state, path) if plain else dict(state["model"])
     own = model.state_dict()
     head = [k for k in CLASSIFIER if k in own]
     replaced = any(k in weights and weights[k].shape != own[k].shape for k in head)
@@ -163,8 +165,10 @@ def load_initial_weights(model: nn.Module, path: str) -> str:
                          " (only the classifier, fc, may differ)")
     own.update({k: v.to(own[k].dtype) for k, v in body.items()})
     model.load_state_dict(own)
+    hint = ("; torchvision's Kinetics-400 weights were trained with the preprocessing of --preset "
+            "kinetics-torchvision (15 fps, 128x171 frames)" if plain and hint_preset else "")
     if replaced:
         old, new = weights["fc.weight"].shape[0], own["fc.weight"].shape[0]
         return (f"initialised from {path}: {len(body)} tensors; the classifier is new ({old} classes there, "
-                f"{new} here)")
-    return f"initialised from {path}: all {len(body)} tensors, the classifier included"
+                f"{new} here){hint}")
+    return f"initialised from {path}: all {len(body)} tensors, the classifier included{hint}"

@@ -71,8 +71,10 @@ class VideoResNet(nn.Module):
     """torchvision's VideoResNet with an R(2+1)D stem and BasicBlocks, fused."""
 
     def __init__(self, layers: Sequence[int], num_classes: int = 400, conv: Conv = SpatioTemporalConv,
-                 channels_last: Optional[bool] = None):
+                 channels_last: Optional[bool] = None, dropout: float = 0.0):
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"expected dropout in [0, 1), got {dropout}")
         layers = check_layer_sizes(layers)
         self.channels_last = channels_last
         # torchvision's R2Plus1dStem: (1,7,7) conv to 45 channels, BN, ReLU, (3,1,1) conv to 64.
@@ -85,6 +87,9 @@ class VideoResNet(nn.Module):
         self.layer3 = self._make_layer(256, layers[2], 2, conv)
         self.layer4 = self._make_layer(512, layers[3], 2, conv)
         self.avgpool = nn.AdaptiveAvgPool3d((1, 1, 1))
+        # Dropout before the classifier (fine-tuning recipes); no parameters, so the
+        # state_dict stays torchvision's.
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(512, num_classes)
         for m in self.modules():  # torchvision's initialisation
             if isinstance(m, nn.Conv3d):
@@ -112,23 +117,23 @@ class VideoResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = to_working_layout(x, self.channels_last)
         x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
-        return self.fc(self.avgpool(x).flatten(1))
+        return self.fc(self.dropout(self.avgpool(x).flatten(1)))
 
 
 def r2plus1d_10(num_classes: int = 400, conv: Conv = SpatioTemporalConv,
-                channels_last: Optional[bool] = None) -> VideoResNet:
-    return VideoResNet([1, 1, 1, 1], num_classes, conv, channels_last)
+                channels_last: Optional[bool] = None, dropout: float = 0.0) -> VideoResNet:
+    return VideoResNet([1, 1, 1, 1], num_classes, conv, channels_last, dropout)
 
 
 def r2plus1d_18(num_classes: int = 400, conv: Conv = SpatioTemporalConv,
-                channels_last: Optional[bool] = None) -> VideoResNet:
+                channels_last: Optional[bool] = None, dropout: float = 0.0) -> VideoResNet:
     """Module for module torchvision.models.video.r2plus1d_18, fused."""
-    return VideoResNet([2, 2, 2, 2], num_classes, conv, channels_last)
+    return VideoResNet([2, 2, 2, 2], num_classes, conv, channels_last, dropout)
 
 
 def r2plus1d_34(num_classes: int = 400, conv: Conv = SpatioTemporalConv,
-                channels_last: Optional[bool] = None) -> VideoResNet:
-    return VideoResNet([3, 4, 6, 3], num_classes, conv, channels_last)
+                channels_last: Optional[bool] = None, dropout: float = 0.0) -> VideoResNet:
+    return VideoResNet([3, 4, 6, 3], num_classes, conv, channels_last, dropout)
 
 
 # Inside torchvision's Conv2Plus1D (an nn.Sequential), where each part of our block sits.
@@ -139,11 +144,14 @@ _STEM_KEYS = {"stem.0.": "stem.0.spatial_conv.", "stem.1.": "stem.0.bn.",
 
 
 def torchvision_keys_to_fused(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """Rename the keys of a torchvision R(2+1)D state_dict to this module layout."""
+    """Rename the keys of a torchvision R(2+1)D state_dict to this module layout (keys
+    already in it stay: a state_dict of ours passes through unchanged)."""
     out = {}
+    # Only torchvision's flat stem has a module 3 (its temporal conv); ours is stem.0.<part>.
+    torchvision_stem = any(k.startswith("stem.3.") for k in state_dict)
     for key, value in state_dict.items():
         new = key
-        for tv, ours in _STEM_KEYS.items():
+        for tv, ours in _STEM_KEYS.items() if torchvision_stem else ():
             if key.startswith(tv):
                 new = ours + key[len(tv):]
                 break

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -54,6 +55,8 @@ def load_from_args(args):
     if (args.checkpoint is None) == (args.weights is None):
         raise ValueError("give a trained model: --checkpoint FILE (from r2p1d train), or --weights FILE with --arch "
                          "and --labels")
+    if args.weights is not None and not os.path.isfile(args.weights):
+        raise FileNotFoundError(f"no such weights file: {args.weights}")
     labels = read_labels(args.labels) if args.labels else None
     return load_model(args.checkpoint or args.weights, arch=args.arch, labels=labels)
 

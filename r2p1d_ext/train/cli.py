@@ -11,9 +11,10 @@ import os
 import sys
 from typing import List, Optional
 
+from ..data.annotations import FORMATS
 from ..models import ARCHS
+from ..models.presets import PRESETS, preset
 from .config import TrainConfig
-from .evaluation import evaluate_checkpoint
 from .loop import train
 from .reports import shows_top5
 from .._cli_common import Defaults as _Defaults, number as _number, plural, run_command
@@ -45,21 +46,74 @@ _HELP = {
     "warmup_epochs": "linear warm-up of the learning rate, in epochs",
     "gamma": "--schedule step: the learning-rate factor",
     "clip_grad": "clip the gradient norm to this (0: off)",
+    "clips_per_video": "training clips per video and epoch, each with its own random start (torchvision's "
+                       "Kinetics recipe: 5)",
+    "eval_crops": "spatial crops per validation clip: 1 the centre, 3 both ends and the centre of the long side "
+                  "(the 3-crop test protocol)",
+    "freeze_stages": "fine-tuning: freeze the first K stages of stem, layer1..layer4 (their weights and "
+                     "BatchNorm statistics; 5: train the classifier alone)",
+    "backbone_lr_mult": "fine-tuning: the backbone's learning rate is --lr times this",
+    "head_lr_mult": "fine-tuning: the classifier's learning rate is --lr times this",
+    "dropout": "dropout before the classifier",
+    "label_smoothing": "label smoothing of the training loss (as F.cross_entropy's)",
+    "mixup": "mixup of training batches with weights ~ Beta(a, a) (0: off; 0.2-0.8 usual)",
+    "cutmix": "CutMix of training batches with weights ~ Beta(a, a) (0: off; 1.0 usual); with --mixup each "
+              "batch takes one of them",
 }
 # Smallest sensible value of each numeric option (1: counts and sizes; 0: may be off).
 _INT_MINIMUM = {"epochs": 1, "batch_size": 1, "clip_len": 1, "frame_stride": 1, "short_side": 1, "crop_size": 1,
                 "workers": 0, "prefetch": 1, "eval_clips": 1, "eval_every": 1, "log_every": 0, "checkpoint_every": 0,
-                "stop_after_steps": 0, "seed": 0, "step_epochs": 1}
+                "stop_after_steps": 0, "seed": 0, "step_epochs": 1, "clips_per_video": 1, "eval_crops": 1,
+                "freeze_stages": 0}
 _FLOAT_MINIMUM = {"lr": 1e-12, "momentum": 0.0, "weight_decay": 0.0, "warmup_epochs": 0.0, "gamma": 0.0,
-                  "clip_grad": 0.0}
+                  "clip_grad": 0.0, "backbone_lr_mult": 0.0, "head_lr_mult": 0.0, "dropout": 0.0,
+                  "label_smoothing": 0.0, "mixup": 0.0, "cutmix": 0.0}
+
+
+def _split_number(text: str) -> int:
+    """--split N: an official split, 1-3 (the subset's folder is --subset)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an official split number (1, 2, 3), got {text!r}; the subset "
+                                         "to evaluate (a folder such as val) is --subset")
+    return int(text)
+
+
+def _annotation_options(p, what: str) -> None:
+    p.add_argument("--annotations", default=None, metavar="PATH",
+                   help=f"{what} the videos these annotation files list instead of the folder layout: a UCF101 "
+                        "folder (classInd.txt, trainlist0N.txt, testlist0N.txt), an HMDB51 folder "
+                        "(<class>_test_splitN.txt), Kinetics CSV (a folder with train.csv and validate.csv, or one "
+                        "CSV with a split column) or path lists ('<path> <label>' lines; a folder of lists named "
+                        "after their subset); paths relative to the video root (docs/data_preparation.md)")
+    p.add_argument("--annotation-format", default="auto", choices=["auto", *FORMATS],
+                   help="the format of --annotations (auto: from the files found)")
+    p.add_argument("--split", dest="fold", type=_split_number, default=1,
+                   help="the official split of --annotations (UCF101, HMDB51: 1-3)")
 
 
 def _train_parser(sub, common):
-    p = sub.add_parser("train", help="train (or resume) a classifier on DIR/{train,val}/{class}/{videos}",
+    p = sub.add_parser("train", help="train (or resume) a classifier on DIR/{train,val}/{class}/{videos} or the "
+                                     "videos annotation files list",
                        parents=[common], formatter_class=_Defaults)
     d = TrainConfig("", "")
     p.add_argument("--data", required=True, help="dataset root: the folder that holds train/ and val/, each with "
-                                                  "one sub-folder of videos per class")
+                                                  "one sub-folder of videos per class (with --annotations: the "
+                                                  "folder their paths are relative to)")
+    _annotation_options(p, "train and validate on")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="preprocessing of published weights, as defaults of the options it sets (given options "
+                        "win): kinetics-torchvision = torchvision's r2plus1d_18 Kinetics-400 weights' (15 fps, "
+                        "frames resized to 128x171, crop 112, 16 frames, 5 clips per video)")
+    p.add_argument("--resize", type=_number(int, 1, "integer"), nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),
+                   help="resize frames to exactly this size instead of --short-side")
+    p.add_argument("--fps", type=_number(float, 0.01, "number"), default=None,
+                   help="resample every video to this frame rate (default: take its frames as they are)")
+    p.add_argument("--scale-jitter", type=_number(int, 1, "integer"), nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="training: a random short side in [LOW, HIGH] per clip before the crop (default: "
+                        "--short-side)")
+    p.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "adamw"],
+                   help="SGD with momentum, or AdamW (then --lr around 1e-4 to 1e-3 and --weight-decay 0.05 are "
+                        "usual)")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.csv, metrics.json, PNGs")
     p.add_argument("--arch", default=d.arch, choices=sorted(ARCHS), help="network")
     for name, minimum in _INT_MINIMUM.items():
@@ -70,6 +124,9 @@ def _train_parser(sub, common):
                        help=_HELP[name])
     p.add_argument("--schedule", default=d.schedule, choices=["cosine", "step"],
                    help="learning-rate schedule after the warm-up")
+    p.add_argument("--milestones", type=_number(int, 1, "integer"), nargs="+", default=None, metavar="EPOCH",
+                   help="--schedule step: multiply the learning rate by --gamma at these epochs (instead of every "
+                        "--step-epochs; torchvision's Kinetics recipe: 20 30 40)")
     p.add_argument("--amp", nargs="?", const="bfloat16", default=None, choices=["bfloat16", "float16"],
                    help="mixed precision (default dtype bfloat16; float16 uses a GradScaler on CUDA); on the CPU "
                         "bfloat16 runs on AMX or AVX512-BF16 where the CPU has them, and is not yet faster than "
@@ -86,8 +143,9 @@ def _train_parser(sub, common):
                         "layers and the fused blocks (CPU and CUDA)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--init", default=None, metavar="FILE",
-                   help="fine-tune: start from these weights, a torchvision r2plus1d_* state_dict (e.g. Kinetics-400) "
-                        "or a checkpoint of r2p1d train; the classifier is replaced when the class count differs")
+                   help="fine-tune: start from these weights, a torchvision r2plus1d_* state_dict (e.g. Kinetics-400: "
+                        "use --preset kinetics-torchvision with it) or a checkpoint (or best.pt) of r2p1d train; the "
+                        "classifier is replaced when the class count differs")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide the progress bars (shown by default)")
 
@@ -108,15 +166,19 @@ def _prepare_parser(sub, common):
                    help="frames from one keyframe to the next; a clip decodes at most clip length + this - 1 frames")
     p.add_argument("--crf", type=_number(int, 0, "integer"), default=20,
                    help="libx264 constant quality, 0-51 (lower: better, larger files)")
+    _annotation_options(p, "prepare only")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide the progress bars (shown by default)")
 
 
 def _run_prepare(args) -> int:
-    from ..data.prepare import prepare
+    from ..data.prepare import listed_videos, prepare
     try:  # a wrong path or setting, a busy folder: one line (run_command)
+        only = None
+        if args.annotations:
+            only = listed_videos(args.annotations, args.src, args.fold, args.annotation_format)
         s = prepare(args.src, args.dst, args.short_side, args.fps, args.workers, args.progress,
-                    args.keyframe_interval, args.crf)
+                    args.keyframe_interval, args.crf, only)
     except KeyboardInterrupt:
         print("interrupted: every finished video is kept; run the same command again to resume", file=sys.stderr)
         return 130
@@ -184,24 +246,37 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--seed", type=_number(int, 0, "integer"), default=0, help="random seed of the videos")
     _prepare_parser(sub, common)
     _train_parser(sub, common)
-    ev = sub.add_parser("eval", help="evaluate a checkpoint; prints and writes the metrics", parents=[common],
-                        formatter_class=defaults)
-    ev.add_argument("--data", required=True, help="dataset root: the folder that holds the split's folder")
-    ev.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by r2p1d train")
-    ev.add_argument("--split", default="val", help="the split folder under --data")
+    ev = sub.add_parser("eval", help="evaluate a checkpoint (or torchvision weights); prints and writes the metrics",
+                        parents=[common], formatter_class=defaults)
+    ev.add_argument("--data", required=True, help="dataset root: the folder that holds the subset's folder (with "
+                                                   "--annotations: the folder their paths are relative to)")
+    tools.model_options(ev)
+    ev.add_argument("--subset", default="val", help="the subset: a folder under --data (val, test, ...), or with "
+                                                    "annotations train, val or test")
+    _annotation_options(ev, "evaluate on")
+    ev.set_defaults(annotation_format=None, fold=None)  # default: the run's
+    ev.add_argument("--eval-crops", type=_number(int, 1, "integer"), default=None,
+                    help="spatial crops per clip, 1 or 3 (default: the checkpoint's training setting)")
     ev.add_argument("--batch-size", type=_number(int, 1, "integer"), default=8, help="clips per batch")
     ev.add_argument("--workers", type=_number(int, 0, "integer"), default=2, help="DataLoader worker processes")
     ev.add_argument("--eval-clips", type=_number(int, 1, "integer"), default=None,
                     help="clips per video (default: the checkpoint's training setting)")
     ev.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    ev.add_argument("--out", default=None, help="JSON path (default: eval_<split>.json beside the checkpoint)")
+    ev.add_argument("--out", default=None, help="JSON path (default: eval_<subset>.json beside the checkpoint)")
     _predict_parser(sub, common)
     tools.add_parsers(sub, common)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "preset", None):
+        # The preset's values become the defaults of the options it sets; options given win.
+        train_parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+        values = preset(args.preset)
+        train_parser.set_defaults(**{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()})
+        args = parser.parse_args(argv)
     return run_command(args, lambda: _run(args))
 
 
@@ -220,16 +295,32 @@ def _run(args) -> int:
         return _run_prepare(args)
     if args.command == "train":
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        result = train(TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k in fields}
+        result = train(TrainConfig(**values))
         return 3 if result.get("interrupted") else 0
-    metrics = evaluate_checkpoint(args.data, args.checkpoint, args.split, args.batch_size, args.workers,
-                                  args.eval_clips, args.device)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"eval_{args.split}.json")
+    return _run_eval(args)
+
+
+def _run_eval(args) -> int:
+    from .evaluation import evaluate_model
+    from .reports import per_class, worst_classes
+    loaded = tools.load_from_args(args)
+    name = args.checkpoint or args.weights
+    metrics = evaluate_model(loaded, args.data, args.subset, args.batch_size, args.workers, args.eval_clips,
+                             args.device, True, args.eval_crops, args.annotations, args.fold, args.annotation_format,
+                             name)
+    metrics["per_class"] = per_class(metrics["confusion"], metrics["classes"])
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(name)), f"eval_{args.subset}.json")
     with open(out, "w") as f:
         json.dump(metrics, f, indent=2)
-    top5 = f"top-5 {metrics['val_top5']:.4f}  " if shows_top5(len(metrics["classes"])) else ""
-    print(f"{args.split}: clip top-1 {metrics['val_top1']:.4f}  {top5}"
-          f"video top-1 {metrics['val_video_top1']:.4f}  loss {metrics['val_loss']:.4f}  "
-          f"(epoch {metrics['epoch']}, {plural(metrics['skipped_videos'], 'video')} skipped) -> {out}")
+    big = shows_top5(len(metrics["classes"]))
+    top5 = f"top-5 {metrics['val_top5']:.4f}  " if big else ""
+    video5 = f"video top-5 {metrics['val_video_top5']:.4f}  " if big else ""
+    missing = f", {metrics['missing_videos']} listed but missing" if metrics["missing_videos"] else ""
+    epoch = f"epoch {metrics['epoch']}, " if metrics["epoch"] is not None else ""
+    print(f"{args.subset}: clip top-1 {metrics['val_top1']:.4f}  {top5}"
+          f"video top-1 {metrics['val_video_top1']:.4f}  {video5}mean class {metrics['val_mean_class_acc']:.4f}  "
+          f"loss {metrics['val_loss']:.4f}  ({metrics['val_videos']} videos x {metrics['clips_per_video']} clips x "
+          f"{metrics['crops']} crops; {epoch}{plural(metrics['skipped_videos'], 'video')} skipped{missing}) -> {out}")
+    print(f"lowest class accuracy: {worst_classes(metrics['per_class'])}")
     return 0
-

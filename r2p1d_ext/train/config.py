@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 import torch
 
@@ -28,6 +28,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     schedule: str = "cosine"    # or "step"
     step_epochs: int = 10       # step schedule: lr *= gamma every step_epochs
+    milestones: Optional[Tuple[int, ...]] = None  # step schedule: lr *= gamma at these epochs instead
     gamma: float = 0.1
     clip_grad: float = 0.0      # max gradient norm; 0 disables
     amp: Optional[str] = None   # None, "bfloat16" or "float16"
@@ -45,11 +46,37 @@ class TrainConfig:
     device: Optional[str] = None
     progress: bool = True
     init: Optional[str] = None  # fine-tuning: start from these weights (models.load_initial_weights)
+    # Which videos: annotation files instead of the folder layout (r2p1d_ext/data/annotations.py).
+    annotations: Optional[str] = None
+    annotation_format: str = "auto"
+    fold: int = 1               # the official split of UCF101/HMDB51 (--split)
+    # Preprocessing beyond the short side (r2p1d_ext/models/presets.py names sets of them).
+    preset: Optional[str] = None  # recorded; from_preset and the command line apply its values
+    resize: Optional[Tuple[int, int]] = None  # exact (height, width) instead of short_side
+    fps: Optional[float] = None  # resample every video to this frame rate
+    clips_per_video: int = 1    # training clips per video and epoch
+    scale_jitter: Optional[Tuple[int, int]] = None  # training: random short side in [low, high]
+    eval_crops: int = 1         # spatial crops per evaluation clip (1: centre; 3: along the long side)
+    # Fine-tuning controls (r2p1d_ext/train/finetune.py, r2p1d_ext/train/mixing.py).
+    freeze_stages: int = 0      # freeze the first K of stem, layer1..layer4
+    backbone_lr_mult: float = 1.0
+    head_lr_mult: float = 1.0
+    dropout: float = 0.0        # before the classifier
+    label_smoothing: float = 0.0
+    mixup: float = 0.0          # Beta(alpha, alpha) of mixup; 0: off
+    cutmix: float = 0.0         # Beta(alpha, alpha) of CutMix; 0: off
+    optimizer: str = "sgd"      # or "adamw"
+
+    @classmethod
+    def from_preset(cls, name: str, data: str, out: str, **overrides: Any) -> "TrainConfig":
+        """A config with preset `name`'s settings (r2p1d_ext/models/presets.py), then `overrides`."""
+        from ..models.presets import preset
+        return cls(data, out, **{**preset(name), "preset": name, **overrides})
 
 
 # Settings a resumed run may change without a word (the rest change what is trained).
 RESUME_FREE = {"data", "out", "epochs", "workers", "progress", "device", "checkpoint_every", "stop_after_steps",
-               "eval_clips", "init", "prefetch", "eval_every", "log_every"}
+               "eval_clips", "init", "prefetch", "eval_every", "log_every", "eval_crops", "annotations"}
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -66,6 +93,32 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError("--dtype float64 and --amp exclude each other: mixed precision is for float32 models")
     if cfg.workers is not None and cfg.workers < 0:
         raise ValueError(f"expected workers >= 0, got {cfg.workers}")
+    for name in ("clips_per_video", "eval_crops", "fold"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"expected {name} >= 1, got {getattr(cfg, name)}")
+    for name in ("backbone_lr_mult", "head_lr_mult", "mixup", "cutmix"):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"expected {name} to be a finite number >= 0, got {value}")
+    for name in ("dropout", "label_smoothing"):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            raise ValueError(f"expected {name} in [0, 1), got {getattr(cfg, name)}")
+    if cfg.optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"expected optimizer 'sgd' or 'adamw', got {cfg.optimizer!r}")
+    if not 0 <= cfg.freeze_stages <= 5:
+        raise ValueError(f"expected freeze_stages from 0 to 5 (stem, layer1..layer4), got {cfg.freeze_stages}")
+    if cfg.freeze_stages == 5 and cfg.head_lr_mult == 0:
+        raise ValueError("with every stage frozen and head_lr_mult 0 nothing trains")
+    for name in ("resize", "scale_jitter"):
+        value = getattr(cfg, name)
+        if value is not None and (len(value) != 2 or min(value) < 1):
+            raise ValueError(f"expected {name} to be two sizes >= 1, got {value}")
+    if cfg.scale_jitter is not None and cfg.resize is not None:
+        raise ValueError("scale_jitter draws a short side, resize fixes the size: use one of them")
+    if cfg.milestones is not None and (not cfg.milestones or min(cfg.milestones) < 1):
+        raise ValueError(f"expected milestones to be epochs >= 1, got {cfg.milestones}")
+    if cfg.fps is not None and not (math.isfinite(cfg.fps) and cfg.fps > 0):
+        raise ValueError(f"expected fps > 0, got {cfg.fps}")
 
 
 def default_workers(local_world: int, cores: Optional[int] = None) -> int:

@@ -20,8 +20,7 @@ from tqdm import tqdm
 from ..data.dataset import VideoDataset, count_failed
 from .inputs import network_input
 from ..data.video import one_thread_per_worker
-from ..models import build_model
-from . import checkpoint as ckpt
+from ..models.loading import LoadedModel, load_model
 from .config import amp_dtype, resolve_device, use_channels_last
 from .distributed import Dist, VideoBatches
 
@@ -122,32 +121,53 @@ def video_loader(data_set: VideoDataset, batch_size: int, workers: int, rank: in
                  pin_memory: bool = False, prefetch: int = 2, persistent: bool = False) -> DataLoader:
     """The evaluation loader of `data_set`: batches of whole videos (VideoBatches), rank
     `rank`'s share of `world`, one decoder thread per worker."""
-    batches = VideoBatches(len(data_set.videos), data_set.clips_per_video, batch_size, rank, world)
+    batches = VideoBatches(len(data_set.videos), data_set.items_per_video, batch_size, rank, world)
     extra = dict(prefetch_factor=prefetch, persistent_workers=persistent) if workers else {}
     return DataLoader(data_set, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
                       worker_init_fn=one_thread_per_worker if workers else None, **extra)
 
 
-def evaluate_checkpoint(data: str, checkpoint: str, split: str = "val", batch_size: int = 8,
+def evaluate_checkpoint(data: str, checkpoint: str, subset: str = "val", batch_size: int = 8,
                         workers: int = 2, eval_clips: Optional[int] = None, device: Optional[str] = None,
-                        progress: bool = True) -> Dict[str, Any]:
-    """Metrics of a checkpoint's model on ``data/split`` (preprocessing as in training)."""
-    state = ckpt.load(checkpoint)
-    cfg = state["config"]
+                        progress: bool = True, eval_crops: Optional[int] = None, annotations: Optional[str] = None,
+                        fold: Optional[int] = None, annotation_format: Optional[str] = None) -> Dict[str, Any]:
+    """Metrics of a checkpoint's model (``checkpoint.pt`` or ``best.pt`` of a run): evaluate_model."""
+    return evaluate_model(load_model(checkpoint), data, subset, batch_size, workers, eval_clips, device, progress,
+                          eval_crops, annotations, fold, annotation_format, checkpoint)
+
+
+def evaluate_model(loaded: LoadedModel, data: str, subset: str = "val", batch_size: int = 8, workers: int = 2,
+                   eval_clips: Optional[int] = None, device: Optional[str] = None, progress: bool = True,
+                   eval_crops: Optional[int] = None, annotations: Optional[str] = None, fold: Optional[int] = None,
+                   annotation_format: Optional[str] = None, name: str = "") -> Dict[str, Any]:
+    """Metrics of a trained model (models.load_model: a checkpoint, or torchvision weights
+    run with their preset's preprocessing) on the videos of `subset`: the folder
+    ``data/subset``, or those `annotations` list for it (by default the files, split and
+    format the run trained with). Clips and crops per video as given, else the run's."""
+    cfg = loaded.config
     dev = resolve_device(device)
-    data_set = VideoDataset(data, split, clip_len=cfg["clip_len"], frame_stride=cfg["frame_stride"],
-                            short_side=cfg["short_side"], crop_size=cfg["crop_size"],
-                            clips_per_video=eval_clips or cfg["eval_clips"])
-    if data_set.classes != state["classes"]:
-        raise ValueError(f"{checkpoint} was trained on classes {state['classes']}, {data}/{split} has {data_set.classes}")
+    if annotations is None:
+        annotations = cfg.get("annotations")
+        fold = fold or cfg.get("fold", 1)
+        annotation_format = annotation_format or cfg.get("annotation_format", "auto")
+    data_set = VideoDataset(data, subset, clip_len=cfg["clip_len"], frame_stride=cfg["frame_stride"],
+                            short_side=cfg["short_side"], crop_size=cfg["crop_size"], resize=cfg.get("resize"),
+                            fps=cfg.get("fps"), clips_per_video=eval_clips or cfg["eval_clips"], train=False,
+                            crops=eval_crops or cfg.get("eval_crops", 1), annotations=annotations,
+                            fold=fold or 1, annotation_format=annotation_format or "auto",
+                            classes=loaded.classes if annotations else None)
+    if data_set.classes != loaded.classes:
+        raise ValueError(f"{name or 'the model'} was trained on classes {loaded.classes}, {data}/{subset} has "
+                         f"{data_set.classes}")
     dtype = torch.float64 if cfg.get("dtype") == "float64" else torch.float32
-    model = build_model(cfg["arch"], len(state["classes"])).to(device=dev, dtype=dtype)
-    model.load_state_dict(state["model"])
+    model = loaded.model.to(device=dev, dtype=dtype)
     channels_last = use_channels_last(cfg.get("channels_last"), dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     loader = video_loader(data_set, batch_size, workers, pin_memory=dev.type == "cuda")
     metrics = evaluate(model, loader, dev, amp_dtype(cfg.get("amp")), channels_last,
-                       len(state["classes"]), progress=progress)
-    return {"checkpoint": checkpoint, "split": split, "epoch": state["epoch"], "classes": state["classes"],
-            "skipped_videos": len(data_set.unreadable) + metrics["val_failed_videos"], **metrics}
+                       len(loaded.classes), progress=progress)
+    return {"checkpoint": name, "subset": subset, "epoch": loaded.epoch, "classes": loaded.classes,
+            "clips_per_video": data_set.clips_per_video, "crops": data_set.crops,
+            "skipped_videos": len(data_set.unreadable) + metrics["val_failed_videos"],
+            "missing_videos": len(data_set.missing), **metrics}

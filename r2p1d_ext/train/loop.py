@@ -41,7 +41,6 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -58,9 +57,12 @@ from .inputs import network_input
 from .config import RESUME_FREE, TrainConfig, amp_dtype, default_workers, resolve_device, use_channels_last, validate
 from .distributed import Dist, EpochSampler
 from .evaluation import evaluate, topk_correct, video_loader
-from .reports import RunReports, epoch_line, step_line
+from .finetune import STAGES, freeze, keep_frozen_in_eval, make_optimizer, param_groups
+from .mixing import loss_sum as mixed_loss_sum, mix_batch
+from .reports import RunReports, epoch_line, evaluated, step_line
 
 LOCK = ".train.lock"
+BEST, BEST_METRIC = "best.pt", "val_video_top1"  # the best evaluation's weights, by this metric
 # Test switch (docs/testing.md): "RANK:FAULT:N" makes that rank fail in a job's first start, so
 # the tests can land a failure where they need it: FAULT "kill-after-step" (SIGKILL after
 # optimizer step N), "kill-at-epoch-end" (SIGKILL after evaluating epoch N, before its
@@ -84,7 +86,10 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
         if step < warmup:
             return (step + 1) / warmup
         if cfg.schedule == "step":
-            return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_epochs)
+            epoch = step // steps_per_epoch
+            if cfg.milestones:  # torchvision's MultiStepLR: a decay at each milestone passed
+                return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+            return cfg.gamma ** (epoch // cfg.step_epochs)
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return f
@@ -225,12 +230,20 @@ class _Run:
     def _setup_data(self) -> None:
         cfg = self.cfg
         common = dict(clip_len=cfg.clip_len, frame_stride=cfg.frame_stride, short_side=cfg.short_side,
-                      crop_size=cfg.crop_size)
-        self.train_set = VideoDataset(cfg.data, "train", hflip=cfg.hflip, seed=cfg.seed, **common)
-        self.val_set = VideoDataset(cfg.data, "val", clips_per_video=cfg.eval_clips, **common)
-        if self.val_set.classes != self.train_set.classes:
-            raise ValueError(f"train and val class folders differ: {self.train_set.classes} vs {self.val_set.classes}")
+                      crop_size=cfg.crop_size, resize=cfg.resize, fps=cfg.fps, annotations=cfg.annotations,
+                      fold=cfg.fold, annotation_format=cfg.annotation_format)
+        self.train_set = VideoDataset(cfg.data, "train", hflip=cfg.hflip, seed=cfg.seed,
+                                      clips_per_video=cfg.clips_per_video, scale_jitter=cfg.scale_jitter, **common)
+        if cfg.annotations is None:
+            self.val_set = VideoDataset(cfg.data, "val", clips_per_video=cfg.eval_clips, crops=cfg.eval_crops, **common)
+            if self.val_set.classes != self.train_set.classes:
+                raise ValueError(f"train and val class folders differ: {self.train_set.classes} vs "
+                                 f"{self.val_set.classes}")
+        else:  # one class list for both subsets: a class may lack videos in one
+            self.val_set = VideoDataset(cfg.data, "val", clips_per_video=cfg.eval_clips, crops=cfg.eval_crops,
+                                        classes=self.train_set.classes, **common)
         self.classes = self.train_set.classes
+        self.missing = len(self.train_set.missing) + len(self.val_set.missing)
         self.sampler = EpochSampler(len(self.train_set), cfg.seed, self.ddp.rank, self.ddp.world)
         # The last incomplete batch is dropped (as torchvision's reference trainer does): a
         # batch of one clip can leave BatchNorm one value per channel, an error mid-epoch.
@@ -246,7 +259,8 @@ class _Run:
 
     def _setup_model(self) -> None:
         cfg, device = self.cfg, self.device
-        model = build_model(cfg.arch, len(self.classes))
+        model = build_model(cfg.arch, len(self.classes), cfg.dropout)
+        freeze(model, cfg.freeze_stages)
         if cfg.sync_bn:  # every BatchNorm, the fused blocks' included (r2p1d_ext/sync_bn.py)
             # torch's SyncBatchNorm on CUDA; on the CPU, where it has no kernel and DDP refuses
             # it, the library's. In a process group of their own: their backward collectives
@@ -259,11 +273,8 @@ class _Run:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         self.model = model
-        decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-        self.optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                                          {"params": no_decay, "weight_decay": 0.0}],
-                                         lr=cfg.lr, momentum=cfg.momentum)
+        groups = param_groups(model, cfg.weight_decay, cfg.lr * cfg.backbone_lr_mult, cfg.lr * cfg.head_lr_mult)
+        self.optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.steps_per_epoch))
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16
                                            and device.type == "cuda")
@@ -283,13 +294,21 @@ class _Run:
             loader += ", pinned memory"
         log = f"a steps.csv row every {plural(cfg.log_every, 'step')}" if cfg.log_every else "no steps.csv"
         every = "every epoch" if cfg.eval_every == 1 else f"every {cfg.eval_every} epochs and after the last"
-        return (f"training {cfg.arch} ({params / 1e6:.1f} M parameters) on {plural(len(self.classes), 'class', 'classes')}: "
+        crops = f" x {cfg.eval_crops} crops" if cfg.eval_crops > 1 else ""
+        listed = ""
+        if cfg.annotations:
+            listed = (f" listed by {cfg.annotations} (split {cfg.fold}"
+                      + (f", {self.missing} listed videos missing" if self.missing else "") + ")")
+        frozen = (f", {'/'.join(STAGES[:cfg.freeze_stages])} frozen" if cfg.freeze_stages else "")
+        return (f"training {cfg.arch} ({params / 1e6:.1f} M parameters{frozen}) on "
+                f"{plural(len(self.classes), 'class', 'classes')}{listed}: "
                 f"{plural(len(self.train_set), 'training clip')} ({plural(self.steps_per_epoch, 'step')} of "
                 f"{cfg.batch_size} per epoch"
                 f"{' and process' if self.ddp.enabled else ''}), {len(self.val_set.videos)} val videos x "
-                f"{plural(cfg.eval_clips, 'clip')}; {cfg.clip_len}x{cfg.crop_size}x{cfg.crop_size} clips; {where}, "
-                f"{precision}; {loader}; {plural(cfg.epochs, 'epoch')}, evaluated {every}"
-                f"; {log} -> {cfg.out} (checkpoint.pt, log.csv, steps.csv, metrics.json, curves.png)")
+                f"{plural(cfg.eval_clips, 'clip')}{crops}; {cfg.clip_len}x{cfg.crop_size}x{cfg.crop_size} clips; "
+                f"{where}, {precision}; {loader}; {plural(cfg.epochs, 'epoch')}, evaluated {every}"
+                f"; {log} -> {cfg.out} (checkpoint.pt, best.pt, log.csv, steps.csv, metrics.json, per_class.csv, "
+                "curves.png)")
 
     def prepare_folder(self) -> None:
         """The run folder, writable; rank 0 checks."""
@@ -371,6 +390,19 @@ class _Run:
                               "config": dataclasses.asdict(self.cfg)}, self.path, keep_previous=True)
         self.ddp.barrier()
 
+    def _keep_best(self, row: Dict[str, Any], history: List[Dict[str, Any]]) -> None:
+        """Rank 0: ``best.pt`` (the weights, classes, settings and metrics, no optimizer
+        state; loads like a checkpoint in eval, predict and --init) when this evaluation's
+        BEST_METRIC beats every earlier one of the run."""
+        earlier = [h[BEST_METRIC] for h in history if BEST_METRIC in h]
+        if earlier and row[BEST_METRIC] <= max(earlier):
+            return
+        ckpt.save_atomic({"model": self.model.state_dict(), "classes": self.classes,
+                          "config": dataclasses.asdict(self.cfg), "epoch": row["epoch"], "step": row["step"],
+                          "metrics": {k: v for k, v in row.items() if k.startswith("val_")}},
+                         os.path.join(self.cfg.out, BEST))
+        self.say(f"best so far ({BEST_METRIC} {row[BEST_METRIC]:.4f}): {BEST} written")
+
     def _fault(self, kind: str, at: int) -> bool:
         """Whether the test switch asks this rank for the fault `kind` at `at`."""
         spec = os.environ.get(FAULT_SWITCH)
@@ -389,6 +421,7 @@ class _Run:
         cfg, p, device = self.cfg, self.progress, self.device
         self.sampler.set_epoch(p.epoch, skip=p.batches_done * cfg.batch_size)
         net.train()
+        keep_frozen_in_eval(self.model, cfg.freeze_stages)
         bar = tqdm(desc=f"epoch {p.epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and self.ddp.main),
                    initial=p.batches_done, total=self.steps_per_epoch)
         batches = iter(self.train_loader)
@@ -433,9 +466,12 @@ class _Run:
         clip, backward with the loss weighted by world / global clips and the optimizer
         step. Returns whether the ranks decided to stop after it."""
         cfg, p = self.cfg, self.progress
+        # Mixing draws depend on (seed, rank, step) only: a resumed run mixes as the first would.
+        clips, targets = mix_batch(clips, labels, len(self.classes), cfg.mixup, cfg.cutmix,
+                                   np.random.default_rng((cfg.seed, self.ddp.rank, p.step)))
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = net(clips)
-            loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
+            loss_sum = mixed_loss_sum(logits.float(), labels, targets, cfg.label_smoothing)
         if self._fault("nan-loss", p.step + 1):
             loss_sum = loss_sum * float("nan")
         correct = topk_correct(logits.detach().float(), labels, ks=(1,))[0] if len(labels) else 0
@@ -503,7 +539,11 @@ class _Run:
             row.update(metrics)
         row["skipped_videos"] = (len(self.train_set.unreadable) + len(self.val_set.unreadable) + failed_train
                                  + failed_val)
+        if self.cfg.annotations is not None:
+            row["missing_videos"] = self.missing
         self._kill_switch("kill-at-epoch-end", epoch)
+        if evaluated(row) and self.ddp.main:
+            self._keep_best(row, p.history)
         p.history.append(row)
         p.epoch, p.batches_done, p.sums = epoch, 0, [0.0] * 4
         self.save()
@@ -533,7 +573,7 @@ def _train(run: _Run) -> Dict[str, Any]:
         run.say(f"{run.path} has already finished {plural(cfg.epochs, 'epoch')}; nothing to do")
         return p.history[-1] if p.history else {}
     if cfg.init and p.step == 0:  # a fresh run from pretrained weights (a resumed one has its own)
-        run.say(load_initial_weights(run.model, cfg.init))
+        run.say(load_initial_weights(run.model, cfg.init, hint_preset=cfg.preset is None))
     run.say(run.summary())
     if run.ddp.main and run.ddp.restart_warning():
         warnings.warn(run.ddp.restart_warning(), RuntimeWarning, stacklevel=2)

@@ -1,7 +1,7 @@
 """Classifying video files with a trained model (``r2p1d predict``).
 
-Video-level prediction is evaluation's: the checkpoint's clip length, frame stride, short
-side, centre crop and normalisation; ``clips`` uniformly spaced clips per video whose
+Video-level prediction is evaluation's: the checkpoint's clip length, frame stride, frame
+rate, size (short side or exact resize), centre crop and normalisation; ``clips`` uniformly spaced clips per video whose
 softmax scores are averaged. With ``window_stride`` (seconds) a long video is classified
 window by window instead: one clip every ``window_stride`` seconds along the whole video,
 each with its start and end time, so the output says what happens when.
@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..data.dataset import clip_starts, read_clip
+from ..data.dataset import clip_starts, read_clip, resampled_frames, source_indices
 from ..data.video import VIDEO_EXTENSIONS, VideoDecodeError, is_hidden, probe_video, warn_line
 from ..models.loading import LoadedModel
 from .config import amp_dtype, resolve_device, use_channels_last
@@ -56,28 +56,34 @@ def find_videos(inputs: Sequence[str]) -> List[str]:
 
 @dataclasses.dataclass
 class _Plan:
-    """The clips of one video: their first frames, and the video's frame count and rate."""
+    """The clips of one video: their first frames on its timeline (resampled to the model's
+    frame rate, when it has one), its source frame count, the timeline's frame rate and the
+    source frames per timeline frame."""
     path: str
     frames: int = 0
     fps: float = 0.0
     starts: List[int] = dataclasses.field(default_factory=list)
     error: Optional[str] = None
+    step: float = 1.0
 
 
 def plan_clips(path: str, clip_len: int, frame_stride: int, clips: int,
-               window_stride: Optional[float]) -> _Plan:
+               window_stride: Optional[float], fps: Optional[float] = None) -> _Plan:
     """Where the clips of `path` start: `clips` uniformly spaced ones (as evaluation takes
-    them), or one every `window_stride` seconds from the start to the last full clip."""
-    frames, fps = probe_video(path)
+    them), or one every `window_stride` seconds from the start to the last full clip; on the
+    video resampled to `fps` when given (the model's preprocessing)."""
+    frames, rate = probe_video(path)
     if frames <= 0:
         return _Plan(path, error="cannot be opened or holds no frames")
+    step = rate / fps if fps and rate > 0 else 1.0
+    timeline, rate = resampled_frames(frames, step), (fps if step != 1.0 else rate)
     if window_stride is None:
-        return _Plan(path, frames, fps, clip_starts(frames, clip_len, frame_stride, clips))
-    if fps <= 0:
-        return _Plan(path, frames, fps, error="its frame rate is unknown, so windows have no times")
+        return _Plan(path, frames, rate, clip_starts(timeline, clip_len, frame_stride, clips), step=step)
+    if rate <= 0:
+        return _Plan(path, frames, rate, error="its frame rate is unknown, so windows have no times")
     span = (clip_len - 1) * frame_stride + 1
-    step = max(1, round(window_stride * fps))
-    return _Plan(path, frames, fps, list(range(0, max(1, frames - span + 1), step)))
+    every = max(1, round(window_stride * rate))
+    return _Plan(path, frames, rate, list(range(0, max(1, timeline - span + 1), every)), step=step)
 
 
 class _Clips(Dataset):
@@ -94,9 +100,11 @@ class _Clips(Dataset):
     def __getitem__(self, index: int):
         video, starts = self.items[index]
         plan, cfg = self.plans[video], self.cfg
+        size = tuple(cfg["resize"]) if cfg.get("resize") else cfg["short_side"]
         try:
-            clips = [torch.from_numpy(read_clip(plan.path, s, cfg["clip_len"], cfg["frame_stride"], plan.frames,
-                                                cfg["short_side"], cfg["crop_size"])) for s in starts]
+            clips = [torch.from_numpy(read_clip(plan.path, source_indices(s, cfg["clip_len"], cfg["frame_stride"],
+                                                                           plan.frames, plan.step),
+                                                size, cfg["crop_size"])) for s in starts]
             return {"video": video, "starts": torch.tensor(starts), "clips": torch.stack(clips), "error": ""}
         except (VideoDecodeError, cv2.error, av.FFmpegError) as err:
             return {"video": video, "starts": torch.tensor(starts), "clips": torch.empty(0), "error": str(err)}
@@ -153,7 +161,7 @@ def predict(loaded: LoadedModel, videos: Sequence[str], clips: int = 10, window_
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     dtype = amp_dtype(amp)
-    plans = [plan_clips(v, cfg["clip_len"], cfg["frame_stride"], clips, window_stride) for v in videos]
+    plans = [plan_clips(v, cfg["clip_len"], cfg["frame_stride"], clips, window_stride, cfg.get("fps")) for v in videos]
     data = _Clips(plans, cfg)
     loader = DataLoader(data, batch_size=None, num_workers=workers)
     scores: Dict[int, Dict[int, torch.Tensor]] = {v: {} for v in range(len(plans))}
@@ -187,7 +195,8 @@ def predict(loaded: LoadedModel, videos: Sequence[str], clips: int = 10, window_
             got = scores[v]
             out.append(Prediction(plan.path, top(torch.stack(list(got.values())).mean(0)), clips=len(got)))
         else:
-            wins = [(s / plan.fps, min(s + span, plan.frames) / plan.fps, top(p)) for s, p in sorted(scores[v].items())]
+            end = resampled_frames(plan.frames, plan.step)
+            wins = [(s / plan.fps, min(s + span, end) / plan.fps, top(p)) for s, p in sorted(scores[v].items())]
             out.append(Prediction(plan.path, wins[0][2] if wins else [], clips=len(wins), windows=wins))
     return out
 

@@ -1,5 +1,6 @@
 """What a training run leaves in its folder besides the checkpoint: ``log.csv`` (one row per
-epoch), ``steps.csv`` (one row every ``log_every`` steps), ``metrics.json``, TensorBoard
+epoch), ``steps.csv`` (one row every ``log_every`` steps), ``metrics.json``, ``per_class.csv``
+(the last evaluation's accuracy of each class), TensorBoard
 scalars (when the tensorboard package is installed), ``curves.png`` and ``confusion.png``
 (when matplotlib is), and the lines it prints.
 
@@ -52,8 +53,10 @@ def epoch_line(row: Dict[str, Any], num_classes: int) -> str:
     line = f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} top-1 {row['train_top1']:.3f} | "
     if evaluated(row):
         top5 = f"top-5 {row['val_top5']:.3f} " if shows_top5(num_classes) else ""
+        video5 = f"top-5 {row['val_video_top5']:.3f} " if shows_top5(num_classes) and "val_video_top5" in row else ""
+        mean_class = f"mean class {row['val_mean_class_acc']:.3f} " if "val_mean_class_acc" in row else ""
         line += (f"val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.3f} {top5}"
-                 f"video top-1 {row['val_video_top1']:.3f} | ")
+                 f"video top-1 {row['val_video_top1']:.3f} {video5}{mean_class}| ")
     else:
         line += "not evaluated (--eval-every) | "
     return line + f"{plural(row['skipped_videos'], 'video')} skipped"
@@ -101,6 +104,23 @@ def plot_curves(history: List[Dict[str, Any]], path: str, num_classes: int) -> b
     b.set_title("accuracy")
     fig.tight_layout(); fig.savefig(path, dpi=DPI); plt.close(fig)
     return True
+
+
+def per_class(confusion: List[List[int]], classes: List[str]) -> List[Dict[str, Any]]:
+    """Per class: its videos, those classified right, and their share (None: no video)."""
+    m = np.asarray(confusion)
+    out = []
+    for i, name in enumerate(classes):
+        videos = int(m[i].sum())
+        out.append({"class": name, "videos": videos, "correct": int(m[i, i]),
+                    "accuracy": m[i, i] / videos if videos else None})
+    return out
+
+
+def worst_classes(rows: List[Dict[str, Any]], k: int = 5) -> str:
+    """The `k` classes with the lowest accuracy, for a printed line."""
+    scored = sorted((r for r in rows if r["accuracy"] is not None), key=lambda r: (r["accuracy"], r["class"]))
+    return ", ".join(f"{r['class']} {r['accuracy']:.2f} ({r['correct']}/{r['videos']})" for r in scored[:k])
 
 
 def most_confused(confusion: np.ndarray, classes: List[str], k: int = 20) -> List[Dict[str, Any]]:
@@ -184,6 +204,8 @@ class RunReports:
         if confusion is not None:
             result["confusion"] = confusion
             result["most_confused"] = most_confused(np.asarray(confusion), self.classes)
+            result["per_class"] = per_class(confusion, self.classes)
+            write_csv(os.path.join(self.folder, "per_class.csv"), result["per_class"])
         write_json_atomic(os.path.join(self.folder, "metrics.json"), result)
         plot_curves(history, os.path.join(self.folder, "curves.png"), len(self.classes))
         if confusion is not None:
