@@ -7,7 +7,8 @@ from .._extras import TRAIN, require
 require("r2p1d_ext.train", "train", TRAIN)
 
 from .config import TrainConfig, resolve_device  # noqa: E402
-from .evaluation import evaluate, evaluate_checkpoint, topk_correct  # noqa: E402
+from .evaluation import evaluate, evaluate_checkpoint, evaluate_model, topk_correct  # noqa: E402
 from .loop import train  # noqa: E402
 
-__all__ = ["TrainConfig", "train", "evaluate", "evaluate_checkpoint", "topk_correct", "resolve_device"]
+__all__ = ["TrainConfig", "train", "evaluate", "evaluate_checkpoint", "evaluate_model", "topk_correct",
+           "resolve_device"]

@@ -390,18 +390,18 @@ class _Run:
                               "config": dataclasses.asdict(self.cfg)}, self.path, keep_previous=True)
         self.ddp.barrier()
 
-    def _keep_best(self, row: Dict[str, Any], history: List[Dict[str, Any]]) -> None:
+    def _keep_best(self, row: Dict[str, Any], history: List[Dict[str, Any]]) -> str:
         """Rank 0: ``best.pt`` (the weights, classes, settings and metrics, no optimizer
         state; loads like a checkpoint in eval, predict and --init) when this evaluation's
-        BEST_METRIC beats every earlier one of the run."""
+        BEST_METRIC beats every earlier one of the run. Returns the line that says so, or ""."""
         earlier = [h[BEST_METRIC] for h in history if BEST_METRIC in h]
         if earlier and row[BEST_METRIC] <= max(earlier):
-            return
+            return ""
         ckpt.save_atomic({"model": self.model.state_dict(), "classes": self.classes,
                           "config": dataclasses.asdict(self.cfg), "epoch": row["epoch"], "step": row["step"],
                           "metrics": {k: v for k, v in row.items() if k.startswith("val_")}},
                          os.path.join(self.cfg.out, BEST))
-        self.say(f"best so far ({BEST_METRIC} {row[BEST_METRIC]:.4f}): {BEST} written")
+        return f"best so far ({BEST_METRIC} {row[BEST_METRIC]:.4f}): {BEST} written"
 
     def _fault(self, kind: str, at: int) -> bool:
         """Whether the test switch asks this rank for the fault `kind` at `at`."""
@@ -542,8 +542,7 @@ class _Run:
         if self.cfg.annotations is not None:
             row["missing_videos"] = self.missing
         self._kill_switch("kill-at-epoch-end", epoch)
-        if evaluated(row) and self.ddp.main:
-            self._keep_best(row, p.history)
+        best = self._keep_best(row, p.history) if evaluated(row) and self.ddp.main else ""
         p.history.append(row)
         p.epoch, p.batches_done, p.sums = epoch, 0, [0.0] * 4
         self.save()
@@ -551,6 +550,8 @@ class _Run:
         if self.reports is not None:
             self.result = self.reports.epoch(p.history, p.confusion)
             self.say(epoch_line(row, len(self.classes)))
+            if best:
+                self.say(best)
 
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
