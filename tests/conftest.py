@@ -178,3 +178,13 @@ def _cpu_bf16_paths():
 
 
 CPU_BF16_PATHS = _cpu_bf16_paths()
+
+
+def tiny_video_set(tmp_path_factory, name: str) -> str:
+    """The trainers' tests' data: two motion classes, 3 training and 2 validation videos
+    each, 8 frames of 32x40 (a folder of its own per caller)."""
+    from r2p1d_ext.data.synthetic import make_synthetic
+    root = str(tmp_path_factory.mktemp(name))
+    make_synthetic(root, videos_per_class=(3, 2), classes=["left_fast", "rotate_cw"], frames=8,
+                   size=(32, 40), progress=False)
+    return root

@@ -3,7 +3,6 @@ learning-rate groups, label smoothing and mixup/CutMix against F.cross_entropy, 
 dropout, best.pt, 3-crop positions, clips per video, scale jitter, frame-rate resampling
 and the kinetics-torchvision preset."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -12,13 +11,13 @@ import torch.nn.functional as F
 
 from r2p1d_ext.cli import main
 from r2p1d_ext.data import dataset as ds
-from r2p1d_ext.data.synthetic import make_synthetic
 from r2p1d_ext.models import build_model, load_model
 from r2p1d_ext.models.presets import PRESETS
 from r2p1d_ext.train import checkpoint as ckpt
 from r2p1d_ext.train import finetune, mixing
 from r2p1d_ext.train.config import TrainConfig
 from r2p1d_ext.train.loop import train
+from conftest import tiny_video_set
 
 TINY = dict(arch="r2plus1d_10", batch_size=2, clip_len=4, short_side=32, crop_size=32, workers=0, eval_clips=2,
             hflip=False, progress=False, epochs=1, lr=0.05)
@@ -26,10 +25,7 @@ TINY = dict(arch="r2plus1d_10", batch_size=2, clip_len=4, short_side=32, crop_si
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("finetune"))
-    make_synthetic(root, videos_per_class=(3, 2), classes=["left_fast", "rotate_cw"], frames=8,
-                   size=(32, 40), progress=False)
-    return root
+    return tiny_video_set(tmp_path_factory, "finetune")
 
 
 def _bn_buffers(module):

@@ -13,10 +13,10 @@ import torch
 
 from r2p1d_ext.train import checkpoint as ckpt
 from r2p1d_ext.cli import main
-from r2p1d_ext.data.synthetic import make_synthetic
 from r2p1d_ext.train.config import TrainConfig
 from r2p1d_ext.train.distributed import EpochSampler
 from r2p1d_ext.train.loop import lr_lambda, train
+from conftest import tiny_video_set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--arch", "r2plus1d_10", "--batch-size", "2", "--clip-len", "4", "--short-side", "32",
@@ -25,10 +25,7 @@ TINY = ["--arch", "r2plus1d_10", "--batch-size", "2", "--clip-len", "4", "--shor
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("tiny"))
-    make_synthetic(root, videos_per_class=(3, 2), classes=["left_fast", "rotate_cw"], frames=8,
-                   size=(32, 40), progress=False)
-    return root
+    return tiny_video_set(tmp_path_factory, "tiny")
 
 
 def _config(data, out, **kw):
