@@ -62,7 +62,6 @@ from .video import (READERS, VIDEO_EXTENSIONS, DecodeStats, VideoDecodeError, cl
                     read_frames_at, warn_line)
 
 
-
 Size = Union[int, Tuple[int, int]]  # a short side, or an exact (height, width)
 
 

@@ -234,14 +234,11 @@ class _Run:
                       fold=cfg.fold, annotation_format=cfg.annotation_format)
         self.train_set = VideoDataset(cfg.data, "train", hflip=cfg.hflip, seed=cfg.seed,
                                       clips_per_video=cfg.clips_per_video, scale_jitter=cfg.scale_jitter, **common)
-        if cfg.annotations is None:
-            self.val_set = VideoDataset(cfg.data, "val", clips_per_video=cfg.eval_clips, crops=cfg.eval_crops, **common)
-            if self.val_set.classes != self.train_set.classes:
-                raise ValueError(f"train and val class folders differ: {self.train_set.classes} vs "
-                                 f"{self.val_set.classes}")
-        else:  # one class list for both subsets: a class may lack videos in one
-            self.val_set = VideoDataset(cfg.data, "val", clips_per_video=cfg.eval_clips, crops=cfg.eval_crops,
-                                        classes=self.train_set.classes, **common)
+        # Annotation files: one class list for both subsets (a class may lack videos in one).
+        self.val_set = VideoDataset(cfg.data, "val", clips_per_video=cfg.eval_clips, crops=cfg.eval_crops,
+                                    classes=self.train_set.classes if cfg.annotations else None, **common)
+        if self.val_set.classes != self.train_set.classes:
+            raise ValueError(f"train and val class folders differ: {self.train_set.classes} vs {self.val_set.classes}")
         self.classes = self.train_set.classes
         self.missing = len(self.train_set.missing) + len(self.val_set.missing)
         self.sampler = EpochSampler(len(self.train_set), cfg.seed, self.ddp.rank, self.ddp.world)
