@@ -14,4 +14,4 @@ from .fuse import fuse, unfuse
 from .module import SpatioTemporalConv
 
 __all__ = ["SpatioTemporalConv", "fuse", "unfuse", "ops", "models", "reference"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -22,7 +22,6 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ._deprecated import forward as _forward
 
 
 def _signature(t: Optional[Tensor]):
@@ -136,9 +135,3 @@ def bn_sources(bn: Optional[nn.Module]) -> List[Optional[Tensor]]:
     if bn is None:
         return []
     return [bn.running_mean, bn.running_var, bn.weight, bn.bias]
-
-
-# The network-level dispatch (folds, conv_bn, bn_folds) lived here before it moved one level
-# up, to r2p1d_ext/conv_bn.py; the old names resolve, with a DeprecationWarning (this
-# module's own names stay what dir() lists).
-__getattr__ = _forward(__name__, "r2p1d_ext.conv_bn")[0]

@@ -1,8 +1,8 @@
 """The package's architecture, checked (docs/architecture.md): the library imports without
 the training application's dependencies, the Python import graph has no circle and no
 upward edge between the layers, the C++ include graph likewise between csrc/'s folders,
-the op schemas are written once, and the import paths of the flat layout still work (with
-a DeprecationWarning), pickles included."""
+the op schemas are written once, each name has one home (the flat layout's re-export
+modules are gone), and a pickled model loads."""
 import ast
 import os
 import pickle
@@ -72,7 +72,7 @@ def _layer(name):
     """The layers, bottom up: the kernel library, the models, fuse and the package's front,
     then the data layer and the training application beside them, the entry points last."""
     tail = name[len("r2p1d_ext."):] if name != "r2p1d_ext" else ""
-    if tail in ("_C", "_extension", "_args", "_io", "_extras", "_deprecated", "_cli_common"):
+    if tail in ("_C", "_extension", "_args", "_io", "_extras", "_cli_common"):
         return 0
     if tail in ("ops", "reference", "folding", "measure", "sync_bn"):
         return 1
@@ -164,49 +164,27 @@ def test_python_m_r2p1d_ext_runs_the_command():
         assert out.returncode == 0 and "make-synthetic,prepare,train,eval" in out.stdout, out.stderr[-2000:]
 
 
-# ------------------------------------------------------------------ the old paths
-# Every module and name the README of the flat layout (commit 7e3e1dd) documents, and where
-# each lives now.
-OLD_PATHS = [
-    ("r2p1d_ext.network", "R2Plus1DNet", "r2p1d_ext.models.r2plus1d"),
-    ("r2p1d_ext.network", "R2Plus1DClassifier", "r2p1d_ext.models.r2plus1d"),
-    ("r2p1d_ext.network", "r2plus1d_10", "r2p1d_ext.models.video_resnet"),
-    ("r2p1d_ext.network", "r2plus1d_18", "r2p1d_ext.models.video_resnet"),
-    ("r2p1d_ext.network", "r2plus1d_34", "r2p1d_ext.models.video_resnet"),
-    ("r2p1d_ext.network", "load_torchvision_state_dict", "r2p1d_ext.models.video_resnet"),
-    ("r2p1d_ext.network", "BasicBlock", "r2p1d_ext.models.video_resnet"),
-    ("r2p1d_ext.network", "ConvBN", "r2p1d_ext.conv_bn"),
-    ("r2p1d_ext.dataset", "VideoDataset", "r2p1d_ext.data.dataset"),
-    ("r2p1d_ext.dataset", "video_scores", "r2p1d_ext.data.dataset"),
-    ("r2p1d_ext.dataset", "read_frames", "r2p1d_ext.data.video"),
-    ("r2p1d_ext.prepare", "prepare", "r2p1d_ext.data.prepare"),
-    ("r2p1d_ext.manifest", "read", "r2p1d_ext.data.manifest"),
-    ("r2p1d_ext.synthetic", "make_synthetic", "r2p1d_ext.data.synthetic"),
-    ("r2p1d_ext.trainer", "train", "r2p1d_ext.train.loop"),
-    ("r2p1d_ext.trainer", "TrainConfig", "r2p1d_ext.train.config"),
-    ("r2p1d_ext.trainer", "evaluate_checkpoint", "r2p1d_ext.train.evaluation"),
-    ("r2p1d_ext.trainer", "EpochSampler", "r2p1d_ext.train.distributed"),
-    ("r2p1d_ext.trainer", "ARCHS", "r2p1d_ext.models"),
-    ("r2p1d_ext.checkpoint", "save_atomic", "r2p1d_ext.train.checkpoint"),
-    ("r2p1d_ext.checkpoint", "load", "r2p1d_ext.train.checkpoint"),
-    ("r2p1d_ext.folding", "conv_bn", "r2p1d_ext.conv_bn"),
-    ("r2p1d_ext.folding", "folds", "r2p1d_ext.conv_bn"),
-]
-# Paths that did not move: importing them warns of nothing.
+# ------------------------------------------------------------------ one home for each name
+# The flat layout's modules (removed in 0.2.0: CHANGELOG.md) are gone, not forwarded.
+REMOVED = ["r2p1d_ext.network", "r2p1d_ext.trainer", "r2p1d_ext.dataset", "r2p1d_ext.checkpoint",
+           "r2p1d_ext.manifest", "r2p1d_ext.prepare", "r2p1d_ext.synthetic", "r2p1d_ext._deprecated"]
 KEPT = [("r2p1d_ext.module", "SpatioTemporalConv"), ("r2p1d_ext.reference", "SpatioTemporalConv"),
         ("r2p1d_ext.folding", "FoldCache"), ("r2p1d_ext.fuse", "fuse"), ("r2p1d_ext.ops", "fused_eval"),
         ("r2p1d_ext.measure", "saved_activation_bytes"), ("r2p1d_ext.cli", "main")]
 
 
-@pytest.mark.parametrize("old,name,new", OLD_PATHS, ids=[f"{o}.{n}" for o, n, _ in OLD_PATHS])
-def test_old_import_paths_still_work_with_a_warning(old, name, new):
+@pytest.mark.parametrize("module", REMOVED)
+def test_the_flat_layout_is_gone(module):
     import importlib
-    module = importlib.import_module(old)
-    with pytest.warns(DeprecationWarning, match=rf"{re.escape(old)}\.{name} is deprecated: use {re.escape(new)}"):
-        value = getattr(module, name)
-    assert value is getattr(importlib.import_module(new), name)
-    with pytest.warns(DeprecationWarning):  # the from-import form
-        exec(f"from {old} import {name}", {})
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(module)
+
+
+def test_folding_forwards_nothing():
+    import r2p1d_ext.folding
+    assert not hasattr(r2p1d_ext.folding, "__getattr__")
+    with pytest.raises(AttributeError):
+        r2p1d_ext.folding.conv_bn
 
 
 @pytest.mark.parametrize("module,name", KEPT)
@@ -217,30 +195,18 @@ def test_kept_paths_do_not_warn(module, name):
         getattr(importlib.import_module(module), name)
 
 
-def test_an_unknown_name_of_an_old_path_is_an_attribute_error():
-    from r2p1d_ext import network  # noqa: F401  (the module itself imports without a warning)
-    with pytest.raises(AttributeError, match="module 'r2p1d_ext.network' has no attribute 'nothing'"):
-        network.nothing
-
-
-def test_pickles_naming_the_old_paths_load():
-    """A whole model pickled by the flat layout names r2p1d_ext.module.SpatioTemporalConv,
-    r2p1d_ext.folding.FoldCache and r2p1d_ext.network.<class>; all of them load."""
+def test_a_pickled_model_loads():
+    """A whole model pickled names r2p1d_ext.module.SpatioTemporalConv and
+    r2p1d_ext.folding.FoldCache (which pickles empty); it loads and computes the same."""
     model = r2p1d_ext.models.r2plus1d_10(num_classes=3).eval()
     x = torch.randn(1, 3, 4, 32, 32)
     with torch.no_grad():
-        want = model(x)  # fills the fold caches, which pickle empty
+        want = model(x)  # fills the fold caches
     data = pickle.dumps(model, protocol=2)
     for name in (b"r2p1d_ext.module\nSpatioTemporalConv", b"r2p1d_ext.folding\nFoldCache"):
         assert name in data
-    # As the flat layout named the network classes (protocol 2: "module\nname" text).
-    old = data.replace(b"r2p1d_ext.models.video_resnet\n", b"r2p1d_ext.network\n")
-    old = old.replace(b"r2p1d_ext.conv_bn\nConvBN", b"r2p1d_ext.network\nConvBN")
-    assert old != data and b"r2p1d_ext.network\nConvBN" in old
-    with pytest.warns(DeprecationWarning):
-        loaded = pickle.loads(old)
     with torch.no_grad():
-        assert torch.equal(loaded(x), want)
+        assert torch.equal(pickle.loads(data)(x), want)
 
 
 # ------------------------------------------------------------------ C++ includes

@@ -1,5 +1,0 @@
-"""Deprecated import path of checkpoints: now r2p1d_ext.train.checkpoint. Kept so that old
-imports and pickles still resolve (r2p1d_ext/_deprecated.py)."""
-from ._deprecated import forward
-
-__getattr__, __dir__ = forward(__name__, "r2p1d_ext.train.checkpoint", "r2p1d_ext._io")

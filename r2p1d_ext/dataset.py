@@ -1,6 +1,0 @@
-"""Deprecated import path of the video folder dataset: now r2p1d_ext.data.dataset and
-r2p1d_ext.data.video. Kept so that old imports and pickles still resolve
-(r2p1d_ext/_deprecated.py)."""
-from ._deprecated import forward
-
-__getattr__, __dir__ = forward(__name__, "r2p1d_ext.data.dataset", "r2p1d_ext.data.video")
