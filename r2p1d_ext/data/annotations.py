@@ -84,11 +84,12 @@ def detect_format(path: str) -> str:
 
 def read_annotations(path: str, root: str, subset: str, fold: int = 1, fmt: str = "auto",
                      classes: Optional[Sequence[str]] = None,
-                     extensions: Sequence[str] = VIDEO_EXTENSIONS) -> Listing:
+                     extensions: Sequence[str] = VIDEO_EXTENSIONS, index: Optional["FileIndex"] = None) -> Listing:
     """The videos of `subset` ("train", "val" or "test"; UCF101 and HMDB51 have no val: their
     test lists serve for both) of official split `fold` (UCF101, HMDB51: 1-3), found under
     `root`. `fmt`: one of FORMATS or "auto" (detect_format). `classes`, when given (a
-    checkpoint's), fixes the class list: the listed classes must be among them."""
+    checkpoint's), fixes the class list: the listed classes must be among them. `index`: a
+    FileIndex of `root` already made (reading several subsets walks the root once)."""
     if subset not in SUBSETS:
         raise ValueError(f"expected subset to be one of {SUBSETS}, got {subset!r}")
     if fmt == "auto":
@@ -100,7 +101,7 @@ def read_annotations(path: str, root: str, subset: str, fold: int = 1, fmt: str 
     reader = {"ucf101": _ucf101, "hmdb51": _hmdb51, "kinetics": _kinetics, "list": _path_list}[fmt]
     names, entries, source = reader(path, subset, fold)
     names, entries = _fix_classes(names, entries, classes, source)
-    index = _FileIndex(root, extensions)
+    index = index or FileIndex(root, extensions)
     label_of = {c: i for i, c in enumerate(names)}
     videos, missing = [], []
     for rel, cls in entries:
@@ -133,10 +134,10 @@ def _fix_classes(names: List[str], entries: List[Tuple[str, str]], classes: Opti
 
 
 # ---------------------------------------------------------------------- finding the files
-class _FileIndex:
+class FileIndex:
     """The video files under a root, by relative path without extension and by file stem."""
 
-    def __init__(self, root: str, extensions: Sequence[str]):
+    def __init__(self, root: str, extensions: Sequence[str] = VIDEO_EXTENSIONS):
         exts = tuple(e.lower() for e in extensions)
         self.root = root
         self.by_rel: Dict[str, str] = {}

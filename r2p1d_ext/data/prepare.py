@@ -45,7 +45,7 @@ import cv2
 from tqdm import tqdm
 
 from . import manifest
-from .annotations import SUBSETS, AnnotationError, read_annotations
+from .annotations import SUBSETS, AnnotationError, FileIndex, read_annotations
 from .._io import FolderBusyError, exclusive as _exclusive, remove_stale_temporaries
 from .video import VIDEO_EXTENSIONS, VideoDecodeError, bgr_to_rgb, is_hidden, open_video, warn_line
 
@@ -94,14 +94,14 @@ def listed_videos(annotations: str, src: str, fold: int = 1, fmt: str = "auto") 
     """The videos under `src` that annotation files list for split `fold`, every subset
     (r2p1d_ext/data/annotations.py), relative to `src`; those listed but absent are reported
     in one warning."""
-    found, missing, read = set(), [], []
+    found, missing = set(), []
+    index = FileIndex(src)  # one walk of the source folder for every subset
     for subset in SUBSETS:
         try:
-            listing = read_annotations(annotations, src, subset, fold, fmt)
-        except (AnnotationError, FileNotFoundError) as err:
-            if subset == "train":  # every format has a training list
+            listing = read_annotations(annotations, src, subset, fold, fmt, index=index)
+        except (AnnotationError, FileNotFoundError):
+            if subset == "train":  # every format has a training list; the others may lack one
                 raise
-            read.append(f"{subset}: {err}")
             continue
         found.update(os.path.relpath(path, src) for path, _ in listing.videos)
         missing += [m for m in listing.missing if m not in missing]
